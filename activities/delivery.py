@@ -1,0 +1,142 @@
+"""Activities of the Delivery workflow: one delivery attempt, retirement and state projection."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from psycopg_pool import AsyncConnectionPool
+from temporalio import activity
+
+from activities.transports import Envelope, LocalserveTransport, RcptReply, SMTPRelayTransport, Transport
+from domain.config import LOCALSERVE, Config
+from domain.contracts import (
+    ACTIVITY_DELIVER,
+    ACTIVITY_PROJECT,
+    ACTIVITY_RETIRE,
+    AttemptRequest,
+    AttemptResult,
+    Outcome,
+    ProjectRequest,
+    RecipientOutcome,
+    RetireEvent,
+    RetireRequest,
+)
+from store import queue as q
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _path(localpart: str, domain: str) -> str:
+    if not localpart and not domain:
+        return ""
+    return f"{localpart}@{domain}"
+
+
+class DeliveryActivities:
+    """Side effects of delivery, bound to one PostgreSQL pool and configuration."""
+
+    def __init__(self, pool: AsyncConnectionPool, config: Config) -> None:
+        self._pool = pool
+        self._config = config
+        self._transports: dict[str, Transport] = {LOCALSERVE: LocalserveTransport()}
+        for name, t in config.transports.items():
+            self._transports[name] = SMTPRelayTransport(t, config.hostname)
+
+    def _keep(self) -> dict[str, timedelta]:
+        return {a.name: a.keep_retired_period for a in self._config.accounts}
+
+    def all(self) -> list:
+        """The activity callables to register on a worker."""
+        return [self.deliver_attempt, self.retire_messages, self.project_state]
+
+    @activity.defn(name=ACTIVITY_DELIVER)
+    async def deliver_attempt(self, req: AttemptRequest) -> AttemptResult:
+        """Deliver one recipient group in one SMTP transaction and record each recipient's outcome."""
+        now = _now()
+        plan = {m.id: m for m in req.msgs}
+        rows, body = await q.begin_attempt(self._pool, {m.id: (m.attempt, m.next_attempt) for m in req.msgs}, now)
+        by_id = {r["id"]: r for r in rows}
+        outcomes: dict[int, RecipientOutcome] = {
+            i: RecipientOutcome(msg_id=i, outcome=Outcome.GONE) for i in plan if i not in by_id
+        }
+        # The journal first: a recipient whose DATA was accepted by an earlier try of this activity is
+        # delivered, whatever happened after.
+        journaled = [r for r in rows if r["accepted_at"] is not None]
+        pending = [r for r in rows if r["accepted_at"] is None]
+        if journaled:
+            await self._retire_delivered(journaled, {r["id"]: (250, r["accepted_reply"] or "") for r in journaled})
+            for r in journaled:
+                outcomes[r["id"]] = RecipientOutcome(msg_id=r["id"], outcome=Outcome.DELIVERED, code=250)
+        if pending and body is not None:
+            replies = await self._send(pending, body)
+            delivered = {r["id"]: (rep.code, "") for r, rep in zip(pending, replies, strict=True) if rep.success}
+            if delivered:
+                await self._retire_delivered([r for r in pending if r["id"] in delivered], delivered)
+            failed: dict[int, dict] = {}
+            deferred: dict[int, dict] = {}
+            end = _now()
+            for r, rep in zip(pending, replies, strict=True):
+                if rep.success:
+                    outcomes[r["id"]] = RecipientOutcome(msg_id=r["id"], outcome=Outcome.DELIVERED, code=rep.code)
+                    continue
+                entry = q.outcome_entry(end, success=False, code=rep.code, secode=rep.secode, error=rep.error)
+                final = rep.permanent or plan[r["id"]].final
+                (failed if final else deferred)[r["id"]] = entry
+                outcomes[r["id"]] = RecipientOutcome(
+                    msg_id=r["id"],
+                    outcome=Outcome.FAILED if final else Outcome.DEFERRED,
+                    code=rep.code,
+                    secode=rep.secode,
+                    error=rep.error[:1000],
+                )
+            if deferred:
+                await q.record_results(self._pool, deferred)
+            if failed:
+                # Hook point: failure DSNs and suppression additions join here once they exist.
+                await q.retire(self._pool, failed, RetireEvent.FAILED.value, self._keep(), end)
+        return AttemptResult(outcomes=[outcomes[i] for i in plan])
+
+    async def _send(self, rows: list[q.Row], body: bytes) -> list[RcptReply]:
+        first = rows[0]
+        name = first["transport"] or self._config.queue.default_transport
+        transport = self._transports.get(name)
+        if transport is None:
+            # An explicit transport that does not exist is a temporary failure (spec 01 §7.5), so an
+            # admin can fix the configuration or the message's transport before attempts run out.
+            return [RcptReply(False, False, 0, "", f"unknown transport {name!r}")] * len(rows)
+        env = Envelope(
+            mail_from=_path(first["sender_localpart"], first["sender_domain"]),
+            recipients=[_path(r["recipient_localpart"], r["recipient_domain"]) for r in rows],
+            data=body,
+            has8bit=first["has8bit"],
+            smtputf8=any(r["smtputf8"] for r in rows),
+        )
+
+        async def on_accepted(indices: list[int], reply: str) -> None:
+            await q.record_accepted(self._pool, [rows[i]["id"] for i in indices], reply, _now())
+
+        return await transport.deliver(env, on_accepted)
+
+    async def _retire_delivered(self, rows: list[q.Row], replies: dict[int, tuple[int, str]]) -> None:
+        end = _now()
+        entries = {
+            r["id"]: q.outcome_entry(end, success=True, code=replies[r["id"]][0], secode="", error="")
+            for r in rows
+        }
+        await q.retire(self._pool, entries, RetireEvent.DELIVERED.value, self._keep(), end)
+
+    @activity.defn(name=ACTIVITY_RETIRE)
+    async def retire_messages(self, req: RetireRequest) -> int:
+        """Retire messages the workflow ended itself (admin fail/drop, an attempt that could not run)."""
+        now = _now()
+        entry = q.result_entry(now, now, code=req.code, secode=req.secode, error=req.error)
+        entries = {i: (entry if req.append_result else None) for i in req.msg_ids}
+        rows = await q.retire(self._pool, entries, req.event.value, self._keep(), now)
+        return len(rows)
+
+    @activity.defn(name=ACTIVITY_PROJECT)
+    async def project_state(self, req: ProjectRequest) -> None:
+        """Write hold and next-attempt changes into the queue rows the admin API lists."""
+        await q.project(self._pool, req.msg_ids, req.hold, req.next_attempt)

@@ -1,0 +1,176 @@
+"""The admin API (spec 04 §3): inspect the queue and steer single messages through their workflow."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api import views
+from api.state import AppState
+from domain.contracts import AdminOp, DeliveryStatus, MsgStatus, delivery_workflow_id
+from domain.filters import FilterError, QueueFilter, parse_sort, parse_time_condition
+from store import queue as q
+from workflows.delivery import Delivery
+
+log = logging.getLogger("tempost.admin")
+_RPC_TIMEOUT = timedelta(seconds=10)
+
+router = APIRouter(prefix="/admin/v0")
+
+
+class AdminError(Exception):
+    """An admin API error with its HTTP status and stable code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(err: AdminError) -> JSONResponse:
+    """The JSON body of an admin error."""
+    return JSONResponse({"Code": err.code, "Message": err.message}, status_code=err.status)
+
+
+def _state(request: Request) -> AppState:
+    st: AppState = request.app.state.tempost
+    if not st.auth.admin(request.headers.get("authorization")):
+        raise AdminError(401, "unauthorized", "admin bearer token required")
+    return st
+
+
+def _bool(name: str, v: str | None) -> bool | None:
+    if v is None or v == "":
+        return None
+    if v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    raise AdminError(400, "badFilter", f"{name}: not a boolean: {v!r}")
+
+
+def queue_filter(request: Request) -> QueueFilter:
+    """The queue filter of a GET request's query parameters."""
+    p = request.query_params
+    try:
+        ids = tuple(int(x) for x in p.get("ids", "").split(",") if x.strip())
+        return QueueFilter(
+            ids=ids,
+            account=p.get("account", ""),
+            from_=p.get("from", ""),
+            to=p.get("to", ""),
+            hold=_bool("hold", p.get("hold")),
+            submitted=parse_time_condition("submitted", p["submitted"]) if p.get("submitted") else None,
+            next_attempt=parse_time_condition("nextattempt", p["nextattempt"]) if p.get("nextattempt") else None,
+            transport=p.get("transport"),
+            max=int(p.get("max", "0") or 0),
+        )
+    except FilterError as err:
+        raise AdminError(400, "badFilter", str(err)) from None
+    except ValueError as err:
+        raise AdminError(400, "badFilter", str(err)) from None
+
+
+@router.get("/queue")
+async def list_queue(request: Request) -> dict[str, Any]:
+    """Queued messages matching the filter, sorted, with keyset paging."""
+    st = _state(request)
+    f = queue_filter(request)
+    p = request.query_params
+    try:
+        sort = parse_sort(
+            p.get("sort", ""), _bool("asc", p.get("asc")) or False, int(p.get("lastid", "0") or 0), p.get("last", "")
+        )
+    except (FilterError, ValueError) as err:
+        raise AdminError(400, "badFilter", str(err)) from None
+    rows = await q.list_msgs(st.pool, f, sort, datetime.now(UTC))
+    return {"Messages": [views.queued_msg(r) for r in rows]}
+
+
+@router.get("/queue/count")
+async def count_queue(request: Request) -> dict[str, Any]:
+    """Number of queued messages matching the filter."""
+    st = _state(request)
+    return {"Count": await q.count_msgs(st.pool, queue_filter(request), datetime.now(UTC))}
+
+
+async def _live(st: AppState, base_id: int, msg_id: int) -> MsgStatus | None:
+    try:
+        status = await st.client.get_workflow_handle(delivery_workflow_id(base_id)).query(
+            Delivery.status, result_type=DeliveryStatus, rpc_timeout=_RPC_TIMEOUT
+        )
+    except Exception:  # noqa: BLE001 - the live view is a bonus; PostgreSQL still answers
+        return None
+    return next((m for m in status.msgs if m.id == msg_id), None)
+
+
+@router.get("/queue/{msg_id}")
+async def get_msg(msg_id: int, request: Request) -> dict[str, Any]:
+    """One queued message with its Results and NextAttempt, and its live state from the workflow."""
+    st = _state(request)
+    row = await q.get_msg(st.pool, msg_id)
+    if row is None:
+        retired = await q.get_retired(st.pool, msg_id)
+        if retired is None:
+            raise AdminError(404, "notFound", f"message {msg_id} not queued")
+        return views.retired_msg(retired)
+    out = views.queued_msg(row)
+    live = await _live(st, row["base_id"], msg_id)
+    if live is not None:
+        out["State"] = live.state.value
+        out["Attempts"] = max(out["Attempts"], live.attempts)
+        out["Hold"] = live.hold
+        out["NextAttempt"] = live.next_attempt.isoformat() if live.next_attempt else None
+    return out
+
+
+@router.get("/queue/{msg_id}/raw")
+async def raw(msg_id: int, request: Request) -> Response:
+    """The message exactly as it will be sent."""
+    st = _state(request)
+    data = await q.raw_message(st.pool, msg_id)
+    if data is None:
+        raise AdminError(404, "notFound", f"message {msg_id} not queued")
+    return Response(data, media_type="message/rfc822")
+
+
+_OPS = {"hold": Delivery.hold, "release": Delivery.release, "fail": Delivery.fail, "drop": Delivery.drop,
+        "kick": Delivery.kick}
+
+
+
+@router.post("/queue/{msg_id}/{op}")
+async def one(msg_id: int, op: str, request: Request) -> dict[str, Any]:
+    """Hold, release, fail, drop or kick one message: a validated update of its workflow."""
+    st = _state(request)
+    update = _OPS.get(op)
+    if update is None:
+        raise AdminError(404, "notFound", f"unknown operation {op!r}")
+    row = await q.get_msg(st.pool, msg_id)
+    if row is None:
+        raise AdminError(404, "notFound", f"message {msg_id} not queued")
+    handle = st.client.get_workflow_handle(delivery_workflow_id(row["base_id"]))
+    try:
+        status = await handle.execute_update(
+            update, AdminOp(msg_id=msg_id), result_type=MsgStatus, rpc_timeout=_RPC_TIMEOUT  # type: ignore[call-overload]
+        )
+    except WorkflowUpdateFailedError as err:
+        raise AdminError(409, "conflict", str(err.cause or err)) from None
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        raise AdminError(503, "unavailable", "no worker answered in time; try again") from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise AdminError(404, "notFound", f"message {msg_id} no longer queued") from None
+        raise AdminError(503, "unavailable", f"temporal: {err.message}") from None
+    row = await q.get_msg(st.pool, msg_id) or await q.get_retired(st.pool, msg_id)
+    if row is None:
+        out: dict[str, Any] = {"ID": msg_id}
+    else:
+        out = views.queued_msg(row) if "hold" in row else views.retired_msg(row)
+    out["State"] = status.state.value
+    return out

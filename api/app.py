@@ -1,0 +1,59 @@
+"""The HTTP API process: webapi, admin API, health and metrics on one ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
+
+from api import admin, webapi
+from api.auth import Authenticator
+from api.state import AppState
+from domain.config import Config
+
+
+def create_app(config: Config, client: Client, pool: AsyncConnectionPool) -> FastAPI:
+    """An API app bound to already-open Temporal and PostgreSQL connections."""
+    app = FastAPI(title="Tempost", version="0.1.0")
+    app.state.tempost = AppState(config=config, client=client, pool=pool, auth=Authenticator(config))
+    app.include_router(webapi.router)
+    app.include_router(admin.router)
+
+    @app.exception_handler(admin.AdminError)
+    async def _admin_error(request: Request, err: admin.AdminError) -> JSONResponse:
+        return admin.error_response(err)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """200 once Send would be accepted: PostgreSQL answers and Temporal's frontend is serving."""
+        problems = []
+        try:
+            async with asyncio.timeout(3):
+                async with pool.connection() as conn:
+                    await conn.execute("SELECT 1 FROM submissions LIMIT 1")
+        except Exception as err:  # noqa: BLE001
+            problems.append(f"postgresql: {type(err).__name__}")
+        try:
+            async with asyncio.timeout(3):
+                await client.service_client.check_health()
+        except Exception as err:  # noqa: BLE001
+            problems.append(f"temporal: {type(err).__name__}")
+        if problems:
+            return JSONResponse({"Ready": False, "Problems": problems}, status_code=503)
+        return JSONResponse({"Ready": True})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+

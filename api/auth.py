@@ -1,0 +1,76 @@
+"""Authentication: HTTP basic per account for the webapi, a bearer token for the admin API."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from domain.config import AccountConfig, Config
+from domain.passwords import verify_password
+
+# Verified credentials are remembered briefly so a busy sender does not pay a PBKDF2 run per request.
+_CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Login:
+    """An authenticated webapi caller: the account and the address it logged in with."""
+
+    account: AccountConfig
+    address: str
+
+
+class Authenticator:
+    """Checks webapi and admin credentials against the configuration; secrets are never logged."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._cache: dict[bytes, float] = {}
+        token = os.environ.get("TEMPOST_ADMIN_TOKEN", "")
+        if not token and config.api.admin_token_file:
+            token = Path(config.api.admin_token_file).read_text().strip()
+        self._admin_digest = hashlib.sha256(token.encode()).digest() if token else b""
+
+    def basic(self, authorization: str | None) -> Login | None:
+        """The login for an `Authorization: Basic ...` header, or None when it does not authenticate."""
+        if not authorization or not authorization.lower().startswith("basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(authorization[6:].strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        account = self._config.account_for_address(user)
+        if account is None:
+            return None
+        key = hashlib.sha256(f"{account.name}\0{password}".encode()).digest()
+        now = time.monotonic()
+        if self._cache.get(key, 0.0) > now:
+            return Login(account, user)
+        if not self._password_ok(account, password):
+            return None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = now + _CACHE_SECONDS
+        return Login(account, user)
+
+    @staticmethod
+    def _password_ok(account: AccountConfig, password: str) -> bool:
+        if account.password_hash:
+            return verify_password(password, account.password_hash)
+        try:
+            stored = Path(account.password_file).read_text().strip()
+        except OSError:
+            return False
+        return hmac.compare_digest(stored.encode(), password.encode())
+
+    def admin(self, authorization: str | None) -> bool:
+        """Whether an `Authorization: Bearer ...` header carries the admin token."""
+        if not self._admin_digest or not authorization or not authorization.lower().startswith("bearer "):
+            return False
+        got = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        return hmac.compare_digest(got, self._admin_digest)

@@ -1,0 +1,21 @@
+"""What every API request handler shares: configuration, clients and the authenticator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
+
+from api.auth import Authenticator
+from domain.config import Config
+
+
+@dataclass
+class AppState:
+    """Process-wide handles of the API."""
+
+    config: Config
+    client: Client
+    pool: AsyncConnectionPool
+    auth: Authenticator

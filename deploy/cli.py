@@ -1,0 +1,120 @@
+"""The `tempost` command: dev, worker, api, migrate, config check, passwd."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from domain.config import load_config
+from domain.passwords import hash_password
+
+DEFAULT_CONFIG = os.environ.get("TEMPOST_CONFIG", "tempost.toml")
+
+
+def _config(path: str):  # type: ignore[no-untyped-def]
+    try:
+        return load_config(path)
+    except FileNotFoundError:
+        raise SystemExit(f"tempost: configuration file {path} not found") from None
+    except (ValidationError, ValueError) as err:
+        raise SystemExit(f"tempost: {path}: {err}") from None
+
+
+def _cmd_dev(args: argparse.Namespace) -> None:
+    from deploy.dev import run_dev
+
+    run_dev(Path(args.data_dir), args.api_port)
+
+
+def _cmd_worker(args: argparse.Namespace) -> None:
+    from deploy.serve import install_stop_signals
+    from store import db
+    from worker.main import run_worker
+
+    config = _config(args.config)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await db.migrate(config.database.url)
+        await run_worker(config, stop)
+
+    asyncio.run(go())
+
+
+def _cmd_api(args: argparse.Namespace) -> None:
+    from deploy.serve import install_stop_signals, serve_api
+
+    config = _config(args.config)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await serve_api(config, stop)
+
+    asyncio.run(go())
+
+
+def _cmd_migrate(args: argparse.Namespace) -> None:
+    from store import db
+
+    config = _config(args.config)
+    applied = asyncio.run(db.migrate(config.database.url))
+    print("applied: " + (", ".join(applied) if applied else "nothing, schema is current"))
+
+
+def _cmd_config_check(args: argparse.Namespace) -> None:
+    config = _config(args.file)
+    print(f"{args.file}: ok ({len(config.accounts)} accounts, {len(config.transports)} transports)")
+
+
+def _cmd_passwd(args: argparse.Namespace) -> None:
+    pw = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not pw:
+        raise SystemExit("tempost: empty password")
+    print(hash_password(pw))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the subcommand."""
+    p = argparse.ArgumentParser(prog="tempost", description="Durable outgoing-mail delivery queue.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("dev", help="run the embedded stack (Temporal dev server, PostgreSQL, worker, API)")
+    d.add_argument("--data-dir", default=os.environ.get("TEMPOST_DATA_DIR", "tempost-data"))
+    d.add_argument("--api-port", type=int, default=None)
+    d.set_defaults(func=_cmd_dev)
+
+    for name, func, help_ in (
+        ("worker", _cmd_worker, "run a worker process"),
+        ("api", _cmd_api, "run the HTTP API"),
+        ("migrate", _cmd_migrate, "apply database migrations"),
+    ):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+        s.set_defaults(func=func)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_cmd", required=True)
+    cc = csub.add_parser("check", help="validate a configuration file")
+    cc.add_argument("file")
+    cc.set_defaults(func=_cmd_config_check)
+
+    pw = sub.add_parser("passwd", help="print a password hash for an account's password_hash")
+    pw.set_defaults(func=_cmd_passwd)
+
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

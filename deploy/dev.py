@@ -1,0 +1,131 @@
+"""`tempost dev`: the embedded default stack on one machine (DESIGN §8).
+
+Temporal's dev server and PostgreSQL run as child processes with their state under the data directory;
+the worker and the API run in this process. Ctrl-C stops everything in order; the next start finds the
+queued mail and the timers where they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from deploy.embedded import EmbeddedPostgres, TemporalDevServer, free_port
+from deploy.serve import install_stop_signals, serve_all
+from domain.config import Config, load_config
+
+DEV_ACCOUNT = "dev"
+DEV_ADDRESS = "dev@localhost"
+TEMPORAL_UI_PORT = 8233
+
+
+def _secret_file(path: Path, env_var: str) -> str:
+    """The secret from the environment (written to the file) or the file, generating one on first use."""
+    value = os.environ.get(env_var, "")
+    if not value and path.exists():
+        value = path.read_text().strip()
+    if not value:
+        value = secrets.token_urlsafe(18)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def write_dev_config(path: Path, data_dir: Path, api_port: int) -> None:
+    """Write the embedded stack's configuration file, choosing free ports once."""
+    pg_port = free_port()
+    path.write_text(
+        f"""# Written by `tempost dev` on first start; edit freely. See deploy/tempost.example.toml for all settings.
+hostname = "localhost"
+
+[database]
+url = "postgresql://postgres@127.0.0.1:{pg_port}/tempost"
+
+[temporal]
+address = "127.0.0.1:7233"
+
+[api]
+listen = "127.0.0.1:{api_port}"
+admin_token_file = "{data_dir / 'admin-token'}"
+
+[worker]
+metrics_listen = ""
+
+[queue]
+default_transport = "localserve"
+
+[[accounts]]
+name = "{DEV_ACCOUNT}"
+full_name = "Dev"
+addresses = ["{DEV_ADDRESS}"]
+password_file = "{data_dir / 'dev-password'}"
+keep_retired_period = "168h"
+"""
+    )
+
+
+def _port(addr: str) -> int:
+    return int(addr.rpartition(":")[2])
+
+
+def run_dev(data_dir: Path, api_port: int | None) -> None:
+    """Start the embedded stack and serve until SIGINT/SIGTERM."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = data_dir / "tempost.toml"
+    if not cfg_path.exists():
+        write_dev_config(cfg_path, data_dir, api_port or 8025)
+    password = _secret_file(data_dir / "dev-password", "TEMPOST_DEV_PASSWORD")
+    token = _secret_file(data_dir / "admin-token", "TEMPOST_ADMIN_TOKEN")
+    config = load_config(cfg_path)
+    if api_port is not None:
+        config = config.model_copy(update={"api": config.api.model_copy(update={"listen": f"127.0.0.1:{api_port}"})})
+
+    pg = EmbeddedPostgres(data_dir / "postgres", _port(config.database.url.rsplit("/", 1)[0]),
+                          log_file=data_dir / "postgres.log")
+    temporal = TemporalDevServer(
+        data_dir / "temporal.db",
+        port=_port(config.temporal.address),
+        ui_port=TEMPORAL_UI_PORT,
+        log_file=data_dir / "temporal.log",
+    )
+    try:
+        print("starting PostgreSQL ...", flush=True)
+        pg.start()
+        print("starting Temporal dev server ...", flush=True)
+        temporal.start()
+        asyncio.run(_serve(config, password, token))
+    finally:
+        temporal.stop()
+        pg.stop()
+        print("stopped", flush=True)
+
+
+async def _serve(config: Config, password: str, token: str) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    started = asyncio.Event()
+
+    async def announce() -> None:
+        await started.wait()
+        print(
+            f"""
+Tempost is running.
+  API:          http://{config.api.listen}/  (webapi: /webapi/v0/, admin: /admin/v0/, ready: /readyz)
+  Temporal UI:  http://127.0.0.1:{TEMPORAL_UI_PORT}/
+  Dev account:  {DEV_ADDRESS}  password: {password}
+  Admin token:  {token}
+Delivery is simulated (localserve): nothing leaves this machine. Ctrl-C stops everything.
+""",
+            flush=True,
+        )
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await serve_all(config, stop, started)
+    finally:
+        announcer.cancel()
+    sys.stdout.flush()

@@ -1,0 +1,184 @@
+"""Tempost's configuration: one TOML file validated by pydantic, with environment overrides for connections."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from domain.durations import parse_duration
+
+LOCALSERVE = "localserve"
+
+
+def _duration(v: object) -> object:
+    if isinstance(v, str):
+        return parse_duration(v)
+    return v
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Strict):
+    """Where the system of record for data lives."""
+
+    url: str = "postgresql://postgres@127.0.0.1:5432/tempost"
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+class TemporalConfig(_Strict):
+    """Which Temporal frontend, namespace and task queue the worker and API use."""
+
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    task_queue: str = "tempost"
+
+
+class ApiConfig(_Strict):
+    """The HTTP API process."""
+
+    listen: str = "127.0.0.1:8025"
+    # The admin bearer token is a secret: it comes from a file or the TEMPOST_ADMIN_TOKEN environment
+    # variable, never from this file.
+    admin_token_file: str = ""
+    max_message_size: int = 100 * 1024 * 1024
+
+
+class WorkerConfig(_Strict):
+    """The worker process."""
+
+    metrics_listen: str = "127.0.0.1:9464"
+    max_concurrent_activities: int = 100
+
+
+class QueueConfig(_Strict):
+    """Scheduling of delivery attempts (spec 01 §2)."""
+
+    backoff_base: Duration = timedelta(minutes=7, seconds=30)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    # Upper bound for one attempt (connect, TLS, transaction); the activity's start-to-close timeout.
+    attempt_timeout: Duration = timedelta(minutes=10)
+    # Transport used when a message names none: "localserve" simulates delivery (spec 01 §8), any
+    # other value must name an entry of [transports].
+    default_transport: str = LOCALSERVE
+
+
+class SMTPTransport(_Strict):
+    """Relay everything to one SMTP server (spec 01 §7.4, type smtp)."""
+
+    type: Literal["smtp"] = "smtp"
+    host: str
+    port: int = 25
+    # "required": STARTTLS must succeed; "opportunistic": used when offered; "none": never.
+    starttls: Literal["required", "opportunistic", "none"] = "opportunistic"
+    # Verify the relay's certificate against the system trust store (or ca_file).
+    tls_verify: bool = True
+    ca_file: str = ""
+    connect_timeout: Duration = timedelta(seconds=30)
+    command_timeout: Duration = timedelta(minutes=5)
+
+
+Transport = SMTPTransport
+
+
+class AccountConfig(_Strict):
+    """An account that may send mail over the webapi."""
+
+    name: str
+    full_name: str = ""
+    addresses: list[str]
+    # One of the two is required. password_hash is "pbkdf2_sha256$<iterations>$<salt b64>$<hash b64>"
+    # (make one with `tempost passwd`); password_file holds the password itself, for generated secrets.
+    password_hash: str = ""
+    password_file: str = ""
+    # How long retired messages stay visible (spec 01 §6.2); 0 keeps none.
+    keep_retired_period: Duration = timedelta(0)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> AccountConfig:
+        if bool(self.password_hash) == bool(self.password_file):
+            raise ValueError(f"account {self.name!r}: set exactly one of password_hash and password_file")
+        if not self.addresses:
+            raise ValueError(f"account {self.name!r}: needs at least one address")
+        return self
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    hostname: str = "localhost"
+    database: DatabaseConfig = DatabaseConfig()
+    temporal: TemporalConfig = TemporalConfig()
+    api: ApiConfig = ApiConfig()
+    worker: WorkerConfig = WorkerConfig()
+    queue: QueueConfig = QueueConfig()
+    transports: dict[str, Transport] = {}
+    accounts: list[AccountConfig] = []
+
+    @field_validator("transports")
+    @classmethod
+    def _no_reserved_names(cls, v: dict[str, Transport]) -> dict[str, Transport]:
+        if LOCALSERVE in v:
+            raise ValueError(f"transport name {LOCALSERVE!r} is built in")
+        return v
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Config:
+        dt = self.queue.default_transport
+        if dt != LOCALSERVE and dt not in self.transports:
+            raise ValueError(f"queue.default_transport {dt!r} is not a configured transport")
+        seen: dict[str, str] = {}
+        for acc in self.accounts:
+            for addr in acc.addresses:
+                key = addr.lower()
+                if key in seen:
+                    raise ValueError(f"address {addr!r} belongs to accounts {seen[key]!r} and {acc.name!r}")
+                seen[key] = acc.name
+        return self
+
+    def account(self, name: str) -> AccountConfig | None:
+        """The account with this name, if configured."""
+        for acc in self.accounts:
+            if acc.name == name:
+                return acc
+        return None
+
+    def account_for_address(self, address: str) -> AccountConfig | None:
+        """The account that owns this login address (case-insensitive)."""
+        key = address.lower()
+        for acc in self.accounts:
+            if any(a.lower() == key for a in acc.addresses):
+                return acc
+        return None
+
+
+# Environment variables that override connection settings, so one file serves several deployments.
+ENV_OVERRIDES = {
+    "TEMPOST_DATABASE_URL": ("database", "url"),
+    "TEMPOST_TEMPORAL_ADDRESS": ("temporal", "address"),
+    "TEMPOST_TEMPORAL_NAMESPACE": ("temporal", "namespace"),
+    "TEMPOST_TEMPORAL_TASK_QUEUE": ("temporal", "task_queue"),
+    "TEMPOST_API_LISTEN": ("api", "listen"),
+    "TEMPOST_METRICS_LISTEN": ("worker", "metrics_listen"),
+}
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+    """Read, override from the environment and validate a configuration file."""
+    env = os.environ if environ is None else environ
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            raw.setdefault(section, {})[key] = env[var]
+    return Config.model_validate(raw)

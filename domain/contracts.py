@@ -1,0 +1,152 @@
+"""Small typed records exchanged between the API, the delivery workflow and its activities.
+
+Everything here travels through Temporal history, so it holds ids, addresses and short reply texts only,
+never a message body.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+WORKFLOW_DELIVERY = "Delivery"
+
+# Activity names: the workflow refers to activities by name only, so it never imports activity code.
+ACTIVITY_DELIVER = "deliver_attempt"
+ACTIVITY_RETIRE = "retire_messages"
+ACTIVITY_PROJECT = "project_state"
+
+
+def delivery_workflow_id(base_id: int) -> str:
+    """Workflow id of the delivery of one submission (DESIGN §2)."""
+    return f"msg-{base_id}"
+
+
+class RecipientGroup(BaseModel):
+    """Messages of one submission to one recipient domain: delivered together in one SMTP transaction."""
+
+    domain: str
+    msg_ids: list[int]
+
+
+class DeliveryInput(BaseModel):
+    """Start arguments of the Delivery workflow."""
+
+    base_id: int
+    account: str
+    groups: list[RecipientGroup]
+    # First attempt time for a future release (RFC 4865); None means now.
+    release_at: datetime | None = None
+    hold: bool = False
+    max_attempts: int = 8
+    backoff_base_s: float = 450.0
+    attempt_timeout_s: float = 600.0
+
+
+class AttemptMsg(BaseModel):
+    """One recipient's part in a delivery attempt, as the workflow scheduled it."""
+
+    id: int
+    attempt: int
+    next_attempt: datetime
+    # Whether a temporary failure in this attempt ends delivery (attempts exhausted).
+    final: bool
+
+
+class AttemptRequest(BaseModel):
+    """Input of the deliver activity: one SMTP transaction's worth of recipients."""
+
+    base_id: int
+    domain: str
+    msgs: list[AttemptMsg]
+
+
+class Outcome(StrEnum):
+    """What became of one recipient after an attempt."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+    # The row was no longer queued (retired by an earlier try of the same activity, or removed).
+    GONE = "gone"
+
+
+class RecipientOutcome(BaseModel):
+    """Result of one recipient in an attempt; the workflow uses it to decide what comes next."""
+
+    msg_id: int
+    outcome: Outcome
+    code: int = 0
+    secode: str = ""
+    error: str = ""
+
+
+class AttemptResult(BaseModel):
+    """Output of the deliver activity."""
+
+    outcomes: list[RecipientOutcome]
+
+
+class RetireEvent(StrEnum):
+    """Why a message left the queue; the names are mox's webhook events (spec 01 §6.1)."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    CANCELED = "canceled"
+
+
+class RetireRequest(BaseModel):
+    """Input of the retire activity, used when the workflow itself ends a message (admin, lost attempt)."""
+
+    msg_ids: list[int]
+    event: RetireEvent
+    error: str
+    code: int = 0
+    secode: str = ""
+    # A result entry is appended to each message's history before it retires.
+    append_result: bool = True
+
+
+class ProjectRequest(BaseModel):
+    """Input of the project activity: write workflow-owned state into the queryable PostgreSQL rows."""
+
+    msg_ids: list[int]
+    hold: bool | None = None
+    next_attempt: datetime | None = None
+
+
+class MsgState(StrEnum):
+    """State of one message as the MessageStatus API reports it (spec 04 §1)."""
+
+    QUEUED = "queued"
+    HELD = "held"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class MsgStatus(BaseModel):
+    """Live state of one message, answered by the workflow's status query and admin updates."""
+
+    id: int
+    state: MsgState
+    attempts: int
+    next_attempt: datetime | None
+    hold: bool
+
+
+class DeliveryStatus(BaseModel):
+    """Live state of a whole submission."""
+
+    base_id: int
+    msgs: list[MsgStatus] = Field(default_factory=list)
+
+
+class AdminOp(BaseModel):
+    """An admin operation on one message of a submission (the argument of the Delivery updates)."""
+
+    msg_id: int

@@ -1,0 +1,59 @@
+"""Connection pool and schema migrations for the PostgreSQL system of record."""
+
+from __future__ import annotations
+
+import importlib.resources
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+# Any constant works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK = 7_314_159
+
+
+async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+    """Open a pool whose connections return rows as dicts."""
+    pool = AsyncConnectionPool(
+        url, min_size=min_size, max_size=max_size, kwargs={"row_factory": dict_row}, open=False
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    files = importlib.resources.files("store").joinpath("migrations")
+    out = []
+    for f in files.iterdir():
+        if f.name.endswith(".sql"):
+            out.append((int(f.name.split("_", 1)[0]), f.name, f.read_text()))
+    return sorted(out)
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; returns the names applied.
+
+    An advisory lock serialises concurrent migrators (several workers starting at once).
+    """
+    applied: list[str] = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INT PRIMARY KEY, name TEXT NOT NULL, applied TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            cur = await conn.execute("SELECT version FROM schema_migrations")
+            done = {r[0] for r in await cur.fetchall()}
+            for version, name, sql in _migrations():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)  # type: ignore[arg-type]
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+                    )
+                applied.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied

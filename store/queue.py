@@ -1,0 +1,370 @@
+"""Queue rows in PostgreSQL: submissions, per-recipient messages, the delivery journal and retirement."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from domain.filters import SORT_FIELDS, QueueFilter, QueueSort
+
+Row = dict[str, Any]
+
+PLACEHOLDER_ERROR = "delivering..."
+
+
+@dataclass(frozen=True)
+class NewMsg:
+    """One recipient of a submission, as the API queues it."""
+
+    sender_localpart: str
+    sender_domain: str
+    sender_domain_str: str
+    recipient_localpart: str
+    recipient_domain: str
+    recipient_domain_str: str
+    next_attempt: datetime
+    size: int
+    message_id: str
+    subject: str
+    has8bit: bool = False
+    smtputf8: bool = False
+    hold: bool = False
+    max_attempts: int = 0
+    require_tls: bool | None = None
+    future_release_request: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+    from_id: str = ""
+    transport: str = ""
+
+
+def result_entry(
+    start: datetime,
+    end: datetime,
+    *,
+    success: bool = False,
+    code: int = 0,
+    secode: str = "",
+    error: str = "",
+) -> dict[str, Any]:
+    """One MsgResult in mox's JSON shape (spec 01 §1.5); Duration is in nanoseconds."""
+    return {
+        "Start": start.isoformat(),
+        "Duration": int((end - start).total_seconds() * 1e9),
+        "Success": success,
+        "Code": code,
+        "Secode": secode,
+        "Error": error,
+    }
+
+
+async def insert_submission(
+    conn: AsyncConnection[Any], account: str, data: bytes, queued: datetime, msgs: Sequence[NewMsg]
+) -> tuple[int, list[int]]:
+    """Store a body once and one row per recipient; returns the BaseID and the message ids.
+
+    Runs on the caller's connection so the caller decides the transaction boundary.
+    """
+    if not msgs:
+        raise ValueError("must queue at least one message")
+    cur = await conn.execute("SELECT nextval('msg_id_seq') AS id FROM generate_series(1, %s)", (len(msgs),))
+    ids = [r["id"] if isinstance(r, dict) else r[0] for r in await cur.fetchall()]
+    ids.sort()
+    base_id = ids[0]
+    await conn.execute(
+        "INSERT INTO submissions (id, account, data, created) VALUES (%s, %s, %s, %s)",
+        (base_id, account, data, queued),
+    )
+    async with conn.cursor() as cur2:
+        await cur2.executemany(
+            """INSERT INTO queue_msgs (id, base_id, queued, hold, sender_account, sender_localpart,
+                sender_domain, sender_domain_str, from_id, recipient_localpart, recipient_domain,
+                recipient_domain_str, max_attempts, next_attempt, has8bit, smtputf8, size, message_id,
+                subject, transport, require_tls, future_release_request, extra)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                %s, %s)""",
+            [
+                (
+                    mid, base_id, queued, m.hold, account, m.sender_localpart, m.sender_domain,
+                    m.sender_domain_str, m.from_id, m.recipient_localpart, m.recipient_domain,
+                    m.recipient_domain_str, m.max_attempts, m.next_attempt, m.has8bit, m.smtputf8, m.size,
+                    m.message_id, m.subject, m.transport, m.require_tls, m.future_release_request,
+                    Jsonb(m.extra),
+                )
+                for mid, m in zip(ids, msgs, strict=True)
+            ],
+        )
+    return base_id, ids
+
+
+async def mark_workflow_started(pool: AsyncConnectionPool, base_id: int) -> None:
+    """Record that the submission's Delivery workflow exists, so the sweeper leaves it alone."""
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE submissions SET workflow_started = true WHERE id = %s", (base_id,))
+
+
+async def unstarted_submissions(pool: AsyncConnectionPool, older_than: timedelta) -> list[int]:
+    """BaseIDs committed without a known workflow for longer than `older_than`."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id FROM submissions WHERE NOT workflow_started AND created < now() - %s ORDER BY id",
+            (older_than,),
+        )
+        return [r["id"] for r in await cur.fetchall()]
+
+
+async def submission_rows(pool: AsyncConnectionPool, base_id: int) -> list[Row]:
+    """The queue rows of one submission, in id order."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT * FROM queue_msgs WHERE base_id = %s ORDER BY id", (base_id,))
+        return list(await cur.fetchall())
+
+
+async def begin_attempt(
+    pool: AsyncConnectionPool, attempts: Mapping[int, tuple[int, datetime]], now: datetime
+) -> tuple[list[Row], bytes | None]:
+    """Write the attempt's bookkeeping before any network activity (spec 01 §2.3); return rows and body.
+
+    attempts maps message id to (attempt number, next attempt time). A retried activity for the same
+    attempt number does not append a second placeholder result.
+    """
+    ids = list(attempts)
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "SELECT id, attempts, results FROM queue_msgs WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,)
+        )
+        rows = await cur.fetchall()
+        placeholder = result_entry(now, now, error=PLACEHOLDER_ERROR)
+        for r in rows:
+            attempt, next_attempt = attempts[r["id"]]
+            results = r["results"]
+            if r["attempts"] < attempt:
+                results = results + [placeholder]
+            await conn.execute(
+                """UPDATE queue_msgs SET attempts = %s, last_attempt = %s, next_attempt = %s, results = %s
+                   WHERE id = %s""",
+                (attempt, now, next_attempt, Jsonb(results), r["id"]),
+            )
+        cur = await conn.execute(
+            "SELECT * FROM queue_msgs WHERE id = ANY(%s) ORDER BY id", (ids,)
+        )
+        full = list(await cur.fetchall())
+        if not full:
+            return [], None
+        cur = await conn.execute("SELECT data FROM submissions WHERE id = %s", (full[0]["base_id"],))
+        body = await cur.fetchone()
+    return full, bytes(body["data"]) if body else None
+
+
+async def record_accepted(pool: AsyncConnectionPool, ids: Sequence[int], reply: str, now: datetime) -> None:
+    """Journal that the next hop accepted DATA for these recipients; must happen before anything else."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE queue_msgs SET accepted_at = %s, accepted_reply = %s WHERE id = ANY(%s)",
+            (now, reply, list(ids)),
+        )
+
+
+def _with_result(results: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    # The attempt's placeholder is completed in place; otherwise the outcome is a new entry.
+    if "_end" in entry and results and results[-1].get("Error") == PLACEHOLDER_ERROR:
+        start = results[-1]["Start"]
+        entry = dict(entry, Start=start)
+        entry["Duration"] = int(
+            (datetime.fromisoformat(entry["_end"]) - datetime.fromisoformat(start)).total_seconds() * 1e9
+        )
+        return results[:-1] + [{k: v for k, v in entry.items() if k != "_end"}]
+    return results + [{k: v for k, v in entry.items() if k != "_end"}]
+
+
+def outcome_entry(now: datetime, *, success: bool, code: int, secode: str, error: str) -> dict[str, Any]:
+    """A result entry ending now; its Start is taken from the attempt's placeholder when there is one."""
+    e = result_entry(now, now, success=success, code=code, secode=secode, error=error)
+    e["_end"] = now.isoformat()
+    return e
+
+
+async def record_results(pool: AsyncConnectionPool, entries: Mapping[int, dict[str, Any]]) -> None:
+    """Store the outcome of an attempt for messages that stay queued (temporary failures)."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "SELECT id, results FROM queue_msgs WHERE id = ANY(%s) FOR UPDATE", (list(entries),)
+        )
+        for r in await cur.fetchall():
+            await conn.execute(
+                "UPDATE queue_msgs SET results = %s WHERE id = %s",
+                (Jsonb(_with_result(r["results"], entries[r["id"]])), r["id"]),
+            )
+
+
+_RETIRED_COLUMNS = (
+    "id, base_id, queued, sender_account, sender_localpart, sender_domain_str, from_id, recipient_localpart,"
+    " recipient_domain, recipient_domain_str, recipient_address, attempts, max_attempts, dialed_ips,"
+    " last_attempt, results, has8bit, smtputf8, is_dmarc_report, is_tls_report, size, message_id, subject,"
+    " transport, require_tls, future_release_request, extra, event, success, last_activity, keep_until"
+)
+
+
+def recipient_address(row: Row) -> str:
+    """The recipient as an address string (Unicode domain; a bare IP for IP literals)."""
+    dom = row["recipient_domain_str"]
+    if dom.startswith("[") and dom.endswith("]"):
+        dom = dom[1:-1]
+    return f"{row['recipient_localpart']}@{dom}"
+
+
+async def retire(
+    pool: AsyncConnectionPool,
+    entries: Mapping[int, dict[str, Any] | None],
+    event: str,
+    keep: Mapping[str, timedelta],
+    now: datetime,
+) -> list[Row]:
+    """Move messages out of the queue in one transaction (spec 01 §6.2); returns the retired rows.
+
+    entries maps message id to the result entry to record (None: record nothing new). keep gives the
+    account's retention; accounts without one keep nothing. Ids no longer queued are skipped, which
+    makes a retried call harmless. The body is deleted with the submission's last queued row.
+    """
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "DELETE FROM queue_msgs WHERE id = ANY(%s) RETURNING *", (list(entries),)
+        )
+        rows = list(await cur.fetchall())
+        success = event == "delivered"
+        retired = []
+        for r in rows:
+            entry = entries[r["id"]]
+            if entry is not None:
+                r["results"] = _with_result(r["results"], entry)
+            if event == "failed" and r["last_attempt"] is None:
+                r["last_attempt"] = now
+            period = keep.get(r["sender_account"], timedelta(0))
+            if period <= timedelta(0):
+                continue
+            r.update(
+                recipient_address=recipient_address(r), event=event, success=success, last_activity=now,
+                keep_until=now + period,
+            )
+            retired.append(r)
+        if retired:
+            cols = [c.strip() for c in _RETIRED_COLUMNS.split(",")]
+            async with conn.cursor() as c2:
+                await c2.executemany(
+                    f"INSERT INTO retired_msgs ({_RETIRED_COLUMNS}) VALUES ({', '.join(['%s'] * len(cols))})",
+                    [
+                        tuple(Jsonb(r[c]) if c in ("dialed_ips", "results", "extra") else r[c] for c in cols)
+                        for r in retired
+                    ],
+                )
+        base_ids = sorted({r["base_id"] for r in rows})
+        if base_ids:
+            await conn.execute(
+                """DELETE FROM submissions s WHERE s.id = ANY(%s)
+                   AND NOT EXISTS (SELECT 1 FROM queue_msgs q WHERE q.base_id = s.id)""",
+                (base_ids,),
+            )
+    return rows
+
+
+async def project(
+    pool: AsyncConnectionPool, ids: Sequence[int], hold: bool | None, next_attempt: datetime | None
+) -> None:
+    """Copy workflow-owned state (hold, next attempt) into the queryable rows."""
+    async with pool.connection() as conn:
+        if hold is not None:
+            await conn.execute("UPDATE queue_msgs SET hold = %s WHERE id = ANY(%s)", (hold, list(ids)))
+        if next_attempt is not None:
+            await conn.execute(
+                "UPDATE queue_msgs SET next_attempt = %s WHERE id = ANY(%s)", (next_attempt, list(ids))
+            )
+
+
+async def get_msg(pool: AsyncConnectionPool, msg_id: int) -> Row | None:
+    """One queued message, or None."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT * FROM queue_msgs WHERE id = %s", (msg_id,))
+        return await cur.fetchone()
+
+
+async def get_retired(pool: AsyncConnectionPool, msg_id: int) -> Row | None:
+    """One retired message, or None."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT * FROM retired_msgs WHERE id = %s", (msg_id,))
+        return await cur.fetchone()
+
+
+async def raw_message(pool: AsyncConnectionPool, msg_id: int) -> bytes | None:
+    """The bytes that will be sent for a queued message."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT s.data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id WHERE q.id = %s", (msg_id,)
+        )
+        r = await cur.fetchone()
+        return bytes(r["data"]) if r else None
+
+
+def _filter_sql(f: QueueFilter, now: datetime) -> tuple[str, list[Any]]:
+    conds: list[str] = []
+    args: list[Any] = []
+    if f.ids:
+        conds.append("id = ANY(%s)")
+        args.append(list(f.ids))
+    if f.account:
+        conds.append("sender_account = %s")
+        args.append(f.account)
+    sender = "(sender_localpart || '@' || sender_domain_str)"
+    rcpt = "(recipient_localpart || '@' || trim(both '[]' from recipient_domain_str))"
+    # mox ORs From and To when both are given (spec 01 §5.1 QUIRK, kept).
+    if f.from_ and f.to:
+        conds.append(f"(strpos({sender}, %s) > 0 OR strpos({rcpt}, %s) > 0)")
+        args += [f.from_, f.to]
+    elif f.from_:
+        conds.append(f"strpos({sender}, %s) > 0")
+        args.append(f.from_)
+    elif f.to:
+        conds.append(f"strpos({rcpt}, %s) > 0")
+        args.append(f.to)
+    if f.hold is not None:
+        conds.append("hold = %s")
+        args.append(f.hold)
+    for col, tc in (("queued", f.submitted), ("next_attempt", f.next_attempt)):
+        if tc is not None:
+            conds.append(f"{col} {'<' if tc.before else '>'} %s")
+            args.append(tc.reference(now))
+    if f.transport is not None:
+        conds.append("transport = %s")
+        args.append(f.transport)
+    return (" AND ".join(conds) or "true"), args
+
+
+async def list_msgs(pool: AsyncConnectionPool, f: QueueFilter, sort: QueueSort, now: datetime) -> list[Row]:
+    """Queued messages matching a filter, in (field, id) order with keyset continuation."""
+    where, args = _filter_sql(f, now)
+    col = SORT_FIELDS[sort.field]
+    if sort.last_id > 0 and sort.last is not None:
+        op = ">" if sort.asc else "<"
+        where += f" AND id <> %s AND ({col}, id) {op} (%s, %s)"
+        args += [sort.last_id, sort.last, sort.last_id]
+    direction = "ASC" if sort.asc else "DESC"
+    sql = f"SELECT * FROM queue_msgs WHERE {where} ORDER BY {col} {direction}, id {direction}"
+    if f.max > 0:
+        sql += " LIMIT %s"
+        args.append(f.max)
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql, args)  # type: ignore[arg-type]
+        return list(await cur.fetchall())
+
+
+async def count_msgs(pool: AsyncConnectionPool, f: QueueFilter, now: datetime) -> int:
+    """Number of queued messages matching a filter (held ones included)."""
+    where, args = _filter_sql(f, now)
+    async with pool.connection() as conn:
+        cur = await conn.execute(f"SELECT count(*) AS n FROM queue_msgs WHERE {where}", args)  # type: ignore[arg-type]
+        r = await cur.fetchone()
+        return int(r["n"]) if r else 0

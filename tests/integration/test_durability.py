@@ -1,0 +1,137 @@
+"""Mail survives a dying worker, is never sent twice once accepted, and the happy path stays lean."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+
+from domain.contracts import MsgState
+from tests.conftest import ADMIN_TOKEN, Stack
+from worker.main import build_worker
+
+
+def text_msg(*to: str, **extra: object) -> dict[str, object]:
+    req: dict[str, object] = {"To": [{"Address": a} for a in to], "Subject": "hi", "Text": "hello"}
+    req.update(extra)
+    return req
+
+
+def worker_config_file(stack: Stack, path: Path, temporal_address: str) -> Path:
+    c = stack.config
+    path.write_text(
+        f"""hostname = "tempost.test"
+[database]
+url = "{c.database.url}"
+[temporal]
+address = "{temporal_address}"
+task_queue = "{c.temporal.task_queue}"
+[worker]
+metrics_listen = ""
+[queue]
+backoff_base = "{c.queue.backoff_base.total_seconds()}s"
+max_attempts = {c.queue.max_attempts}
+default_transport = "sink"
+[transports.sink]
+type = "smtp"
+host = "{stack.sink.host}"
+port = {stack.sink.port}
+starttls = "none"
+[[accounts]]
+name = "alice"
+addresses = ["alice@example.org"]
+password_file = "/nonexistent"
+keep_retired_period = "1h"
+"""
+    )
+    return path
+
+
+async def test_worker_killed_during_backoff_new_worker_finishes(stack_factory, temporal_env, tmp_path: Path) -> None:
+    stack = await stack_factory(worker=False, backoff_base="4s")
+    stack.sink.behaviour.temp_failures = 1
+    cfg = worker_config_file(stack, tmp_path / "worker.toml", temporal_env.client.service_client.config.target_host)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "worker", "-c", str(cfg)],
+        env={**os.environ, "TEMPOST_ADMIN_TOKEN": ADMIN_TOKEN},
+        start_new_session=True,
+    )
+    try:
+        resp = await stack.send_ok(text_msg("bob@example.com"))
+        msg_id = resp["Submissions"][0]["QueueMsgID"]
+        async with asyncio.timeout(30):
+            while stack.sink.data_commands < 1:
+                await asyncio.sleep(0.05)
+        # The first attempt failed; the message now waits in backoff. The worker dies without warning.
+        await asyncio.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    row = (await stack.admin("GET", f"/queue/{msg_id}")).json()
+    assert row["Attempts"] == 1 and row["Results"][0]["Code"] == 451
+    assert stack.sink.transactions == []
+    worker = build_worker(stack.client, stack.pool, stack.config)
+    async with worker:
+        status = await stack.finished(msg_id, timeout=30)
+    assert status.msgs[0].state == MsgState.DELIVERED and status.msgs[0].attempts == 2
+    assert stack.sink.delivered_to() == ["bob@example.com"]
+
+
+async def test_accepted_message_is_not_sent_again(stack: Stack) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    resp = await stack.send_ok(text_msg("bob@example.com", FutureRelease=later))
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    # As if an earlier try of the activity got DATA accepted and then died before reporting it.
+    async with stack.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE queue_msgs SET accepted_at = now(), accepted_reply = '250 ok' WHERE id = %s", (msg_id,)
+        )
+    assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
+    status = await stack.finished(msg_id)
+    assert status.msgs[0].state == MsgState.DELIVERED
+    assert stack.sink.transactions == []
+    body = (await stack.admin("GET", f"/queue/{msg_id}")).json()
+    assert body["Event"] == "delivered"
+
+
+async def test_history_of_a_delivered_message_is_lean(stack: Stack) -> None:
+    resp = await stack.send_ok(text_msg("bob@example.com"))
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    await stack.finished(msg_id)
+    events = [e async for e in stack.handle(msg_id).fetch_history_events()]
+    print(f"history events for a delivered single-recipient message: {len(events)}")
+    assert len(events) <= 12
+    kinds = [e.event_type for e in events]
+    assert kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
+    # The body never travels through history.
+    for e in events:
+        assert b"hello" not in e.SerializeToString()
+
+
+async def test_orphaned_submission_is_started_by_sweeper(stack: Stack) -> None:
+    from store import queue as q
+    from worker.main import sweep_orphans
+
+    resp = await stack.send_ok(text_msg("bob@example.com"))
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    await stack.finished(msg_id)
+    # Simulate an API that committed a submission and died before starting its workflow.
+    async with stack.pool.connection() as conn, conn.transaction():
+        base_id, ids = await q.insert_submission(
+            conn, "alice", b"Subject: orphan\r\n\r\nbody\r\n", datetime.now(UTC) - timedelta(minutes=5),
+            [q.NewMsg("alice", "example.org", "example.org", "carol", "example.com", "example.com",
+                      datetime.now(UTC), 30, "<orphan@x>", "orphan")],
+        )
+    started = await sweep_orphans(stack.client, stack.pool, stack.config, timedelta(seconds=30))
+    assert started == 1
+    await stack.finished(base_id)
+    assert "carol@example.com" in stack.sink.delivered_to()
+    assert await sweep_orphans(stack.client, stack.pool, stack.config, timedelta(seconds=30)) == 0

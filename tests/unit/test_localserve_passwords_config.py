@@ -1,0 +1,63 @@
+"""Simulated delivery (spec 01 §8.1), password hashes and configuration validation."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from domain.config import Config, load_config
+from domain.localserve import simulate
+from domain.passwords import hash_password, verify_password
+
+
+@pytest.mark.parametrize(
+    "localpart,success,permanent,code",
+    [
+        ("bob", True, False, 250),
+        ("queuetemperror", False, False, 451),
+        ("queuepermerror", False, True, 550),
+        ("queuetimeout", False, False, 0),
+        ("queue552", False, True, 552),
+        ("queue421", False, False, 421),
+        ("queue600", False, False, 600),
+        ("queue399", True, False, 250),
+    ],
+)
+def test_special_localparts(localpart: str, success: bool, permanent: bool, code: int) -> None:
+    r = simulate(localpart)
+    assert (r.success, r.permanent, r.code) == (success, permanent, code)
+
+
+def test_password_hash_round_trip() -> None:
+    h = hash_password("hunter2", iterations=1000)
+    assert h.startswith("pbkdf2_sha256$1000$")
+    assert verify_password("hunter2", h)
+    assert not verify_password("hunter3", h)
+    assert not verify_password("hunter2", "garbage")
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load_config(Path(__file__).parents[2] / "deploy" / "tempost.example.toml", environ={})
+    assert cfg.queue.max_attempts == 8 and cfg.queue.backoff_base.total_seconds() == 450
+    assert cfg.transports["relay"].starttls == "required"
+
+
+def test_environment_overrides_connections(tmp_path: Path) -> None:
+    p = tmp_path / "t.toml"
+    p.write_text('[database]\nurl = "postgresql://a/b"\n')
+    cfg = load_config(p, environ={"TEMPOST_DATABASE_URL": "postgresql://c/d", "TEMPOST_TEMPORAL_ADDRESS": "t:1"})
+    assert cfg.database.url == "postgresql://c/d" and cfg.temporal.address == "t:1"
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"queue": {"default_transport": "nope"}}, "not a configured transport"),
+        ({"queue": {"bogus": 1}}, "Extra inputs"),
+        ({"accounts": [{"name": "a", "addresses": ["a@x"]}]}, "exactly one of password_hash"),
+        ({"queue": {"backoff_base": "soon"}}, "invalid duration"),
+    ],
+)
+def test_bad_config_is_rejected_with_a_reason(raw: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Config.model_validate(raw)

@@ -1,0 +1,113 @@
+"""The worker process: runs Delivery workflows and their activities, sweeps orphaned submissions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from prometheus_client import start_http_server
+from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.delivery import DeliveryActivities
+from domain.config import Config
+from store import db
+from store import queue as q
+from workflows.client import delivery_input, delivery_summary, start_delivery
+from workflows.delivery import Delivery
+
+log = logging.getLogger("tempost.worker")
+
+# Our pure rules and pydantic are deterministic; passing them through the sandbox avoids re-importing
+# them for every workflow run (about a third of the worker's CPU otherwise).
+SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("domain", "pydantic", "pydantic_core")
+)
+# A submission committed this long ago without a workflow lost its API process mid-request.
+ORPHAN_AGE = timedelta(seconds=30)
+
+
+async def connect_temporal(config: Config) -> Client:
+    """A Temporal client with the data converter every Tempost process must share."""
+    return await Client.connect(
+        config.temporal.address, namespace=config.temporal.namespace, data_converter=pydantic_data_converter
+    )
+
+
+def build_worker(client: Client, pool: AsyncConnectionPool, config: Config) -> Worker:
+    """A worker with Tempost's workflows and activities on the configured task queue."""
+    acts = DeliveryActivities(pool, config)
+    return Worker(
+        client,
+        task_queue=config.temporal.task_queue,
+        workflows=[Delivery],
+        activities=acts.all(),
+        workflow_runner=SANDBOX,
+        max_concurrent_activities=config.worker.max_concurrent_activities,
+    )
+
+
+async def sweep_orphans(client: Client, pool: AsyncConnectionPool, config: Config, older_than: timedelta) -> int:
+    """Start the workflow of every submission that was committed but never started; returns how many."""
+    started = 0
+    for base_id in await q.unstarted_submissions(pool, older_than):
+        rows = await q.submission_rows(pool, base_id)
+        if rows:
+            first = rows[0]
+            inp = delivery_input(
+                base_id,
+                first["sender_account"],
+                [(r["id"], r["recipient_domain_str"]) for r in rows],
+                config.queue,
+                release_at=min(r["next_attempt"] for r in rows),
+                hold=all(r["hold"] for r in rows),
+            )
+            sender = f"{first['sender_localpart']}@{first['sender_domain_str']}"
+            summary = delivery_summary(sender, [q.recipient_address(r) for r in rows])
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await start_delivery(client, config.temporal.task_queue, inp, summary)
+                started += 1
+                log.warning("started delivery of orphaned submission %d", base_id)
+        await q.mark_workflow_started(pool, base_id)
+    return started
+
+
+async def _sweeper(client: Client, pool: AsyncConnectionPool, config: Config) -> None:
+    while True:
+        try:
+            await sweep_orphans(client, pool, config, ORPHAN_AGE)
+        except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
+            log.exception("sweeping orphaned submissions")
+        await asyncio.sleep(ORPHAN_AGE.total_seconds())
+
+
+def _listen(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set; running activities finish first."""
+    stop = stop or asyncio.Event()
+    if config.worker.metrics_listen:
+        host, port = _listen(config.worker.metrics_listen)
+        start_http_server(port, addr=host)
+    client = await connect_temporal(config)
+    pool = await db.open_pool(config.database.url, config.database.pool_min, config.database.pool_max)
+    try:
+        worker = build_worker(client, pool, config)
+        sweeper = asyncio.create_task(_sweeper(client, pool, config))
+        async with worker:
+            log.info("worker polling task queue %s", config.temporal.task_queue)
+            await stop.wait()
+        sweeper.cancel()
+    finally:
+        await pool.close()
+
+

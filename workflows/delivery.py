@@ -1,0 +1,283 @@
+"""The Delivery workflow: one per submission (BaseID), owning attempts, backoff timers and hold state.
+
+The message body never enters this workflow: it works on message ids, and the deliver activity reads the
+body from PostgreSQL. Each recipient domain is a group delivered in one SMTP transaction per attempt;
+groups run concurrently inside the workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from domain.backoff import DELAYED_DSN_ATTEMPT, JITTER_MAX, JITTER_MIN, backoff
+    from domain.contracts import (
+        ACTIVITY_DELIVER,
+        ACTIVITY_PROJECT,
+        ACTIVITY_RETIRE,
+        WORKFLOW_DELIVERY,
+        AdminOp,
+        AttemptMsg,
+        AttemptRequest,
+        AttemptResult,
+        DeliveryInput,
+        DeliveryStatus,
+        MsgState,
+        MsgStatus,
+        Outcome,
+        ProjectRequest,
+        RecipientOutcome,
+        RetireEvent,
+        RetireRequest,
+    )
+
+# Retries of an activity cover infrastructure trouble (PostgreSQL restart, worker crash), not SMTP
+# outcomes: those come back as data and the workflow's own backoff handles them.
+_INFRA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+_DELIVER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
+)
+_IO_TIMEOUT = timedelta(seconds=60)
+ADMIN_CANCEL_ERROR = "delivery canceled by admin"
+# A timer may fire a hair before the instant the workflow computed; treat that as due.
+_DUE_SLACK = timedelta(milliseconds=5)
+
+
+@dataclass
+class _Msg:
+    id: int
+    domain: str
+    attempts: int
+    next_attempt: datetime
+    hold: bool
+    busy: bool = False
+    done: MsgState | None = None
+
+
+@workflow.defn(name=WORKFLOW_DELIVERY)
+class Delivery:
+    """Delivers one submission's recipients with mox's retry schedule, steerable by admin updates."""
+
+    def __init__(self) -> None:
+        self._msgs: dict[int, _Msg] = {}
+        self._input: DeliveryInput | None = None
+        # Bumped whenever an admin operation changes state, so waiting groups re-evaluate.
+        self._changes = 0
+
+    @workflow.run
+    async def run(self, inp: DeliveryInput) -> DeliveryStatus:
+        self._input = inp
+        first = inp.release_at or workflow.now()
+        for group in inp.groups:
+            for msg_id in group.msg_ids:
+                self._msgs[msg_id] = _Msg(msg_id, group.domain, 0, first, inp.hold)
+        await asyncio.gather(*(self._deliver_group(g.domain, g.msg_ids) for g in inp.groups))
+        # Let an admin update that retired the last message finish its reply before completing.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.status()
+
+    async def _deliver_group(self, domain: str, msg_ids: list[int]) -> None:
+        assert self._input is not None
+        base = timedelta(seconds=self._input.backoff_base_s)
+        while True:
+            pending = [self._msgs[i] for i in msg_ids if self._msgs[i].done is None]
+            if not pending:
+                return
+            now = workflow.now()
+            due = [m for m in pending if not m.hold and not m.busy and m.next_attempt <= now + _DUE_SLACK]
+            if not due:
+                await self._wait_for_due(pending, now)
+                continue
+            batch: list[AttemptMsg] = []
+            for m in due:
+                jitter = workflow.random().randint(JITTER_MIN, JITTER_MAX)
+                # Like mox, the next attempt time moves forward before the attempt starts, so a crash
+                # mid-attempt cannot cause a tight retry loop.
+                m.next_attempt = now + backoff(m.attempts, base, jitter)
+                m.attempts += 1
+                m.busy = True
+                final = m.attempts >= self._input.max_attempts
+                batch.append(AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final))
+            outcomes = await self._attempt(domain, batch)
+            for out in outcomes:
+                self._apply_outcome(out)
+
+    async def _wait_for_due(self, pending: list[_Msg], now: datetime) -> None:
+        seen = self._changes
+        waiting = [m.next_attempt for m in pending if not m.hold and not m.busy]
+        if not waiting:
+            # Everything held or in flight: only an admin operation or a finishing attempt moves us.
+            await workflow.wait_condition(lambda: self._changes != seen)
+            return
+        until = min(waiting)
+        try:
+            await workflow.wait_condition(
+                lambda: self._changes != seen,
+                timeout=max(until - now, timedelta(milliseconds=1)),
+                timeout_summary=f"next attempt at {until.isoformat(timespec='seconds')}",
+            )
+        except asyncio.TimeoutError:
+            pass
+
+    async def _attempt(self, domain: str, batch: list[AttemptMsg]) -> list[RecipientOutcome]:
+        assert self._input is not None
+        req = AttemptRequest(base_id=self._input.base_id, domain=domain, msgs=batch)
+        n = batch[0].attempt
+        try:
+            result = await workflow.execute_activity(
+                ACTIVITY_DELIVER,
+                req,
+                result_type=AttemptResult,
+                start_to_close_timeout=timedelta(seconds=self._input.attempt_timeout_s),
+                retry_policy=_DELIVER_RETRY,
+                summary=f"attempt {n} to {domain} ({len(batch)} rcpt{'s' if len(batch) != 1 else ''})",
+            )
+            return result.outcomes
+        except Exception as err:  # noqa: BLE001 - any activity failure is a failed attempt, never a stuck one
+            workflow.logger.warning("delivery attempt %d to %s could not run: %s", n, domain, err)
+            error = f"delivery attempt could not run: {err}"
+            final_ids = [m.id for m in batch if m.final]
+            if final_ids:
+                await self._retire(final_ids, RetireEvent.FAILED, error)
+            return [
+                RecipientOutcome(
+                    msg_id=m.id, outcome=Outcome.FAILED if m.final else Outcome.DEFERRED, error=error
+                )
+                for m in batch
+            ]
+
+    def _apply_outcome(self, out: RecipientOutcome) -> None:
+        m = self._msgs[out.msg_id]
+        m.busy = False
+        self._changes += 1
+        if out.outcome in (Outcome.DELIVERED, Outcome.GONE):
+            m.done = MsgState.DELIVERED
+        elif out.outcome == Outcome.FAILED:
+            m.done = MsgState.FAILED
+        else:
+            workflow.set_current_details(
+                f"msg {m.id}: attempt {m.attempts} deferred: {out.code or ''} {out.error}\n\n"
+                f"next attempt {m.next_attempt.isoformat(timespec='seconds')}"
+            )
+            if m.attempts == DELAYED_DSN_ATTEMPT:
+                # Hook point: the delayed DSN (spec 03 §1.1) is sent here once DSNs exist.
+                pass
+
+    async def _retire(self, msg_ids: list[int], event: RetireEvent, error: str) -> None:
+        await workflow.execute_activity(
+            ACTIVITY_RETIRE,
+            RetireRequest(msg_ids=msg_ids, event=event, error=error),
+            start_to_close_timeout=_IO_TIMEOUT,
+            retry_policy=_INFRA_RETRY,
+            summary=f"retire {len(msg_ids)} as {event.value}",
+        )
+
+    async def _project(self, req: ProjectRequest) -> None:
+        await workflow.execute_activity(
+            ACTIVITY_PROJECT,
+            req,
+            start_to_close_timeout=_IO_TIMEOUT,
+            retry_policy=_INFRA_RETRY,
+            summary="update queue row",
+        )
+
+    # --- Admin operations on one message: updates, validated before they touch history. ---
+
+    def _pending(self, op: AdminOp) -> _Msg:
+        m = self._msgs.get(op.msg_id)
+        if m is None:
+            raise ValueError(f"message {op.msg_id} is not part of this submission")
+        if m.done is not None:
+            raise ValueError(f"message {op.msg_id} is no longer queued ({m.done.value})")
+        return m
+
+    @workflow.update
+    async def hold(self, op: AdminOp) -> MsgStatus:
+        m = self._msgs[op.msg_id]
+        m.hold = True
+        self._changes += 1
+        await self._project(ProjectRequest(msg_ids=[m.id], hold=True))
+        return self._status_of(m)
+
+    @hold.validator
+    def _validate_hold(self, op: AdminOp) -> None:
+        self._pending(op)
+
+    @workflow.update
+    async def release(self, op: AdminOp) -> MsgStatus:
+        m = self._msgs[op.msg_id]
+        m.hold = False
+        self._changes += 1
+        await self._project(ProjectRequest(msg_ids=[m.id], hold=False))
+        return self._status_of(m)
+
+    @release.validator
+    def _validate_release(self, op: AdminOp) -> None:
+        self._pending(op)
+
+    @workflow.update
+    async def kick(self, op: AdminOp) -> MsgStatus:
+        m = self._msgs[op.msg_id]
+        m.next_attempt = workflow.now()
+        self._changes += 1
+        await self._project(ProjectRequest(msg_ids=[m.id], next_attempt=m.next_attempt))
+        return self._status_of(m)
+
+    @kick.validator
+    def _validate_kick(self, op: AdminOp) -> None:
+        self._pending(op)
+
+    @workflow.update
+    async def fail(self, op: AdminOp) -> MsgStatus:
+        return await self._cancel(op, MsgState.FAILED, RetireEvent.FAILED)
+
+    @fail.validator
+    def _validate_fail(self, op: AdminOp) -> None:
+        self._pending(op)
+
+    @workflow.update
+    async def drop(self, op: AdminOp) -> MsgStatus:
+        return await self._cancel(op, MsgState.CANCELED, RetireEvent.CANCELED)
+
+    @drop.validator
+    def _validate_drop(self, op: AdminOp) -> None:
+        self._pending(op)
+
+    async def _cancel(self, op: AdminOp, state: MsgState, event: RetireEvent) -> MsgStatus:
+        m = self._msgs[op.msg_id]
+        # An attempt in flight finishes first: its outcome may already be final (delivered), and the
+        # deliver activity owns the row until it returns.
+        await workflow.wait_condition(lambda: not m.busy)
+        if m.done is None:
+            m.done = state
+            self._changes += 1
+            # Hook point: Fail sends a failure DSN here once DSNs exist (spec 01 §5.4); Drop sends none.
+            await self._retire([m.id], event, ADMIN_CANCEL_ERROR)
+        return self._status_of(m)
+
+    @workflow.query
+    def status(self) -> DeliveryStatus:
+        assert self._input is not None
+        return DeliveryStatus(base_id=self._input.base_id, msgs=[self._status_of(m) for m in self._msgs.values()])
+
+    def _status_of(self, m: _Msg) -> MsgStatus:
+        if m.done is not None:
+            state = m.done
+        elif m.busy:
+            state = MsgState.DELIVERING
+        elif m.hold:
+            state = MsgState.HELD
+        else:
+            state = MsgState.QUEUED
+        return MsgStatus(
+            id=m.id,
+            state=state,
+            attempts=m.attempts,
+            next_attempt=None if m.done else m.next_attempt,
+            hold=m.hold,
+        )
