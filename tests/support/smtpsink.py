@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
@@ -18,6 +19,8 @@ class Transaction:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    # time.monotonic() when the sink accepted DATA (for latency in bench/).
+    accepted_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
