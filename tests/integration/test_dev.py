@@ -1,0 +1,142 @@
+"""`tempost dev` as a user runs it: start, send, Ctrl-C, start again — nothing queued is lost or forgotten."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from deploy.embedded import free_port
+
+PASSWORD = "dev-test-password"
+TOKEN = "dev-test-token"
+
+
+def _port_pair() -> int:
+    """A free port whose +1000 neighbour (the Temporal UI) is free too."""
+    for _ in range(50):
+        p = free_port()
+        if p + 1000 < 65536:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p + 1000))
+                except OSError:
+                    continue
+            return p
+    raise RuntimeError("no free port pair")
+
+
+def _start(data_dir: Path, api_port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, TEMPOST_DEV_PASSWORD=PASSWORD, TEMPOST_ADMIN_TOKEN=TOKEN)
+    out = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "dev", "--data-dir", str(data_dir), "--api-port", str(api_port)],
+        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+
+
+def _wait_ready(api: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(api + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("tempost dev not ready:\n" + log.read_text())
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """What Ctrl-C in a terminal does: SIGINT to the process group."""
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(60) == 0
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_dev_survives_ctrl_c_with_mail_waiting_in_backoff(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    temporal_port, pg_port, api_port = _port_pair(), free_port(), free_port()
+    # Pre-written configuration so the test does not take the default ports a developer may be using;
+    # `tempost dev` keeps a configuration it finds.
+    (data / "tempost.toml").write_text(
+        f"""hostname = "localhost"
+[database]
+url = "postgresql://postgres@127.0.0.1:{pg_port}/tempost"
+[temporal]
+address = "127.0.0.1:{temporal_port}"
+[api]
+listen = "127.0.0.1:{api_port}"
+admin_token_file = "{data / 'admin-token'}"
+[worker]
+metrics_listen = ""
+[queue]
+default_transport = "localserve"
+[[accounts]]
+name = "dev"
+addresses = ["dev@localhost"]
+password_file = "{data / 'dev-password'}"
+keep_retired_period = "168h"
+"""
+    )
+    api = f"http://127.0.0.1:{api_port}"
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    log = tmp_path / "dev.log"
+
+    proc = _start(data, api_port, log)
+    try:
+        _wait_ready(api, proc, log)
+        printed = log.read_text()
+        assert f"password: {PASSWORD}" in printed and TOKEN in printed
+        assert f"http://127.0.0.1:{temporal_port + 1000}/" in printed
+        request = {"To": [{"Address": "bob@example.com"}, {"Address": "usertemperror@example.com"}],
+                   "Subject": "hi", "Text": "hello"}
+        r = httpx.post(api + "/webapi/v0/Send", data={"request": json.dumps(request)},
+                       auth=("dev@localhost", PASSWORD))
+        assert r.status_code == 200, r.text
+        delivered, waiting = (s["QueueMsgID"] for s in r.json()["Submissions"])
+        # The temporary failure leaves one message in backoff (first retry 7.5 minutes out).
+        deadline = time.monotonic() + 30
+        while True:
+            row = httpx.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()
+            if row.get("Attempts") == 1:
+                break
+            assert time.monotonic() < deadline, row
+            time.sleep(0.2)
+        next_attempt = row["NextAttempt"]
+    finally:
+        _interrupt(proc)
+    # Every child went with it.
+    assert not _listening(temporal_port) and not _listening(pg_port) and not _listening(api_port)
+
+    proc = _start(data, api_port, log)
+    try:
+        _wait_ready(api, proc, log)
+        assert httpx.get(f"{api}/admin/v0/queue/{delivered}", headers=admin).json()["Event"] == "delivered"
+        row = httpx.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()
+        assert row["Attempts"] == 1 and row["NextAttempt"] == next_attempt
+        # The workflow is alive and still owns the timer: a kick makes it try again now.
+        r = httpx.post(f"{api}/admin/v0/queue/{waiting}/kick", headers=admin, timeout=30)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()["Attempts"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        _interrupt(proc)
