@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from psycopg_pool import AsyncConnectionPool
 from temporalio import activity
 
 from activities.transports import Envelope, LocalserveTransport, RcptReply, SMTPRelayTransport, Transport
@@ -22,6 +21,7 @@ from domain.contracts import (
     RetireRequest,
 )
 from store import queue as q
+from store.db import Pool
 
 
 def _now() -> datetime:
@@ -37,7 +37,7 @@ def _path(localpart: str, domain: str) -> str:
 class DeliveryActivities:
     """Side effects of delivery, bound to one PostgreSQL pool and configuration."""
 
-    def __init__(self, pool: AsyncConnectionPool, config: Config) -> None:
+    def __init__(self, pool: Pool, config: Config) -> None:
         self._pool = pool
         self._config = config
         self._transports: dict[str, Transport] = {LOCALSERVE: LocalserveTransport()}
@@ -56,7 +56,9 @@ class DeliveryActivities:
         """Deliver one recipient group in one SMTP transaction and record each recipient's outcome."""
         now = _now()
         plan = {m.id: m for m in req.msgs}
-        rows, body = await q.begin_attempt(self._pool, {m.id: (m.attempt, m.next_attempt) for m in req.msgs}, now)
+        rows, body = await q.begin_attempt(
+            self._pool, {m.id: (m.attempt, m.next_attempt) for m in req.msgs}, now
+        )
         by_id = {r["id"]: r for r in rows}
         outcomes: dict[int, RecipientOutcome] = {
             i: RecipientOutcome(msg_id=i, outcome=Outcome.GONE) for i in plan if i not in by_id
@@ -66,12 +68,16 @@ class DeliveryActivities:
         journaled = [r for r in rows if r["accepted_at"] is not None]
         pending = [r for r in rows if r["accepted_at"] is None]
         if journaled:
-            await self._retire_delivered(journaled, {r["id"]: (250, r["accepted_reply"] or "") for r in journaled})
+            await self._retire_delivered(
+                journaled, {r["id"]: (250, r["accepted_reply"] or "") for r in journaled}
+            )
             for r in journaled:
                 outcomes[r["id"]] = RecipientOutcome(msg_id=r["id"], outcome=Outcome.DELIVERED, code=250)
         if pending and body is not None:
             replies = await self._send(pending, body)
-            delivered = {r["id"]: (rep.code, "") for r, rep in zip(pending, replies, strict=True) if rep.success}
+            delivered = {
+                r["id"]: (rep.code, "") for r, rep in zip(pending, replies, strict=True) if rep.success
+            }
             if delivered:
                 await self._retire_delivered([r for r in pending if r["id"] in delivered], delivered)
             failed: dict[int, dict] = {}
@@ -79,7 +85,9 @@ class DeliveryActivities:
             end = _now()
             for r, rep in zip(pending, replies, strict=True):
                 if rep.success:
-                    outcomes[r["id"]] = RecipientOutcome(msg_id=r["id"], outcome=Outcome.DELIVERED, code=rep.code)
+                    outcomes[r["id"]] = RecipientOutcome(
+                        msg_id=r["id"], outcome=Outcome.DELIVERED, code=rep.code
+                    )
                     continue
                 entry = q.outcome_entry(end, success=False, code=rep.code, secode=rep.secode, error=rep.error)
                 final = rep.permanent or plan[r["id"]].final

@@ -71,7 +71,7 @@ def split_enhanced(text: str) -> tuple[str, str]:
     m = _ENHANCED.match(text)
     if not m:
         return "", text
-    return m.group(2), text[m.end():]
+    return m.group(2), text[m.end() :]
 
 
 def _reply_failure(code: int, text: str) -> RcptReply:
@@ -117,7 +117,9 @@ class SMTPRelayTransport:
                 except (aiosmtplib.SMTPException, OSError, TimeoutError):
                     client.close()
 
-    async def _transaction(self, client: aiosmtplib.SMTP, env: Envelope, on_accepted: OnAccepted) -> list[RcptReply]:
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, env: Envelope, on_accepted: OnAccepted
+    ) -> list[RcptReply]:
         cfg = self._cfg
         await client.connect(timeout=cfg.connect_timeout.total_seconds())
         await client.ehlo()
@@ -126,14 +128,16 @@ class SMTPRelayTransport:
                 await client.starttls(tls_context=self._tls_context())
                 await client.ehlo()
             elif cfg.starttls == "required":
-                return [RcptReply(False, False, 0, "", "relay does not offer STARTTLS, which is required")] * len(
-                    env.recipients
-                )
+                return [
+                    RcptReply(False, False, 0, "", "relay does not offer STARTTLS, which is required")
+                ] * len(env.recipients)
         options = []
         if env.smtputf8:
             if not client.supports_extension("smtputf8"):
                 # RFC 6531 §3.4: without SMTPUTF8 at the next hop the message cannot be sent.
-                return [RcptReply(False, True, 0, "", "next hop does not support SMTPUTF8")] * len(env.recipients)
+                return [RcptReply(False, True, 0, "", "next hop does not support SMTPUTF8")] * len(
+                    env.recipients
+                )
             options.append("SMTPUTF8")
         if env.has8bit and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")

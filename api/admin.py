@@ -13,7 +13,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api import views
 from api.state import AppState
-from domain.contracts import AdminOp, DeliveryStatus, MsgStatus, delivery_workflow_id
+from domain.contracts import AdminOp, MsgStatus, delivery_workflow_id
 from domain.filters import FilterError, QueueFilter, parse_sort, parse_time_condition
 from store import queue as q
 from workflows.delivery import Delivery
@@ -66,7 +66,9 @@ def queue_filter(request: Request) -> QueueFilter:
             to=p.get("to", ""),
             hold=_bool("hold", p.get("hold")),
             submitted=parse_time_condition("submitted", p["submitted"]) if p.get("submitted") else None,
-            next_attempt=parse_time_condition("nextattempt", p["nextattempt"]) if p.get("nextattempt") else None,
+            next_attempt=parse_time_condition("nextattempt", p["nextattempt"])
+            if p.get("nextattempt")
+            else None,
             transport=p.get("transport"),
             max=int(p.get("max", "0") or 0),
         )
@@ -84,7 +86,10 @@ async def list_queue(request: Request) -> dict[str, Any]:
     p = request.query_params
     try:
         sort = parse_sort(
-            p.get("sort", ""), _bool("asc", p.get("asc")) or False, int(p.get("lastid", "0") or 0), p.get("last", "")
+            p.get("sort", ""),
+            _bool("asc", p.get("asc")) or False,
+            int(p.get("lastid", "0") or 0),
+            p.get("last", ""),
         )
     except (FilterError, ValueError) as err:
         raise AdminError(400, "badFilter", str(err)) from None
@@ -102,7 +107,7 @@ async def count_queue(request: Request) -> dict[str, Any]:
 async def _live(st: AppState, base_id: int, msg_id: int) -> MsgStatus | None:
     try:
         status = await st.client.get_workflow_handle(delivery_workflow_id(base_id)).query(
-            Delivery.status, result_type=DeliveryStatus, rpc_timeout=_RPC_TIMEOUT
+            Delivery.status, rpc_timeout=_RPC_TIMEOUT
         )
     except Exception:  # noqa: BLE001 - the live view is a bonus; PostgreSQL still answers
         return None
@@ -139,9 +144,13 @@ async def raw(msg_id: int, request: Request) -> Response:
     return Response(data, media_type="message/rfc822")
 
 
-_OPS = {"hold": Delivery.hold, "release": Delivery.release, "fail": Delivery.fail, "drop": Delivery.drop,
-        "kick": Delivery.kick}
-
+_OPS = {
+    "hold": Delivery.hold,
+    "release": Delivery.release,
+    "fail": Delivery.fail,
+    "drop": Delivery.drop,
+    "kick": Delivery.kick,
+}
 
 
 @router.post("/queue/{msg_id}/{op}")
@@ -157,7 +166,10 @@ async def one(msg_id: int, op: str, request: Request) -> dict[str, Any]:
     handle = st.client.get_workflow_handle(delivery_workflow_id(row["base_id"]))
     try:
         status = await handle.execute_update(
-            update, AdminOp(msg_id=msg_id), result_type=MsgStatus, rpc_timeout=_RPC_TIMEOUT  # type: ignore[call-overload]
+            update,
+            AdminOp(msg_id=msg_id),
+            result_type=MsgStatus,
+            rpc_timeout=_RPC_TIMEOUT,  # type: ignore[call-overload]
         )
     except WorkflowUpdateFailedError as err:
         raise AdminError(409, "conflict", str(err.cause or err)) from None
@@ -172,5 +184,8 @@ async def one(msg_id: int, op: str, request: Request) -> dict[str, Any]:
         out: dict[str, Any] = {"ID": msg_id}
     else:
         out = views.queued_msg(row) if "hold" in row else views.retired_msg(row)
+    # The workflow's answer is the truth at the moment of the update; the row may already have moved on
+    # (a released message can be delivered and retired before we read it).
     out["State"] = status.state.value
+    out["Hold"] = status.hold
     return out

@@ -7,16 +7,16 @@ import asyncio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 from api import admin, webapi
 from api.auth import Authenticator
 from api.state import AppState
 from domain.config import Config
+from store.db import Pool
 
 
-def create_app(config: Config, client: Client, pool: AsyncConnectionPool) -> FastAPI:
+def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     """An API app bound to already-open Temporal and PostgreSQL connections."""
     app = FastAPI(title="Tempost", version="0.1.0")
     app.state.tempost = AppState(config=config, client=client, pool=pool, auth=Authenticator(config))
@@ -55,5 +55,3 @@ def create_app(config: Config, client: Client, pool: AsyncConnectionPool) -> Fas
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 from api.auth import Authenticator
 from domain.config import Config
+from store.db import Pool
 
 
 @dataclass
@@ -17,5 +17,5 @@ class AppState:
 
     config: Config
     client: Client
-    pool: AsyncConnectionPool
+    pool: Pool
     auth: Authenticator

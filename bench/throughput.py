@@ -41,9 +41,15 @@ def _config(database_url: str, temporal_address: str, api_port: int, sink: SMTPS
             "api": {"listen": f"127.0.0.1:{api_port}", "admin_token_file": ""},
             "worker": {"metrics_listen": ""},
             "queue": {"default_transport": "sink", "backoff_base": "1s"},
-            "transports": {"sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}},
+            "transports": {
+                "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}
+            },
             "accounts": [
-                {"name": "bench", "addresses": [SENDER], "password_hash": hash_password(PASSWORD, iterations=1000)}
+                {
+                    "name": "bench",
+                    "addresses": [SENDER],
+                    "password_hash": hash_password(PASSWORD, iterations=1000),
+                }
             ],
         }
     )
@@ -89,9 +95,11 @@ async def _single(http: httpx.AsyncClient, sink: SMTPSink, n: int, concurrency: 
                 if tag in submitted:
                     lat.append(t.accepted_at - submitted[tag])
     done = len(sink.transactions) - before
-    print(f"single-recipient: {done}/{n} delivered in {t1 - t0:.2f}s = {done / (t1 - t0):.1f} msg/s "
-          f"(submit {n / (t_submitted - t0):.1f} msg/s); latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
-          f"p99 {_pct(lat, 99) * 1000:.0f} ms")
+    print(
+        f"single-recipient: {done}/{n} delivered in {t1 - t0:.2f}s = {done / (t1 - t0):.1f} msg/s "
+        f"(submit {n / (t_submitted - t0):.1f} msg/s); latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
+        f"p99 {_pct(lat, 99) * 1000:.0f} ms"
+    )
 
 
 async def _fanout(http: httpx.AsyncClient, sink: SMTPSink, rcpts: int, domains: int, timeout: float) -> None:
@@ -109,9 +117,11 @@ async def _fanout(http: httpx.AsyncClient, sink: SMTPSink, rcpts: int, domains: 
     t1 = time.monotonic()
     done = len(sink.delivered_to()) - before
     lat = [t.accepted_at - t0 for t in sink.transactions if t.accepted_at >= t0]
-    print(f"fan-out: {done}/{rcpts} recipients over {domains} domains in {t1 - t0:.2f}s "
-          f"= {done / (t1 - t0):.1f} rcpt/s; per-transaction latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
-          f"p99 {_pct(lat, 99) * 1000:.0f} ms; mean {statistics.fmean(lat) * 1000 if lat else 0:.0f} ms")
+    print(
+        f"fan-out: {done}/{rcpts} recipients over {domains} domains in {t1 - t0:.2f}s "
+        f"= {done / (t1 - t0):.1f} rcpt/s; per-transaction latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
+        f"p99 {_pct(lat, 99) * 1000:.0f} ms; mean {statistics.fmean(lat) * 1000 if lat else 0:.0f} ms"
+    )
 
 
 async def main() -> None:
@@ -143,8 +153,9 @@ async def main() -> None:
         try:
             await asyncio.wait_for(started.wait(), 60)
             limits = httpx.Limits(max_connections=args.concurrency)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", limits=limits,
-                                         timeout=60) as http:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{api_port}", limits=limits, timeout=60
+            ) as http:
                 await _single(http, sink, args.n, args.concurrency, args.timeout)
                 await _fanout(http, sink, args.fanout_rcpts, args.fanout_domains, args.timeout)
         finally:

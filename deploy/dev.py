@@ -39,7 +39,7 @@ def write_dev_config(path: Path, data_dir: Path, api_port: int) -> None:
     """Write the embedded stack's configuration file, choosing free ports once."""
     pg_port = free_port()
     path.write_text(
-        f"""# Written by `tempost dev` on first start; edit freely. See deploy/tempost.example.toml for all settings.
+        f"""# Written by `tempost dev` on first start; edit freely (all settings: tempost.example.toml).
 hostname = "localhost"
 
 [database]
@@ -50,7 +50,7 @@ address = "127.0.0.1:7233"
 
 [api]
 listen = "127.0.0.1:{api_port}"
-admin_token_file = "{data_dir / 'admin-token'}"
+admin_token_file = "{data_dir / "admin-token"}"
 
 [worker]
 metrics_listen = ""
@@ -62,7 +62,7 @@ default_transport = "localserve"
 name = "{DEV_ACCOUNT}"
 full_name = "Dev"
 addresses = ["{DEV_ADDRESS}"]
-password_file = "{data_dir / 'dev-password'}"
+password_file = "{data_dir / "dev-password"}"
 keep_retired_period = "168h"
 """
     )
@@ -83,10 +83,15 @@ def run_dev(data_dir: Path, api_port: int | None) -> None:
     token = _secret_file(data_dir / "admin-token", "TEMPOST_ADMIN_TOKEN")
     config = load_config(cfg_path)
     if api_port is not None:
-        config = config.model_copy(update={"api": config.api.model_copy(update={"listen": f"127.0.0.1:{api_port}"})})
+        config = config.model_copy(
+            update={"api": config.api.model_copy(update={"listen": f"127.0.0.1:{api_port}"})}
+        )
 
-    pg = EmbeddedPostgres(data_dir / "postgres", _port(config.database.url.rsplit("/", 1)[0]),
-                          log_file=data_dir / "postgres.log")
+    pg = EmbeddedPostgres(
+        data_dir / "postgres",
+        _port(config.database.url.rsplit("/", 1)[0]),
+        log_file=data_dir / "postgres.log",
+    )
     temporal = TemporalDevServer(
         data_dir / "temporal.db",
         port=_port(config.temporal.address),

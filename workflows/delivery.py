@@ -102,7 +102,9 @@ class Delivery:
                 m.attempts += 1
                 m.busy = True
                 final = m.attempts >= self._input.max_attempts
-                batch.append(AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final))
+                batch.append(
+                    AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final)
+                )
             outcomes = await self._attempt(domain, batch)
             for out in outcomes:
                 self._apply_outcome(out)
@@ -121,7 +123,7 @@ class Delivery:
                 timeout=max(until - now, timedelta(milliseconds=1)),
                 timeout_summary=f"next attempt at {until.isoformat(timespec='seconds')}",
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _attempt(self, domain: str, batch: list[AttemptMsg]) -> list[RecipientOutcome]:
@@ -263,7 +265,9 @@ class Delivery:
     @workflow.query
     def status(self) -> DeliveryStatus:
         assert self._input is not None
-        return DeliveryStatus(base_id=self._input.base_id, msgs=[self._status_of(m) for m in self._msgs.values()])
+        return DeliveryStatus(
+            base_id=self._input.base_id, msgs=[self._status_of(m) for m in self._msgs.values()]
+        )
 
     def _status_of(self, m: _Msg) -> MsgStatus:
         if m.done is not None:

@@ -108,7 +108,9 @@ async def test_attempts_exhausted(stack: Stack) -> None:
 
 async def test_hold_then_release(stack_factory) -> None:
     stack = await stack_factory(worker=True)
-    resp = await stack.send_ok(text_msg("bob@example.com", FutureRelease=(datetime.now(UTC) + timedelta(seconds=3)).isoformat()))
+    resp = await stack.send_ok(
+        text_msg("bob@example.com", FutureRelease=(datetime.now(UTC) + timedelta(seconds=3)).isoformat())
+    )
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     r = await stack.admin("POST", f"/queue/{msg_id}/hold")
     assert r.status_code == 200, r.text
@@ -125,7 +127,9 @@ async def test_hold_then_release(stack_factory) -> None:
 
 
 async def test_drop(stack: Stack) -> None:
-    resp = await stack.send_ok(text_msg("bob@example.com", FutureRelease=(datetime.now(UTC) + timedelta(hours=1)).isoformat()))
+    resp = await stack.send_ok(
+        text_msg("bob@example.com", FutureRelease=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    )
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     r = await stack.admin("POST", f"/queue/{msg_id}/drop")
     assert r.status_code == 200, r.text
@@ -142,7 +146,13 @@ async def test_drop(stack: Stack) -> None:
 
 
 async def test_fail(stack: Stack) -> None:
-    resp = await stack.send_ok(text_msg("a@example.com", "b@example.com", FutureRelease=(datetime.now(UTC) + timedelta(hours=1)).isoformat()))
+    resp = await stack.send_ok(
+        text_msg(
+            "a@example.com",
+            "b@example.com",
+            FutureRelease=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        )
+    )
     ids = [s["QueueMsgID"] for s in resp["Submissions"]]
     r = await stack.admin("POST", f"/queue/{ids[0]}/fail")
     assert r.status_code == 200 and r.json()["State"] == "failed"
@@ -193,7 +203,9 @@ async def test_queue_list_filters(stack_factory) -> None:
     assert raw.headers["content-type"].startswith("message/rfc822") and b"Subject: hi" in raw.content
 
 
-@pytest.mark.parametrize("localpart,state,code", [("bob", MsgState.DELIVERED, 250), ("queuepermerror", MsgState.FAILED, 550)])
+@pytest.mark.parametrize(
+    "localpart,state,code", [("bob", MsgState.DELIVERED, 250), ("queuepermerror", MsgState.FAILED, 550)]
+)
 async def test_localserve_simulation(stack_factory, localpart: str, state: MsgState, code: int) -> None:
     stack = await stack_factory(default_transport="localserve")
     resp = await stack.send_ok(text_msg(f"{localpart}@example.com"))

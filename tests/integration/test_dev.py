@@ -38,7 +38,10 @@ def _start(data_dir: Path, api_port: int, log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     return subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "dev", "--data-dir", str(data_dir), "--api-port", str(api_port)],
-        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
 
 
@@ -83,7 +86,7 @@ url = "postgresql://postgres@127.0.0.1:{pg_port}/tempost"
 address = "127.0.0.1:{temporal_port}"
 [api]
 listen = "127.0.0.1:{api_port}"
-admin_token_file = "{data / 'admin-token'}"
+admin_token_file = "{data / "admin-token"}"
 [worker]
 metrics_listen = ""
 [queue]
@@ -91,7 +94,7 @@ default_transport = "localserve"
 [[accounts]]
 name = "dev"
 addresses = ["dev@localhost"]
-password_file = "{data / 'dev-password'}"
+password_file = "{data / "dev-password"}"
 keep_retired_period = "168h"
 """
     )
@@ -105,10 +108,14 @@ keep_retired_period = "168h"
         printed = log.read_text()
         assert f"password: {PASSWORD}" in printed and TOKEN in printed
         assert f"http://127.0.0.1:{temporal_port + 1000}/" in printed
-        request = {"To": [{"Address": "bob@example.com"}, {"Address": "usertemperror@example.com"}],
-                   "Subject": "hi", "Text": "hello"}
-        r = httpx.post(api + "/webapi/v0/Send", data={"request": json.dumps(request)},
-                       auth=("dev@localhost", PASSWORD))
+        request = {
+            "To": [{"Address": "bob@example.com"}, {"Address": "usertemperror@example.com"}],
+            "Subject": "hi",
+            "Text": "hello",
+        }
+        r = httpx.post(
+            api + "/webapi/v0/Send", data={"request": json.dumps(request)}, auth=("dev@localhost", PASSWORD)
+        )
         assert r.status_code == 200, r.text
         delivered, waiting = (s["QueueMsgID"] for s in r.json()["Submissions"])
         # The temporary failure leaves one message in backoff (first retry 7.5 minutes out).

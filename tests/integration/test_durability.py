@@ -53,10 +53,14 @@ keep_retired_period = "1h"
     return path
 
 
-async def test_worker_killed_during_backoff_new_worker_finishes(stack_factory, temporal_env, tmp_path: Path) -> None:
+async def test_worker_killed_during_backoff_new_worker_finishes(
+    stack_factory, temporal_env, tmp_path: Path
+) -> None:
     stack = await stack_factory(worker=False, backoff_base="4s")
     stack.sink.behaviour.temp_failures = 1
-    cfg = worker_config_file(stack, tmp_path / "worker.toml", temporal_env.client.service_client.config.target_host)
+    cfg = worker_config_file(
+        stack, tmp_path / "worker.toml", temporal_env.client.service_client.config.target_host
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "worker", "-c", str(cfg)],
         env={**os.environ, "TEMPOST_ADMIN_TOKEN": ADMIN_TOKEN},
@@ -126,9 +130,24 @@ async def test_orphaned_submission_is_started_by_sweeper(stack: Stack) -> None:
     # Simulate an API that committed a submission and died before starting its workflow.
     async with stack.pool.connection() as conn, conn.transaction():
         base_id, ids = await q.insert_submission(
-            conn, "alice", b"Subject: orphan\r\n\r\nbody\r\n", datetime.now(UTC) - timedelta(minutes=5),
-            [q.NewMsg("alice", "example.org", "example.org", "carol", "example.com", "example.com",
-                      datetime.now(UTC), 30, "<orphan@x>", "orphan")],
+            conn,
+            "alice",
+            b"Subject: orphan\r\n\r\nbody\r\n",
+            datetime.now(UTC) - timedelta(minutes=5),
+            [
+                q.NewMsg(
+                    "alice",
+                    "example.org",
+                    "example.org",
+                    "carol",
+                    "example.com",
+                    "example.com",
+                    datetime.now(UTC),
+                    30,
+                    "<orphan@x>",
+                    "orphan",
+                )
+            ],
         )
     started = await sweep_orphans(stack.client, stack.pool, stack.config, timedelta(seconds=30))
     assert started == 1

@@ -32,8 +32,9 @@ def test_postgres_keeps_rows_across_restart(tmp_path: Path) -> None:
 
 async def test_temporal_dev_server_keeps_workflows_across_restart(tmp_path: Path) -> None:
     port = free_port()
-    server = TemporalDevServer(tmp_path / "temporal.db", port=port, ui_port=free_port(),
-                               log_file=tmp_path / "temporal.log")
+    server = TemporalDevServer(
+        tmp_path / "temporal.db", port=port, ui_port=free_port(), log_file=tmp_path / "temporal.log"
+    )
     server.start()
     try:
         client = await Client.connect(server.address)

@@ -31,7 +31,9 @@ async def test_missing_credentials_get_401(api: Stack) -> None:
 
 
 async def test_unknown_address_gets_401(api: Stack) -> None:
-    r = await api.send({"To": [{"Address": "bob@example.com"}], "Text": "x"}, auth=("nobody@example.org", PASSWORD))
+    r = await api.send(
+        {"To": [{"Address": "bob@example.com"}], "Text": "x"}, auth=("nobody@example.org", PASSWORD)
+    )
     assert r.status_code == 401
 
 
@@ -39,20 +41,42 @@ async def test_unknown_address_gets_401(api: Stack) -> None:
     "request_obj,code",
     [
         ({"To": [{"Address": "bob@example.com"}]}, "missingBody"),
-        ({"From": [{"Address": SENDER}, {"Address": "alias@example.org"}], "To": [{"Address": "b@x.example"}], "Text": "x"}, "multipleFrom"),
-        ({"From": [{"Address": "mallory@example.org"}], "To": [{"Address": "b@x.example"}], "Text": "x"}, "badFrom"),
+        (
+            {
+                "From": [{"Address": SENDER}, {"Address": "alias@example.org"}],
+                "To": [{"Address": "b@x.example"}],
+                "Text": "x",
+            },
+            "multipleFrom",
+        ),
+        (
+            {"From": [{"Address": "mallory@example.org"}], "To": [{"Address": "b@x.example"}], "Text": "x"},
+            "badFrom",
+        ),
         ({"Text": "x"}, "noRecipients"),
         ({"To": [{"Address": "not an address"}], "Text": "x"}, "badAddress"),
-        ({"To": [{"Address": "b@x.example"}], "Text": "x", "MessageID": "no-brackets@x"}, "malformedMessageID"),
+        (
+            {"To": [{"Address": "b@x.example"}], "Text": "x", "MessageID": "no-brackets@x"},
+            "malformedMessageID",
+        ),
         ({"To": [{"Address": "b@x.example"}], "Text": "x", "Subject": "bad\x01subject"}, "user"),
         ({"To": [{"Address": "b@x.example"}], "Text": "x", "Bogus": 1}, "protocol"),
         (
-            {"To": [{"Address": "b@x.example"}], "Text": "x",
-             "FutureRelease": (datetime.now(UTC) + timedelta(days=61)).isoformat()},
+            {
+                "To": [{"Address": "b@x.example"}],
+                "Text": "x",
+                "FutureRelease": (datetime.now(UTC) + timedelta(days=61)).isoformat(),
+            },
             "user",
         ),
-        ({"To": [{"Address": "b@x.example"}], "Text": "x",
-          "AttachedFiles": [{"Name": "a.bin", "Data": "not base64!"}]}, "user"),
+        (
+            {
+                "To": [{"Address": "b@x.example"}],
+                "Text": "x",
+                "AttachedFiles": [{"Name": "a.bin", "Data": "not base64!"}],
+            },
+            "user",
+        ),
     ],
 )
 async def test_send_validation_errors(api: Stack, request_obj: dict, code: str) -> None:
@@ -71,7 +95,9 @@ async def test_missing_request_field_is_protocol_error(api: Stack) -> None:
 
 async def test_message_too_large(stack_factory) -> None:
     api = await stack_factory(worker=False)
-    api.config = api.config.model_copy(update={"api": api.config.api.model_copy(update={"max_message_size": 500})})
+    api.config = api.config.model_copy(
+        update={"api": api.config.api.model_copy(update={"max_message_size": 500})}
+    )
     api.http._transport.app.state.tempost.config = api.config  # type: ignore[attr-defined]
     r = await api.send({"To": [{"Address": "b@x.example"}], "Text": "x" * 1000})
     assert r.status_code == 400 and r.json()["Code"] == "messageTooLarge"

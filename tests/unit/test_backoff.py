@@ -11,7 +11,12 @@ BASE = timedelta(minutes=7, seconds=30)
 
 @pytest.mark.parametrize(
     "attempts_before,expected",
-    [(0, timedelta(minutes=7, seconds=30)), (1, timedelta(minutes=15)), (4, timedelta(hours=2)), (6, timedelta(hours=8))],
+    [
+        (0, timedelta(minutes=7, seconds=30)),
+        (1, timedelta(minutes=15)),
+        (4, timedelta(hours=2)),
+        (6, timedelta(hours=8)),
+    ],
 )
 def test_schedule_doubles_from_seven_and_a_half_minutes(attempts_before: int, expected: timedelta) -> None:
     assert backoff(attempts_before, BASE, 0) == expected

@@ -10,8 +10,14 @@ from domain.filters import FilterError, parse_sort, parse_time_condition
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("90s", timedelta(seconds=90)), ("7m30s", timedelta(minutes=7, seconds=30)), ("-1h30m", -timedelta(minutes=90)),
-     ("1.5h", timedelta(minutes=90)), ("250ms", timedelta(milliseconds=250)), ("0", timedelta(0))],
+    [
+        ("90s", timedelta(seconds=90)),
+        ("7m30s", timedelta(minutes=7, seconds=30)),
+        ("-1h30m", -timedelta(minutes=90)),
+        ("1.5h", timedelta(minutes=90)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("0", timedelta(0)),
+    ],
 )
 def test_parse_duration(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected

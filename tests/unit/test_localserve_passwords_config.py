@@ -45,7 +45,9 @@ def test_example_config_is_valid() -> None:
 def test_environment_overrides_connections(tmp_path: Path) -> None:
     p = tmp_path / "t.toml"
     p.write_text('[database]\nurl = "postgresql://a/b"\n')
-    cfg = load_config(p, environ={"TEMPOST_DATABASE_URL": "postgresql://c/d", "TEMPOST_TEMPORAL_ADDRESS": "t:1"})
+    cfg = load_config(
+        p, environ={"TEMPOST_DATABASE_URL": "postgresql://c/d", "TEMPOST_TEMPORAL_ADDRESS": "t:1"}
+    )
     assert cfg.database.url == "postgresql://c/d" and cfg.temporal.address == "t:1"
 
 
