@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from temporalio.client import Client
 
 from api.auth import Authenticator
 from domain.config import Config
+from domain.ratelimit import AuthFailureLimiter
 from store.db import Pool
 
 
@@ -19,3 +20,4 @@ class AppState:
     client: Client
     pool: Pool
     auth: Authenticator
+    auth_limiter: AuthFailureLimiter = field(default_factory=AuthFailureLimiter)

@@ -89,9 +89,19 @@ async def call(method: str, request: Request) -> Response:
     st: AppState = request.app.state.tempost
     if method not in METHODS:
         return PlainTextResponse("404 - not found", status_code=404)
-    login = st.auth.basic(request.headers.get("authorization"))
-    if login is None:
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        # Missing credentials are a client asking how to log in, not an attack: not counted.
         return _unauthorized()
+    ip = request.client.host if request.client else ""
+    now = datetime.now(UTC)
+    if not st.auth_limiter.allowed(ip, now):
+        return PlainTextResponse("429 - too many auth attempts", status_code=429)
+    login = st.auth.basic(authorization)
+    if login is None:
+        st.auth_limiter.failed(ip, now)
+        return _unauthorized()
+    st.auth_limiter.succeeded(ip, now)
     try:
         raw, inline, attached = await _request_object(request)
         if method == "Send":

@@ -30,6 +30,16 @@ async def test_missing_credentials_get_401(api: Stack) -> None:
     assert r.status_code == 401
 
 
+async def test_repeated_bad_passwords_get_429_even_with_the_right_one(api: Stack) -> None:
+    req = {"To": [{"Address": "bob@example.com"}], "Text": "x"}
+    for _ in range(10):
+        assert (await api.send(req, auth=(SENDER, "guess"))).status_code == 401
+    r = await api.send(req, auth=(SENDER, PASSWORD))
+    assert r.status_code == 429 and r.text == "429 - too many auth attempts"
+    # Asking without credentials is not an attempt: still the plain 401.
+    assert (await api.http.post("/webapi/v0/Send", data={"request": "{}"})).status_code == 401
+
+
 async def test_unknown_address_gets_401(api: Stack) -> None:
     r = await api.send(
         {"To": [{"Address": "bob@example.com"}], "Text": "x"}, auth=("nobody@example.org", PASSWORD)

@@ -1,0 +1,80 @@
+"""Failed-authentication limiter (spec 03 §5.2): counts failures per IP and per wider network.
+
+Failures are counted in fixed windows (one minute, one day) for the address itself and for two wider
+networks around it, so a spread-out attack from one provider's range is limited too. A successful login
+clears the counts of its address. Pure: the caller passes the time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime
+
+# Prefix lengths of the address, its neighbourhood and its wider network, per family.
+_V4_PREFIXES = (32, 26, 21)
+_V6_PREFIXES = (64, 48, 32)
+
+
+@dataclass(frozen=True)
+class WindowLimit:
+    """At most `limits[i]` failures per `seconds` for the i-th prefix (address, neighbourhood, network)."""
+
+    seconds: int
+    limits: tuple[int, int, int]
+
+
+AUTH_LIMITS = (WindowLimit(60, (10, 30, 90)), WindowLimit(86400, (50, 150, 450)))
+
+
+@dataclass
+class _Window:
+    start: int = -1
+    counts: dict[tuple[int, str], int] = field(default_factory=dict)
+
+
+class AuthFailureLimiter:
+    """Decides whether another authentication attempt from an address may be checked at all."""
+
+    def __init__(self, limits: tuple[WindowLimit, ...] = AUTH_LIMITS) -> None:
+        self._limits = limits
+        self._windows = [_Window() for _ in limits]
+
+    @staticmethod
+    def _keys(ip: str) -> list[tuple[int, str]]:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return [(i, ip) for i in range(3)]
+        prefixes = _V4_PREFIXES if addr.version == 4 else _V6_PREFIXES
+        return [(i, str(ipaddress.ip_network(f"{addr}/{p}", strict=False))) for i, p in enumerate(prefixes)]
+
+    def _window(self, i: int, now: datetime) -> _Window:
+        w = self._windows[i]
+        start = int(now.timestamp()) // self._limits[i].seconds
+        if w.start != start:
+            w.start, w.counts = start, {}
+        return w
+
+    def allowed(self, ip: str, now: datetime) -> bool:
+        """Whether no window is full for the address or its networks."""
+        keys = self._keys(ip)
+        for i, lim in enumerate(self._limits):
+            w = self._window(i, now)
+            if any(w.counts.get(k, 0) >= lim.limits[k[0]] for k in keys):
+                return False
+        return True
+
+    def failed(self, ip: str, now: datetime) -> None:
+        """Count one failed authentication from the address."""
+        keys = self._keys(ip)
+        for i in range(len(self._limits)):
+            w = self._window(i, now)
+            for k in keys:
+                w.counts[k] = w.counts.get(k, 0) + 1
+
+    def succeeded(self, ip: str, now: datetime) -> None:
+        """Forget the address's own failures (its networks keep theirs)."""
+        key = self._keys(ip)[0]
+        for i in range(len(self._limits)):
+            self._window(i, now).counts.pop(key, None)
