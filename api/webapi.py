@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import secrets
 from datetime import UTC, datetime
@@ -81,6 +83,26 @@ async def _request_object(request: Request) -> tuple[Any, list[UploadedFile], li
                     )
                 )
     return raw, inline, attached
+
+
+_EXAMPLES = {
+    "Send": {"To": [{"Name": "", "Address": "bob@example.com"}], "Subject": "hi", "Text": "hello"},
+}
+
+
+@router.get("/webapi/v0/{method}")
+async def method_page(method: str) -> Response:
+    """A page with an example request and a form to try the method; needs no authentication."""
+    if method not in METHODS:
+        return PlainTextResponse("404 - not found", status_code=404)
+    example = html.escape(json.dumps(_EXAMPLES.get(method, {}), indent="\t"))
+    page = (
+        f"<!doctype html><title>webapi v0 {method}</title><h1>{method}</h1>"
+        f'<form method="post" enctype="multipart/form-data">'
+        f'<textarea name="request" rows="12" cols="80">{example}</textarea><br>'
+        f'<button type="submit">call</button></form>'
+    )
+    return Response(page, media_type="text/html")
 
 
 @router.post("/webapi/v0/{method}")

@@ -1,0 +1,231 @@
+"""Send composition (spec 03 §5.4): what the recipient's mail reader gets, and every refusal code."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from typing import Any
+
+import pytest
+
+from domain.errors import WebAPIError
+from domain.send import AccountIdentity, ComposedMessage, UploadedFile, compose_send, decode_send_request
+
+NOW = datetime(2026, 11, 24, 10, 30, 0, tzinfo=UTC)
+ACCOUNT = AccountIdentity(
+    name="alice", full_name="Alice Ä", addresses=["alice@example.org", "sales@example.org"]
+)
+
+
+def compose(obj: dict[str, Any], **kw: Any) -> ComposedMessage:
+    tokens = (f"tok{i}" for i in itertools.count())
+    args: dict[str, Any] = dict(
+        login_address="alice@example.org",
+        account=ACCOUNT,
+        hostname="mail.example.org",
+        now=NOW,
+        max_message_size=1 << 20,
+        random_token=lambda: next(tokens),
+        inline_uploads=[],
+        attached_uploads=[],
+    )
+    args.update(kw)
+    return compose_send(decode_send_request(json.dumps(obj)), **args)
+
+
+def parsed(m: ComposedMessage) -> EmailMessage:
+    msg = message_from_bytes(m.data, policy=default_policy)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def code_of(obj: dict[str, Any], **kw: Any) -> str:
+    with pytest.raises(WebAPIError) as err:
+        compose(obj, **kw)
+    return err.value.code
+
+
+def test_minimal_message_defaults_from_date_and_message_id() -> None:
+    m = compose({"To": [{"Address": "bob@example.com"}], "Subject": "hi", "Text": "hello"})
+    msg = parsed(m)
+    assert msg["From"] == "Alice Ä <alice@example.org>"
+    assert msg["To"] == "bob@example.com"
+    assert b"\r\nDate: 24 Nov 2026 10:30:00 +0000\r\n" in m.data
+    assert m.message_id == msg["Message-Id"] == "<tok0@mail.example.org>"
+    assert msg["User-Agent"] and msg["MIME-Version"] == "1.0"
+    assert msg.get_content_type() == "text/plain" and msg.get_content() == "hello\r\n"
+    assert "for <bob@example.com>" in msg["Received"]
+    assert [a for _, a in m.recipients][0].ascii == "bob@example.com"
+    assert not m.has8bit and not m.smtputf8 and m.future_release is None
+
+
+def test_every_line_ends_in_crlf() -> None:
+    m = compose({"To": [{"Address": "b@x.example"}], "Text": "one\ntwo\r\nthree", "HTML": "<p>x</p>"})
+    assert b"\n" not in m.data.replace(b"\r\n", b"")
+
+
+def test_bcc_is_a_recipient_but_never_a_header_and_order_is_to_cc_bcc() -> None:
+    m = compose(
+        {
+            "To": [{"Address": "a@x.example"}],
+            "CC": [{"Address": "c@x.example"}],
+            "BCC": [{"Address": "secret@y.example"}],
+            "Text": "x",
+        }
+    )
+    assert [given for given, _ in m.recipients] == ["a@x.example", "c@x.example", "secret@y.example"]
+    assert b"secret" not in m.data
+    # With several recipients the trace header names none, so all copies are the same bytes.
+    assert "for <" not in parsed(m)["Received"]
+
+
+def test_non_ascii_subject_is_rfc2047_encoded_and_reads_back() -> None:
+    m = compose({"To": [{"Address": "b@x.example"}], "Subject": "Grüße ☺ " * 8, "Text": "x"})
+    assert b"=?utf-8?" in m.data
+    assert parsed(m)["Subject"] == ("Grüße ☺ " * 8).strip() or parsed(m)["Subject"] == "Grüße ☺ " * 8
+    assert all(len(line) <= 78 for line in m.data.split(b"\r\n\r\n")[0].split(b"\r\n"))
+
+
+def test_smtputf8_when_a_localpart_is_non_ascii() -> None:
+    m = compose({"To": [{"Address": "δοκιμή@παράδειγμα.example"}], "Subject": "Grüße", "Text": "x"})
+    assert m.smtputf8 and m.has8bit
+    msg = parsed(m)
+    assert msg["To"] == "δοκιμή@παράδειγμα.example" and msg["Subject"] == "Grüße"
+
+
+def test_text_and_html_make_alternative_with_files_in_related_and_mixed() -> None:
+    pdf = b"%PDF-1.4 fake"
+    m = compose(
+        {
+            "To": [{"Address": "b@x.example"}],
+            "Text": "plain",
+            "HTML": "<img src=cid:logo>",
+            "InlineFiles": [
+                {
+                    "Name": "logo.png",
+                    "ContentType": "image/png",
+                    "ContentID": "<logo>",
+                    "Data": base64.b64encode(b"\x89PNGdata").decode(),
+                }
+            ],
+            "AttachedFiles": [{"Name": "report.pdf", "Data": base64.b64encode(pdf).decode()}],
+        },
+        attached_uploads=[UploadedFile("notes.txt", "", "", b"some notes\n")],
+    )
+    msg = parsed(m)
+    assert msg.get_content_type() == "multipart/mixed"
+    related, report, notes = msg.get_payload()  # type: ignore[misc]
+    assert related.get_content_type() == "multipart/related"
+    alternative, logo = related.get_payload()
+    assert [p.get_content_type() for p in alternative.get_payload()] == ["text/plain", "text/html"]
+    assert logo["Content-ID"] == "<logo>" and logo.get_content_disposition() == "inline"
+    # No content type given: sniffed from the data.
+    assert report.get_content_type() == "application/pdf" and report.get_content() == pdf
+    assert report.get_filename() == "report.pdf"
+    # JSON files come before uploaded ones.
+    assert notes.get_filename() == "notes.txt" and notes.get_content_type() == "text/plain"
+
+
+def test_long_lines_are_quoted_printable_and_round_trip() -> None:
+    text = "x" * 2000 + "\nünïcode"
+    msg = parsed(compose({"To": [{"Address": "b@x.example"}], "Text": text}))
+    assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+    assert msg.get_content().replace("\r\n", "\n") == text + "\n"
+
+
+def test_given_message_id_date_references_and_custom_headers() -> None:
+    date = datetime(2024, 4, 15, 21, 49, 2, tzinfo=timezone(timedelta(hours=2)))
+    m = compose(
+        {
+            "To": [{"Address": "b@x.example"}],
+            "Text": "x",
+            "MessageID": "<mine@host>",
+            "Date": date.isoformat(),
+            "References": ["<a@h>", "<b@h>"],
+            "Headers": [["List-Id", "<list.example.org>"], ["X-Mailer", "app 1.0"]],
+        }
+    )
+    msg = parsed(m)
+    assert m.message_id == msg["Message-Id"] == "<mine@host>"
+    assert b"\r\nDate: 15 Apr 2024 21:49:02 +0200\r\n" in m.data
+    assert msg["In-Reply-To"] == "<b@h>" and "<a@h>" in msg["References"]
+    assert msg["List-Id"] == "<list.example.org>" and msg["User-Agent"] is None
+
+
+def test_future_release_within_sixty_days_sets_first_attempt_and_dsn_value() -> None:
+    later = NOW + timedelta(days=2)
+    m = compose({"To": [{"Address": "b@x.example"}], "Text": "x", "FutureRelease": later.isoformat()})
+    assert m.future_release == later and m.future_release_request == "until;2026-11-26T10:30:00Z"
+    past = compose(
+        {
+            "To": [{"Address": "b@x.example"}],
+            "Text": "x",
+            "FutureRelease": (NOW - timedelta(hours=1)).isoformat(),
+        }
+    )
+    assert past.future_release is None and past.future_release_request.startswith("until;")
+
+
+def test_keys_are_case_insensitive_and_null_is_zero() -> None:
+    req = decode_send_request('{"to": [{"address": "b@x.example"}], "TEXT": "x", "cc": null}')
+    assert req.To[0].Address == "b@x.example" and req.Text == "x" and req.CC == []
+
+
+@pytest.mark.parametrize(
+    "obj,code",
+    [
+        ({"To": [{"Address": "b@x.example"}]}, "missingBody"),
+        (
+            {
+                "From": [{"Address": "alice@example.org"}, {"Address": "sales@example.org"}],
+                "To": [{"Address": "b@x.example"}],
+                "Text": "x",
+            },
+            "multipleFrom",
+        ),
+        (
+            {"From": [{"Address": "mallory@example.org"}], "To": [{"Address": "b@x.example"}], "Text": "x"},
+            "badFrom",
+        ),
+        ({"Text": "x"}, "noRecipients"),
+        ({"To": [{"Address": "b@"}], "Text": "x"}, "badAddress"),
+        ({"To": [{"Address": "b@x.example"}], "ReplyTo": [{"Address": "nope"}], "Text": "x"}, "badAddress"),
+        ({"To": [{"Address": "b@x.example"}], "Text": "x", "MessageID": "bare@id"}, "malformedMessageID"),
+        ({"To": [{"Address": "b@x.example"}], "Text": "x", "Subject": "a\nb"}, "user"),
+        ({"To": [{"Name": "Evil\r\nBcc: x", "Address": "b@x.example"}], "Text": "x"}, "user"),
+        ({"To": [{"Address": "b@x.example"}], "Text": "x", "Headers": [["Bad Name", "v"]]}, "user"),
+        ({"To": [{"Address": "b@x.example"}], "Text": "x", "Headers": [["X-A", "v\r\nInjected: 1"]]}, "user"),
+        (
+            {
+                "To": [{"Address": "b@x.example"}],
+                "Text": "x",
+                "FutureRelease": (NOW + timedelta(days=61)).isoformat(),
+            },
+            "user",
+        ),
+        ({"To": [{"Address": "b@x.example"}], "Text": "x", "AttachedFiles": [{"Data": "%%%"}]}, "user"),
+    ],
+)
+def test_refusals_have_their_codes(obj: dict[str, Any], code: str) -> None:
+    assert code_of(obj) == code
+
+
+def test_message_too_large() -> None:
+    assert code_of({"To": [{"Address": "b@x.example"}], "Text": "x" * 5000}, max_message_size=1000) == (
+        "messageTooLarge"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["not json", "[]", '{"Bogus": 1}', '{"To": "b@x.example"}', '{"FutureRelease": "2026-12-01T00:00:00"}'],
+)
+def test_undecodable_requests_are_protocol_errors(raw: str) -> None:
+    with pytest.raises(WebAPIError) as err:
+        decode_send_request(raw)
+    assert err.value.code == "protocol"
