@@ -9,14 +9,14 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.errors import WebAPIError
-from domain.send import AccountIdentity, UploadedFile, compose_send, decode_send_request
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from api.auth import Login
 from api.state import AppState
+from domain.errors import WebAPIError
+from domain.send import AccountIdentity, UploadedFile, compose_send, decode_send_request
 from store import queue as q
 from workflows.client import delivery_input, delivery_summary, start_delivery
 
