@@ -88,8 +88,10 @@ def sink() -> Iterator[SMTPSink]:
     s.stop()
 
 
-def make_config(database: str, sink: SMTPSink, **queue: Any) -> Config:
-    """A configuration for one test: its own task queue, a sink relay, fast backoff."""
+def make_config(
+    database: str, sink: SMTPSink, *, transports: dict[str, Any] | None = None, **queue: Any
+) -> Config:
+    """A configuration for one test: its own task queue, a sink relay (plus `transports`), fast backoff."""
     q = {"backoff_base": "50ms", "max_attempts": 3, "attempt_timeout": "20s", "default_transport": "sink"}
     q.update(queue)
     return Config.model_validate(
@@ -101,7 +103,8 @@ def make_config(database: str, sink: SMTPSink, **queue: Any) -> Config:
             "worker": {"metrics_listen": ""},
             "queue": q,
             "transports": {
-                "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}
+                "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"},
+                **(transports or {}),
             },
             "accounts": [
                 {
@@ -167,8 +170,8 @@ async def stack_factory(
     monkeypatch.setenv("TEMPOST_ADMIN_TOKEN", ADMIN_TOKEN)
     cleanups: list[Any] = []
 
-    async def make(worker: bool = True, **queue: Any) -> Stack:
-        config = make_config(database, sink, **queue)
+    async def make(worker: bool = True, transports: dict[str, Any] | None = None, **queue: Any) -> Stack:
+        config = make_config(database, sink, transports=transports, **queue)
         pool = await db.open_pool(database, 1, 5)
         cleanups.append(pool.close)
         if worker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class _Handler:
                 return b.temp_reply
             if b.data_reply:
                 return b.data_reply
+            if session.ssl is not None:
+                self.sink.tls_sessions += 1
             data = envelope.original_content or envelope.content or b""
             if isinstance(data, str):
                 data = data.encode()
@@ -70,15 +73,20 @@ class _Handler:
 class SMTPSink:
     """Start with start(), read `transactions`, stop with stop()."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, tls_context: ssl.SSLContext | None = None, port: int | None = None
+    ) -> None:
         self.host = host
-        self.port = free_port(host)
+        self.port = port or free_port(host)
+        # Sessions that completed STARTTLS, for tests of TLS policy.
+        self.tls_sessions = 0
         self.behaviour = SinkBehaviour()
         self.transactions: list[Transaction] = []
         self.data_commands = 0
         self.lock = threading.Lock()
+        extra = {"tls_context": tls_context} if tls_context is not None else {}
         self._controller = Controller(
-            _Handler(self), hostname=host, port=self.port, decode_data=False, enable_SMTPUTF8=True
+            _Handler(self), hostname=host, port=self.port, decode_data=False, enable_SMTPUTF8=True, **extra
         )
 
     def start(self) -> SMTPSink:
