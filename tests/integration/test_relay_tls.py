@@ -48,8 +48,9 @@ async def test_untrusted_certificate_is_a_temporary_failure(
 ) -> None:
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
-    stack = await stack_factory(transports={"tls": _relay(tls_sink, str(other))}, default_transport="tls",
-                                max_attempts=2)
+    stack = await stack_factory(
+        transports={"tls": _relay(tls_sink, str(other))}, default_transport="tls", max_attempts=2
+    )
     resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     status = await stack.finished(msg_id)
