@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 
+from activities.direct import DirectTransport
 from activities.transports import Envelope, LocalserveTransport, RcptReply, SMTPRelayTransport, Transport
-from domain.config import LOCALSERVE, Config
+from domain.config import DIRECT, LOCALSERVE, Config
 from domain.contracts import (
     ACTIVITY_DELIVER,
     ACTIVITY_PROJECT,
@@ -40,6 +41,7 @@ class DeliveryActivities:
     def __init__(self, pool: Pool, config: Config) -> None:
         self._pool = pool
         self._config = config
+        self._direct = DirectTransport(config.direct, config.hostname)
         self._transports: dict[str, Transport] = {LOCALSERVE: LocalserveTransport()}
         for name, t in config.transports.items():
             self._transports[name] = SMTPRelayTransport(t, config.hostname)
@@ -74,7 +76,7 @@ class DeliveryActivities:
             for r in journaled:
                 outcomes[r["id"]] = RecipientOutcome(msg_id=r["id"], outcome=Outcome.DELIVERED, code=250)
         if pending and body is not None:
-            replies = await self._send(pending, body)
+            replies = await self._send(pending, body, max(m.attempt for m in req.msgs))
             delivered = {
                 r["id"]: (rep.code, "") for r, rep in zip(pending, replies, strict=True) if rep.success
             }
@@ -106,11 +108,11 @@ class DeliveryActivities:
                 await q.retire(self._pool, failed, RetireEvent.FAILED.value, self._keep(), end)
         return AttemptResult(outcomes=[outcomes[i] for i in plan])
 
-    async def _send(self, rows: list[q.Row], body: bytes) -> list[RcptReply]:
+    async def _send(self, rows: list[q.Row], body: bytes, attempt: int) -> list[RcptReply]:
         first = rows[0]
         name = first["transport"] or self._config.queue.default_transport
         transport = self._transports.get(name)
-        if transport is None:
+        if transport is None and name != DIRECT:
             # An explicit transport that does not exist is a temporary failure (spec 01 §7.5), so an
             # admin can fix the configuration or the message's transport before attempts run out.
             return [RcptReply(False, False, 0, "", f"unknown transport {name!r}")] * len(rows)
@@ -120,12 +122,20 @@ class DeliveryActivities:
             data=body,
             has8bit=first["has8bit"],
             smtputf8=any(r["smtputf8"] for r in rows),
+            domain=first["recipient_domain"],
+            attempt=attempt,
         )
 
         async def on_accepted(indices: list[int], reply: str) -> None:
             await q.record_accepted(self._pool, [rows[i]["id"] for i in indices], reply, _now())
 
-        return await transport.deliver(env, on_accepted)
+        if transport is not None:
+            return await transport.deliver(env, on_accepted)
+        dialed: dict[str, list[str]] = dict(first["dialed_ips"] or {})
+        try:
+            return await self._direct.deliver(env, on_accepted, dialed)
+        finally:
+            await q.record_dialed(self._pool, [r["id"] for r in rows], dialed)
 
     async def _retire_delivered(self, rows: list[q.Row], replies: dict[int, tuple[int, str]]) -> None:
         end = _now()

@@ -13,6 +13,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from domain.durations import parse_duration
 
 LOCALSERVE = "localserve"
+# Built-in transport: deliver to the recipient domain's MX hosts (spec 02 §1).
+DIRECT = "direct"
+BUILTIN_TRANSPORTS = (LOCALSERVE, DIRECT)
 
 
 def _duration(v: object) -> object:
@@ -68,9 +71,23 @@ class QueueConfig(_Strict):
     max_attempts: int = Field(default=8, ge=1, le=100)
     # Upper bound for one attempt (connect, TLS, transaction); the activity's start-to-close timeout.
     attempt_timeout: Duration = timedelta(minutes=10)
-    # Transport used when a message names none: "localserve" simulates delivery (spec 01 §8), any
-    # other value must name an entry of [transports].
-    default_transport: str = LOCALSERVE
+    # Transport used when a message names none: "direct" delivers to the recipient domain's MX hosts,
+    # "localserve" simulates delivery (spec 01 §8); any other value must name an entry of [transports].
+    default_transport: str = DIRECT
+
+
+class DirectConfig(_Strict):
+    """Direct delivery to MX hosts (spec 02 §1)."""
+
+    # Recursive resolvers as "ip" or "ip:port"; empty uses /etc/resolv.conf. DNSSEC results (DANE) are
+    # only as good as this resolver's AD bit: point it at a validating resolver you trust.
+    resolvers: list[str] = []
+    # Port of remote SMTP servers; 25 except in tests.
+    smtp_port: int = 25
+    # Longest wait for one reply or write in an SMTP session.
+    command_timeout: Duration = timedelta(minutes=5)
+    # Extra trust anchors (PEM) for verifying remote certificates, besides the system store.
+    ca_file: str = ""
 
 
 class SMTPTransport(_Strict):
@@ -122,20 +139,22 @@ class Config(_Strict):
     api: ApiConfig = ApiConfig()
     worker: WorkerConfig = WorkerConfig()
     queue: QueueConfig = QueueConfig()
+    direct: DirectConfig = DirectConfig()
     transports: dict[str, Transport] = {}
     accounts: list[AccountConfig] = []
 
     @field_validator("transports")
     @classmethod
     def _no_reserved_names(cls, v: dict[str, Transport]) -> dict[str, Transport]:
-        if LOCALSERVE in v:
-            raise ValueError(f"transport name {LOCALSERVE!r} is built in")
+        for name in BUILTIN_TRANSPORTS:
+            if name in v:
+                raise ValueError(f"transport name {name!r} is built in")
         return v
 
     @model_validator(mode="after")
     def _check_references(self) -> Config:
         dt = self.queue.default_transport
-        if dt != LOCALSERVE and dt not in self.transports:
+        if dt not in BUILTIN_TRANSPORTS and dt not in self.transports:
             raise ValueError(f"queue.default_transport {dt!r} is not a configured transport")
         seen: dict[str, str] = {}
         for acc in self.accounts:

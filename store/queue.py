@@ -217,6 +217,14 @@ async def record_results(pool: Pool, entries: Mapping[int, dict[str, Any]]) -> N
             )
 
 
+async def record_dialed(pool: Pool, ids: Sequence[int], dialed: Mapping[str, list[str]]) -> None:
+    """Remember which IPs direct delivery connected to, per host, for the next attempt's ordering."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE queue_msgs SET dialed_ips = %s WHERE id = ANY(%s)", (Jsonb(dict(dialed)), list(ids))
+        )
+
+
 _RETIRED_COLUMNS = (
     "id, base_id, queued, sender_account, sender_localpart, sender_domain_str, from_id, recipient_localpart,"
     " recipient_domain, recipient_domain_str, recipient_address, attempts, max_attempts, dialed_ips,"
@@ -288,9 +296,7 @@ async def retire(
     return rows
 
 
-async def project(
-    pool: Pool, ids: Sequence[int], hold: bool | None, next_attempt: datetime | None
-) -> None:
+async def project(pool: Pool, ids: Sequence[int], hold: bool | None, next_attempt: datetime | None) -> None:
     """Copy workflow-owned state (hold, next attempt) into the queryable rows."""
     async with pool.connection() as conn:
         if hold is not None:

@@ -89,7 +89,12 @@ def sink() -> Iterator[SMTPSink]:
 
 
 def make_config(
-    database: str, sink: SMTPSink, *, transports: dict[str, Any] | None = None, **queue: Any
+    database: str,
+    sink: SMTPSink,
+    *,
+    transports: dict[str, Any] | None = None,
+    direct: dict[str, Any] | None = None,
+    **queue: Any,
 ) -> Config:
     """A configuration for one test: its own task queue, a sink relay (plus `transports`), fast backoff."""
     q = {"backoff_base": "50ms", "max_attempts": 3, "attempt_timeout": "20s", "default_transport": "sink"}
@@ -102,6 +107,7 @@ def make_config(
             "api": {"admin_token_file": ""},
             "worker": {"metrics_listen": ""},
             "queue": q,
+            "direct": direct or {},
             "transports": {
                 "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"},
                 **(transports or {}),
@@ -170,8 +176,13 @@ async def stack_factory(
     monkeypatch.setenv("TEMPOST_ADMIN_TOKEN", ADMIN_TOKEN)
     cleanups: list[Any] = []
 
-    async def make(worker: bool = True, transports: dict[str, Any] | None = None, **queue: Any) -> Stack:
-        config = make_config(database, sink, transports=transports, **queue)
+    async def make(
+        worker: bool = True,
+        transports: dict[str, Any] | None = None,
+        direct: dict[str, Any] | None = None,
+        **queue: Any,
+    ) -> Stack:
+        config = make_config(database, sink, transports=transports, direct=direct, **queue)
         pool = await db.open_pool(database, 1, 5)
         cleanups.append(pool.close)
         if worker:

@@ -56,9 +56,7 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     )
 
 
-async def sweep_orphans(
-    client: Client, pool: Pool, config: Config, older_than: timedelta
-) -> int:
+async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
     """Start the workflow of every submission that was committed but never started; returns how many."""
     started = 0
     for base_id in await q.unstarted_submissions(pool, older_than):

@@ -20,6 +20,8 @@ class Transaction:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    # Which connection carried it (id of the aiosmtpd session), to count transactions per connection.
+    session: int = 0
     # time.monotonic() when the sink accepted DATA (for latency in bench/).
     accepted_at: float = field(default_factory=time.monotonic)
 
@@ -35,11 +37,33 @@ class SinkBehaviour:
     # Refuse this many DATA commands with data_reply_temp first, then accept.
     temp_failures: int = 0
     temp_reply: str = "451 4.3.0 try again later"
+    # Reply to MAIL FROM instead of accepting; "" accepts.
+    mail_reply: str = ""
+    # More recipients than this in one transaction get 452 (0: no limit).
+    max_rcpts_per_transaction: int = 0
+    # Extra EHLO lines, e.g. "LIMITS RCPTMAX=1".
+    ehlo_extra: list[str] = field(default_factory=list)
 
 
 class _Handler:
     def __init__(self, sink: SMTPSink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        extra = [f"250-{x}" for x in self.sink.behaviour.ehlo_extra]
+        return responses[:-1] + extra + responses[-1:]
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if self.sink.behaviour.mail_reply:
+            return self.sink.behaviour.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 ok"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -47,6 +71,9 @@ class _Handler:
         reply = self.sink.behaviour.rcpt_replies.get(address)
         if reply:
             return reply
+        limit = self.sink.behaviour.max_rcpts_per_transaction
+        if limit and len(envelope.rcpt_tos) >= limit:
+            return "452 4.5.3 too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 ok"
 
@@ -65,7 +92,7 @@ class _Handler:
             if isinstance(data, str):
                 data = data.encode()
             self.sink.transactions.append(
-                Transaction(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(data))
+                Transaction(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(data), id(session))
             )
         return "250 2.0.0 queued as sink"
 
@@ -74,7 +101,12 @@ class SMTPSink:
     """Start with start(), read `transactions`, stop with stop()."""
 
     def __init__(
-        self, host: str = "127.0.0.1", *, tls_context: ssl.SSLContext | None = None, port: int | None = None
+        self,
+        host: str = "127.0.0.1",
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        port: int | None = None,
+        data_size_limit: int = 0,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -84,7 +116,9 @@ class SMTPSink:
         self.transactions: list[Transaction] = []
         self.data_commands = 0
         self.lock = threading.Lock()
-        extra = {"tls_context": tls_context} if tls_context is not None else {}
+        extra: dict[str, object] = {"tls_context": tls_context} if tls_context is not None else {}
+        if data_size_limit:
+            extra["data_size_limit"] = data_size_limit
         self._controller = Controller(
             _Handler(self), hostname=host, port=self.port, decode_data=False, enable_SMTPUTF8=True, **extra
         )

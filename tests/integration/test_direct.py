@@ -1,0 +1,275 @@
+"""Direct delivery through the real workflow: a loopback DNS server and SMTP servers on 127.0.0.x.
+
+Scenario numbers refer to spec 02 §10.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trustme
+
+from domain.contracts import MsgState
+from tests.conftest import Stack
+from tests.support.dnsserver import DNSServer
+from tests.support.smtpsink import SMTPSink
+
+MX1, MX2, DEAD = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+
+
+def _common_port(hosts: list[str]) -> int:
+    """A port free on every loopback address the test uses (direct delivery dials one port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        ok = True
+        for h in hosts[1:]:
+            with socket.socket() as s:
+                try:
+                    s.bind((h, port))
+                except OSError:
+                    ok = False
+        if ok:
+            return int(port)
+    raise RuntimeError("no common free port")
+
+
+@pytest.fixture
+def port() -> int:
+    return _common_port([MX1, MX2, DEAD])
+
+
+@pytest.fixture
+def dns() -> Iterator[DNSServer]:
+    server = DNSServer().start()
+    server.add("mx1.example.com", "A", MX1).add("mx2.example.com", "A", MX2).add(
+        "dead.example.com", "A", DEAD
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mx1(port: int) -> Iterator[SMTPSink]:
+    s = SMTPSink(MX1, port=port).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def mx2(port: int) -> Iterator[SMTPSink]:
+    s = SMTPSink(MX2, port=port).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def direct_stack(stack_factory, dns: DNSServer, port: int) -> Any:
+    async def make(**queue: Any) -> Stack:
+        return await stack_factory(
+            direct={"resolvers": [dns.address], "smtp_port": port}, default_transport="direct", **queue
+        )
+
+    return make
+
+
+async def _deliver(stack: Stack, *rcpts: str) -> tuple[Any, dict[str, Any]]:
+    resp = await stack.send_ok({"To": [{"Address": r} for r in rcpts], "Subject": "direct", "Text": "hello"})
+    first = resp["Submissions"][0]["QueueMsgID"]
+    status = await stack.finished(first)
+    return status, resp
+
+
+async def test_46_simple_mx_delivers_to_the_mx_host(direct_stack, dns: DNSServer, mx1: SMTPSink) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    stack = await direct_stack()
+    status, _ = await _deliver(stack, "bob@example.com")
+    assert status.msgs[0].state == MsgState.DELIVERED
+    assert mx1.delivered_to() == ["bob@example.com"]
+    assert mx1.transactions[0].mail_from == "alice@example.org"
+
+
+async def test_2_two_recipients_same_domain_one_connection_one_transaction(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    stack = await direct_stack()
+    await _deliver(stack, "a@example.com", "b@example.com")
+    [t] = mx1.transactions
+    assert sorted(t.rcpt_tos) == ["a@example.com", "b@example.com"]
+
+
+async def test_46_unreachable_preferred_mx_falls_back_to_the_next(
+    direct_stack, dns: DNSServer, mx2: SMTPSink
+) -> None:
+    dns.add("example.com", "MX", "10 dead.example.com.", "20 mx2.example.com.")
+    stack = await direct_stack()
+    status, resp = await _deliver(stack, "bob@example.com")
+    assert status.msgs[0].state == MsgState.DELIVERED and mx2.delivered_to() == ["bob@example.com"]
+    # The address connected to is remembered for later attempts (DialedIPs).
+    row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
+    assert row["DialedIPs"] == {"mx2.example.com": [MX2]}
+
+
+async def test_46_null_mx_fails_permanently_without_connecting(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("nomail.example", "MX", "0 .")
+    stack = await direct_stack()
+    status, resp = await _deliver(stack, "bob@nomail.example")
+    assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
+    row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
+    assert "does not accept email" in row["Results"][-1]["Error"]
+    assert mx1.transactions == []
+
+
+async def test_46_implicit_mx_uses_the_domains_own_address(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("implicit.example", "A", MX1)
+    stack = await direct_stack()
+    status, _ = await _deliver(stack, "bob@implicit.example")
+    assert status.msgs[0].state == MsgState.DELIVERED and mx1.delivered_to() == ["bob@implicit.example"]
+
+
+async def test_46_cname_to_an_mx_domain_uses_its_mx(direct_stack, dns: DNSServer, mx2: SMTPSink) -> None:
+    dns.add("alias.example", "CNAME", "real.example.").add("real.example", "MX", "10 mx2.example.com.")
+    stack = await direct_stack()
+    status, _ = await _deliver(stack, "bob@alias.example")
+    assert status.msgs[0].state == MsgState.DELIVERED and mx2.delivered_to() == ["bob@alias.example"]
+
+
+async def test_46_absent_domain_is_retried_then_fails(direct_stack, dns: DNSServer) -> None:
+    stack = await direct_stack(max_attempts=2)
+    status, resp = await _deliver(stack, "bob@absent.example")
+    # No MX and no address: temporary on each attempt, failed when attempts run out.
+    assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 2
+
+
+async def test_mx_lookup_servfail_is_temporary(direct_stack, dns: DNSServer, mx1: SMTPSink) -> None:
+    dns.fail("broken.example")
+    stack = await direct_stack(max_attempts=2)
+    status, resp = await _deliver(stack, "bob@broken.example")
+    assert status.msgs[0].attempts == 2
+    row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
+    assert "mx" in row["Results"][0]["Error"].lower()
+
+
+async def test_46_ip_literal_recipient_is_dialed_directly(direct_stack, mx1: SMTPSink) -> None:
+    stack = await direct_stack()
+    status, _ = await _deliver(stack, f"bob@[{MX1}]")
+    assert status.msgs[0].state == MsgState.DELIVERED and mx1.delivered_to() == [f"bob@[{MX1}]"]
+
+
+async def test_4_limits_rcptmax_splits_into_transactions_on_one_connection(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.ehlo_extra = ["LIMITS RCPTMAX=1"]
+    stack = await direct_stack()
+    await _deliver(stack, "a@example.com", "b@example.com")
+    assert [t.rcpt_tos for t in mx1.transactions] in (
+        [["a@example.com"], ["b@example.com"]],
+        [["b@example.com"], ["a@example.com"]],
+    )
+    assert len({t.session for t in mx1.transactions}) == 1
+
+
+async def test_5_too_many_recipients_go_in_a_new_transaction(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.max_rcpts_per_transaction = 2
+    stack = await direct_stack()
+    status, _ = await _deliver(stack, "a@example.com", "b@example.com", "c@example.com")
+    assert all(m.state == MsgState.DELIVERED for m in status.msgs)
+    assert [len(t.rcpt_tos) for t in mx1.transactions] == [2, 1]
+    assert len({t.session for t in mx1.transactions}) == 1
+
+
+async def test_33_per_recipient_replies_in_one_transaction(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.rcpt_replies = {
+        "gone@example.com": "554 5.1.1 no such user",
+        "busy@example.com": "451 4.2.1 later",
+    }
+    stack = await direct_stack(max_attempts=2)
+    status, resp = await _deliver(stack, "ok@example.com", "gone@example.com", "busy@example.com")
+    by_addr = {s["Address"]: s["QueueMsgID"] for s in resp["Submissions"]}
+    states = {m.id: m for m in status.msgs}
+    assert states[by_addr["ok@example.com"]].state == MsgState.DELIVERED
+    assert states[by_addr["gone@example.com"]].state == MsgState.FAILED
+    assert states[by_addr["gone@example.com"]].attempts == 1
+    # The temporary refusal was retried, then failed when attempts ran out.
+    assert states[by_addr["busy@example.com"]].attempts == 2
+    gone = (await stack.admin("GET", f"/queue/{by_addr['gone@example.com']}")).json()
+    assert gone["Results"][-1]["Code"] == 554 and gone["Results"][-1]["Secode"] == "1.1"
+
+
+async def test_22_mail_from_554_is_permanent(direct_stack, dns: DNSServer, mx1: SMTPSink) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.mail_reply = "554 5.1.0 sender rejected"
+    stack = await direct_stack()
+    status, resp = await _deliver(stack, "bob@example.com")
+    assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
+    row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
+    assert row["Results"][-1]["Code"] == 554 and row["Results"][-1]["Secode"] == "1.0"
+
+
+async def test_32_message_over_announced_size_fails_before_mail_from(
+    direct_stack, dns: DNSServer, port: int
+) -> None:
+    small = SMTPSink(MX1, port=port, data_size_limit=100).start()
+    try:
+        dns.add("example.com", "MX", "10 mx1.example.com.")
+        stack = await direct_stack()
+        status, _ = await _deliver(stack, "bob@example.com")
+        assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
+        assert small.transactions == []
+    finally:
+        small.stop()
+
+
+def _tls_sink(port: int, ctx: ssl.SSLContext) -> SMTPSink:
+    return SMTPSink(MX1, port=port, tls_context=ctx).start()
+
+
+async def test_10_opportunistic_starttls_with_untrusted_certificate_delivers(
+    direct_stack, dns: DNSServer, port: int
+) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("mx1.example.com").configure_cert(ctx)
+    sink = _tls_sink(port, ctx)
+    try:
+        dns.add("example.com", "MX", "10 mx1.example.com.")
+        stack = await direct_stack()
+        status, _ = await _deliver(stack, "bob@example.com")
+        assert status.msgs[0].state == MsgState.DELIVERED and sink.tls_sessions == 1
+    finally:
+        sink.stop()
+
+
+async def test_11_broken_tls_falls_back_to_plaintext_on_the_same_host(
+    direct_stack, dns: DNSServer, port: int
+) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("mx1.example.com").configure_cert(ctx)
+    # No cipher the client accepts: every handshake fails.
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("aNULL")
+    sink = _tls_sink(port, ctx)
+    try:
+        dns.add("example.com", "MX", "10 mx1.example.com.")
+        stack = await direct_stack()
+        status, _ = await _deliver(stack, "bob@example.com")
+        assert status.msgs[0].state == MsgState.DELIVERED
+        assert sink.delivered_to() == ["bob@example.com"] and sink.tls_sessions == 0
+    finally:
+        sink.stop()
