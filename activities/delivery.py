@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 
 from activities.direct import DirectTransport
+from activities.dns import Resolver
+from activities.mtasts import MTASTSLookup
 from activities.transports import Envelope, LocalserveTransport, RcptReply, SMTPRelayTransport, Transport
 from domain.config import DIRECT, LOCALSERVE, Config
 from domain.contracts import (
@@ -41,7 +43,11 @@ class DeliveryActivities:
     def __init__(self, pool: Pool, config: Config) -> None:
         self._pool = pool
         self._config = config
-        self._direct = DirectTransport(config.direct, config.hostname)
+        resolver = Resolver(config.direct.resolvers)
+        mtasts = MTASTSLookup(
+            resolver, pool, https_port=config.direct.mtasts_port, ca_file=config.direct.ca_file
+        )
+        self._direct = DirectTransport(config.direct, config.hostname, resolver, mtasts)
         self._transports: dict[str, Transport] = {LOCALSERVE: LocalserveTransport()}
         for name, t in config.transports.items():
             self._transports[name] = SMTPRelayTransport(t, config.hostname)
@@ -124,6 +130,7 @@ class DeliveryActivities:
             smtputf8=any(r["smtputf8"] for r in rows),
             domain=first["recipient_domain"],
             attempt=attempt,
+            require_tls=first["require_tls"],
         )
 
         async def on_accepted(indices: list[int], reply: str) -> None:

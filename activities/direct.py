@@ -11,10 +11,12 @@ import asyncio
 import random
 import ssl
 import time
+from datetime import UTC, datetime
 
 import aiosmtplib
 
 from activities.dns import DNSNotFound, DNSTemporary, Resolver
+from activities.mtasts import MTASTSDNSError, MTASTSLookup
 from activities.smtpclient import (
     Envelope,
     OnAccepted,
@@ -26,6 +28,7 @@ from activities.smtpclient import (
     transact,
 )
 from domain.config import DirectConfig
+from domain.mtasts import Mode, Policy
 from domain.nexthop import Host, NextHopError, destination_hosts, order_ips
 
 # Per host: address lookup and all dials share one budget (spec 02 §1.6).
@@ -33,20 +36,30 @@ _HOST_BUDGET = 30.0
 
 
 class DirectTransport:
-    """Delivers to the recipient domain's MX hosts (RFC 5321 §5)."""
+    """Delivers to the recipient domain's MX hosts (RFC 5321 §5) under its TLS policy (spec 02 §2)."""
 
-    def __init__(self, cfg: DirectConfig, ehlo_hostname: str, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DirectConfig,
+        ehlo_hostname: str,
+        resolver: Resolver | None = None,
+        mtasts: MTASTSLookup | None = None,
+    ) -> None:
         self._cfg = cfg
         self._ehlo = ehlo_hostname
         self._resolver = resolver or Resolver(cfg.resolvers)
+        self._mtasts = mtasts
         self._random = random.SystemRandom()
 
-    def _tls_context(self) -> ssl.SSLContext:
-        # Opportunistic TLS does not enforce PKIX (spec 02 §2.1): encryption without authentication
-        # still beats plaintext, and refusing would only push the session back to plaintext.
-        ctx = ssl.create_default_context(cafile=self._cfg.ca_file or None)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+    def _tls_context(self, verify: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if self._cfg.ca_file:
+            ctx.load_verify_locations(self._cfg.ca_file)
+        if not verify:
+            # Opportunistic TLS does not enforce PKIX (spec 02 §2.1): encryption without authentication
+            # still beats plaintext, and refusing would only push the session back to plaintext.
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
     async def deliver(
@@ -54,28 +67,59 @@ class DirectTransport:
     ) -> list[RcptReply]:
         """Deliver env to env.domain; `dialed` (host -> IPs connected on earlier attempts) is updated."""
         dialed = dialed if dialed is not None else {}
+        fail = len(env.recipients)
         try:
             hosts = await self._hosts(env.domain)
         except NextHopError as err:
-            return [RcptReply(False, err.permanent, 0, "", str(err))] * len(env.recipients)
-        last: SessionError | None = None
-        for host in hosts:
-            mode: TLSMode = "opportunistic"
+            return [RcptReply(False, err.permanent, 0, "", str(err))] * fail
+        policy: Policy | None = None
+        if self._mtasts is not None and not hosts[0].is_ip:
             try:
-                return await self._deliver_to_host(host, env, on_accepted, dialed, mode)
+                policy = (await self._mtasts.lookup(env.domain, datetime.now(UTC))).policy
+            except MTASTSDNSError as err:
+                # Spec 02 §1.3: without knowing the policy, only a TLS-Required: No message may go on.
+                if env.require_tls is not False:
+                    return [RcptReply(False, False, 0, "", f"mta-sts policy lookup: {err}")] * fail
+        enforced = policy is not None and policy.mode == Mode.ENFORCE
+        last: SessionError | None = None
+        missing_requiretls = 0
+        for host in hosts:
+            if policy is not None and policy.mode != Mode.NONE and not policy.matches(host.name):
+                if enforced and env.require_tls is not False:
+                    last = SessionError(
+                        f"mx host {host.name} does not match enforced mta-sts policy with hosts "
+                        + ", ".join(policy.mx)
+                    )
+                    continue
+            # PKIX is enforced only under an enforced MTA-STS policy, and never for TLS-Required: No.
+            pkix = enforced and env.require_tls is not False
+            if env.require_tls and not pkix:
+                # RFC 8689 §4.1: REQUIRETLS needs an authenticated TLS policy for the next hop.
+                last = SessionError("missing required tls verification mechanism", code=554, secode="7.30")
+                missing_requiretls += 1
+                continue
+            mode: TLSMode = "requiredstarttls" if enforced or env.require_tls else "opportunistic"
+            try:
+                return await self._deliver_to_host(host, env, on_accepted, dialed, mode, pkix)
             except SessionError as err:
-                if err.tls and mode == "opportunistic":
-                    # Spec 02 §1.4 step 5: a TLS-class failure under opportunistic TLS retries the same
-                    # host once in plaintext.
+                # Spec 02 §1.4 step 5: a TLS-class failure under opportunistic TLS (or for a TLS-Required:
+                # No message) retries the same host once in plaintext.
+                if err.tls and ((mode == "opportunistic" and not pkix) or env.require_tls is False):
                     try:
-                        return await self._deliver_to_host(host, env, on_accepted, dialed, "skip")
+                        return await self._deliver_to_host(host, env, on_accepted, dialed, "skip", False)
                     except SessionError as err2:
                         err = err2
                 last = err
+                if err.secode == "7.30":
+                    missing_requiretls += 1
                 if err.permanent:
                     break
+        if hosts and missing_requiretls == len(hosts):
+            return [
+                RcptReply(False, True, 554, "7.30", "destination servers do not support requiretls")
+            ] * fail
         assert last is not None
-        return [last.reply()] * len(env.recipients)
+        return [last.reply()] * fail
 
     async def _hosts(self, domain: str) -> list[Host]:
         try:
@@ -90,7 +134,7 @@ class DirectTransport:
         return destination_hosts(domain, records, self._random.shuffle)
 
     async def _dial(
-        self, host: Host, dialed: dict[str, list[str]], mode: TLSMode, attempt: int
+        self, host: Host, dialed: dict[str, list[str]], mode: TLSMode, pkix: bool, attempt: int
     ) -> aiosmtplib.SMTP:
         deadline = time.monotonic() + _HOST_BUDGET
         if host.is_ip:
@@ -111,7 +155,7 @@ class DirectTransport:
                     self._cfg.smtp_port,
                     ehlo=self._ehlo,
                     mode=mode,
-                    tls_context=self._tls_context(),
+                    tls_context=self._tls_context(pkix),
                     server_name=None if host.is_ip else host.name,
                     connect_timeout=per_ip,
                     command_timeout=self._cfg.command_timeout.total_seconds(),
@@ -134,9 +178,15 @@ class DirectTransport:
         raise SessionError(f"dialing smtp server {host.name}: " + "; ".join(errors))
 
     async def _deliver_to_host(
-        self, host: Host, env: Envelope, on_accepted: OnAccepted, dialed: dict[str, list[str]], mode: TLSMode
+        self,
+        host: Host,
+        env: Envelope,
+        on_accepted: OnAccepted,
+        dialed: dict[str, list[str]],
+        mode: TLSMode,
+        pkix: bool,
     ) -> list[RcptReply]:
-        client = await self._dial(host, dialed, mode, env.attempt)
+        client = await self._dial(host, dialed, mode, pkix, env.attempt)
         try:
             return await transact(client, env, on_accepted)
         finally:

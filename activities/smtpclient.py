@@ -32,6 +32,9 @@ class Envelope:
     domain: str = ""
     # 1 for the first attempt; some rules only apply then (spec 02 §1.5 step 8).
     attempt: int = 1
+    # The RequireTLS tri-state (spec 02 §2.2): True demands verified TLS and REQUIRETLS (RFC 8689),
+    # False is `TLS-Required: No` (RFC 8689 §5), None applies the domain's policies.
+    require_tls: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -182,13 +185,15 @@ async def close_session(client: aiosmtplib.SMTP) -> None:
 def _check_capabilities(client: aiosmtplib.SMTP, env: Envelope) -> list[str]:
     """MAIL FROM parameters, after the pre-transaction checks of spec 02 §3.3."""
     options: list[str] = []
+    size_ext = client.esmtp_extensions.get("size")
     eightbit = client.supports_extension("8bitmime")
     if env.has8bit and not eightbit:
         raise SessionError("next hop does not support 8BITMIME, which the message needs")
     if env.smtputf8 and not client.supports_extension("smtputf8"):
         # RFC 6531 §3.4: without SMTPUTF8 at the next hop the message cannot be sent as is.
         raise SessionError("next hop does not support SMTPUTF8, which the message needs")
-    size_ext = client.esmtp_extensions.get("size")
+    if env.require_tls and not client.supports_extension("requiretls"):
+        raise SessionError("next hop does not support REQUIRETLS", code=554, secode="7.30")
     if size_ext is not None:
         limit = int(size_ext) if size_ext.strip().isdigit() else 0
         if limit > 0 and len(env.data) > limit:
@@ -200,6 +205,8 @@ def _check_capabilities(client: aiosmtplib.SMTP, env: Envelope) -> list[str]:
         options.append("BODY=8BITMIME" if env.has8bit else "BODY=7BIT")
     if env.smtputf8:
         options.append("SMTPUTF8")
+    if env.require_tls:
+        options.append("REQUIRETLS")
     return options
 
 

@@ -88,6 +88,8 @@ class DirectConfig(_Strict):
     command_timeout: Duration = timedelta(minutes=5)
     # Extra trust anchors (PEM) for verifying remote certificates, besides the system store.
     ca_file: str = ""
+    # Port of MTA-STS policy servers (RFC 8461 §3.3 says 443; other values are for tests).
+    mtasts_port: int = 443
 
 
 class SMTPTransport(_Strict):

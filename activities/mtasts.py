@@ -1,0 +1,179 @@
+"""MTA-STS policy lookup for direct delivery: TXT record, HTTPS fetch and the PostgreSQL cache.
+
+Follows spec 02 §1.3 and §2.3: a cached policy is used while its TXT id is unchanged; a failed fetch is
+cached as a five-minute back-off; a DNS failure on a first fetch aborts the attempt (temporarily).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+
+from activities.dns import DNSNotFound, DNSTemporary, Resolver
+from domain.mtasts import (
+    MAX_POLICY_SIZE,
+    Mode,
+    Policy,
+    PolicySyntaxError,
+    Record,
+    RecordSyntaxError,
+    is_sts_record,
+    parse_policy,
+    parse_record,
+)
+from store import mtasts as cache
+from store.db import Pool
+
+BACKOFF_SECONDS = 300
+FETCH_TIMEOUT = 60.0
+
+
+class MTASTSDNSError(Exception):
+    """The TXT record could not be looked up; the caller decides whether that stops the attempt."""
+
+
+class _FetchError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class PolicyLookup:
+    """The policy to apply (None: none), whether it is fresh, and what went wrong on the way."""
+
+    policy: Policy | None
+    fresh: bool
+    error: str = ""
+
+
+class MTASTSLookup:
+    """Looks up and caches MTA-STS policies."""
+
+    def __init__(self, resolver: Resolver, pool: Pool, *, https_port: int = 443, ca_file: str = "") -> None:
+        self._resolver = resolver
+        self._pool = pool
+        self._port = https_port
+        self._ctx = ssl.create_default_context()
+        if ca_file:
+            self._ctx.load_verify_locations(ca_file)
+
+    async def lookup(self, domain: str, now: datetime) -> PolicyLookup:
+        """The policy for domain (RFC 8461 §5)."""
+        row = await cache.get(self._pool, domain, now)
+        if row is not None and row["backoff"]:
+            return PolicyLookup(None, False, "back-off-after-recent-fetch-error")
+        if row is not None:
+            cached = Policy(Mode(row["mode"]), tuple(row["mx"]), row["max_age"])
+            try:
+                record = await self._record(domain)
+            except (MTASTSDNSError, RecordSyntaxError) as err:
+                return PolicyLookup(cached, False, f"{err}+fallback-to-cached-policy")
+            if record is None:
+                return PolicyLookup(cached, False, "no-mta-sts-dns-txt-record+fallback-to-cached-policy")
+            if record.id == row["record_id"]:
+                return PolicyLookup(cached, True)
+            try:
+                policy, text = await self._fetch(domain)
+            except (_FetchError, PolicySyntaxError) as err:
+                return PolicyLookup(cached, False, f"{err}+fallback-to-cached-policy")
+            if policy is None:
+                return PolicyLookup(cached, False, "no-policy-served+fallback-to-cached-policy")
+            await self._store(domain, now, record, policy, text)
+            return PolicyLookup(policy, True)
+
+        try:
+            record = await self._record(domain)
+        except RecordSyntaxError as err:
+            return PolicyLookup(None, False, f"record-syntax-error: {err}")
+        if record is None:
+            return PolicyLookup(None, True)
+        try:
+            policy, text = await self._fetch(domain)
+            if policy is None:
+                raise _FetchError("no-policy-served")
+        except (_FetchError, PolicySyntaxError) as err:
+            await cache.put(
+                self._pool,
+                domain,
+                now,
+                record_id=record.id,
+                mode=Mode.NONE.value,
+                mx=[],
+                max_age=BACKOFF_SECONDS,
+                policy_text="",
+                backoff=True,
+            )
+            return PolicyLookup(None, False, str(err))
+        await self._store(domain, now, record, policy, text)
+        return PolicyLookup(policy, True)
+
+    async def _store(self, domain: str, now: datetime, record: Record, policy: Policy, text: str) -> None:
+        await cache.put(
+            self._pool,
+            domain,
+            now,
+            record_id=record.id,
+            mode=policy.mode.value,
+            mx=list(policy.mx),
+            max_age=policy.max_age,
+            policy_text=text,
+        )
+
+    async def _record(self, domain: str) -> Record | None:
+        """The STS record, None when there is none (RFC 8461 §3.1)."""
+        try:
+            txts = await self._resolver.txt(f"_mta-sts.{domain}")
+        except DNSNotFound:
+            return None
+        except DNSTemporary as err:
+            raise MTASTSDNSError(f"dns-lookup: {err}") from None
+        sts = [t for t in txts if is_sts_record(t)]
+        if not sts:
+            return None
+        if len(sts) > 1:
+            raise RecordSyntaxError("multiple-mta-sts-records")
+        return parse_record(sts[0])
+
+    async def _fetch(self, domain: str) -> tuple[Policy | None, str]:
+        """GET the policy over HTTPS with WebPKI checks, no redirects (RFC 8461 §3.3); None: none served."""
+        host = f"mta-sts.{domain}"
+        try:
+            ips = (await self._resolver.ips(host)).ips
+        except DNSNotFound:
+            return None, ""
+        except DNSTemporary as err:
+            raise _FetchError(f"cannot-fetch-policy: {err}") from None
+        ip = ips[0]
+        netloc = f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
+        port = "" if self._port == 443 else f":{self._port}"
+        url = f"https://{netloc}:{self._port}/.well-known/mta-sts.txt"
+        try:
+            # Connect to the address our resolver gave, while TLS (SNI, certificate name) and the Host
+            # header use the policy host's name.
+            async with httpx.AsyncClient(
+                verify=self._ctx, timeout=FETCH_TIMEOUT, follow_redirects=False
+            ) as http:
+                async with http.stream(
+                    "GET", url, headers={"Host": host + port}, extensions={"sni_hostname": host}
+                ) as resp:
+                    if resp.status_code == 404:
+                        return None, ""
+                    if resp.status_code != 200:
+                        raise _FetchError(f"cannot-fetch-policy: http status {resp.status_code}")
+                    body = b""
+                    async for chunk in resp.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_POLICY_SIZE:
+                            raise PolicySyntaxError("policy-syntax-error: larger than 64 KiB")
+        except httpx.ConnectError as err:
+            cause = err.__cause__ or err.__context__
+            if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
+                raise _FetchError(f"sts-webpki-invalid: {err}") from None
+            raise _FetchError(f"cannot-fetch-policy: {err}") from None
+        except httpx.HTTPError as err:
+            raise _FetchError(f"cannot-fetch-policy: {type(err).__name__}: {err}") from None
+        text = body.decode("utf-8", "replace")
+        return parse_policy(text), text

@@ -1,0 +1,225 @@
+"""MTA-STS and RequireTLS in direct delivery, through the real workflow (spec 02 §1.3, §1.4, §2.1–§2.3).
+
+A loopback DNS server publishes `_mta-sts` records, a real HTTPS server serves the policies with a
+certificate from a test CA that Tempost is told to trust, and SMTP servers on 127.0.0.x play the MX hosts.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from domain.contracts import MsgState
+from tests.conftest import Stack
+from tests.integration.test_direct import MX1, _common_port
+from tests.support.dnsserver import DNSServer
+from tests.support.policyserver import PolicyServer
+from tests.support.smtpsink import SMTPSink
+
+POLICY_HOST = "127.0.0.5"
+ENFORCE = "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmax_age: 86400\n"
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def port() -> int:
+    return _common_port([MX1])
+
+
+@pytest.fixture
+def policies(ca: trustme.CA) -> Iterator[PolicyServer]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mta-sts.example.com").configure_cert(ctx)
+    server = PolicyServer(POLICY_HOST, ctx).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dns() -> Iterator[DNSServer]:
+    server = DNSServer().start()
+    server.add("example.com", "MX", "10 mx1.example.com.").add("mx1.example.com", "A", MX1)
+    server.add("mta-sts.example.com", "A", POLICY_HOST)
+    yield server
+    server.stop()
+
+
+def _mx(port: int, cert_ca: trustme.CA | None) -> SMTPSink:
+    ctx = None
+    if cert_ca is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert_ca.issue_cert("mx1.example.com").configure_cert(ctx)
+    return SMTPSink(MX1, port=port, tls_context=ctx).start()
+
+
+@pytest.fixture
+def sts_stack(stack_factory, dns: DNSServer, port: int, policies: PolicyServer, ca_file: str) -> Any:
+    async def make(**queue: Any) -> Stack:
+        direct = {
+            "resolvers": [dns.address],
+            "smtp_port": port,
+            "ca_file": ca_file,
+            "mtasts_port": policies.port,
+        }
+        return await stack_factory(direct=direct, default_transport="direct", **queue)
+
+    return make
+
+
+def _publish(dns: DNSServer, policies: PolicyServer, policy: str, record_id: str = "20260101") -> None:
+    dns.remove("_mta-sts.example.com", "TXT")
+    dns.add("_mta-sts.example.com", "TXT", f'"v=STSv1; id={record_id};"')
+    policies.policies["mta-sts.example.com"] = policy
+
+
+async def _send(stack: Stack, **extra: Any) -> tuple[Any, dict[str, Any]]:
+    resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "hello", **extra})
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    status = await stack.finished(msg_id)
+    row = (await stack.admin("GET", f"/queue/{msg_id}")).json()
+    return status.msgs[0], row
+
+
+async def test_enforced_policy_delivers_over_verified_tls(
+    sts_stack, dns: DNSServer, policies: PolicyServer, ca: trustme.CA, port: int
+) -> None:
+    _publish(dns, policies, ENFORCE)
+    mx = _mx(port, ca)
+    try:
+        stack = await sts_stack()
+        msg, _ = await _send(stack)
+        assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+        # A second message uses the cached policy: the TXT id is unchanged, so no second fetch.
+        msg, _ = await _send(stack)
+        assert msg.state == MsgState.DELIVERED and policies.requests == ["mta-sts.example.com"]
+    finally:
+        mx.stop()
+
+
+async def test_enforced_policy_refuses_an_untrusted_certificate_without_plaintext_fallback(
+    sts_stack, dns: DNSServer, policies: PolicyServer, port: int
+) -> None:
+    _publish(dns, policies, ENFORCE)
+    mx = _mx(port, trustme.CA())
+    try:
+        stack = await sts_stack(max_attempts=2)
+        msg, row = await _send(stack)
+        assert msg.state == MsgState.FAILED and msg.attempts == 2
+        assert mx.transactions == [] and "certificate" in row["Results"][-1]["Error"].lower()
+    finally:
+        mx.stop()
+
+
+async def test_enforced_policy_skips_mx_hosts_it_does_not_list(
+    sts_stack, dns: DNSServer, policies: PolicyServer, ca: trustme.CA, port: int
+) -> None:
+    _publish(dns, policies, ENFORCE.replace("mx1.example.com", "other.example.com"))
+    mx = _mx(port, ca)
+    try:
+        stack = await sts_stack(max_attempts=1)
+        msg, row = await _send(stack)
+        assert msg.state == MsgState.FAILED and mx.transactions == []
+        assert "does not match enforced mta-sts policy" in row["Results"][-1]["Error"]
+    finally:
+        mx.stop()
+
+
+async def test_testing_mode_delivers_to_unlisted_hosts_opportunistically(
+    sts_stack, dns: DNSServer, policies: PolicyServer, port: int
+) -> None:
+    _publish(dns, policies, ENFORCE.replace("enforce", "testing").replace("mx1.example.com", "other.example"))
+    mx = _mx(port, trustme.CA())
+    try:
+        stack = await sts_stack()
+        msg, _ = await _send(stack)
+        assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+    finally:
+        mx.stop()
+
+
+async def test_policy_fetch_failure_is_backed_off_and_mail_goes_without_policy(
+    sts_stack, dns: DNSServer, policies: PolicyServer, port: int
+) -> None:
+    _publish(dns, policies, ENFORCE)
+    policies.status = 500
+    mx = _mx(port, None)
+    try:
+        stack = await sts_stack()
+        msg, _ = await _send(stack)
+        assert msg.state == MsgState.DELIVERED
+        msg, _ = await _send(stack)
+        # The failed fetch is remembered for five minutes: one request for two messages.
+        assert policies.requests == ["mta-sts.example.com"]
+    finally:
+        mx.stop()
+
+
+async def test_mta_sts_dns_failure_aborts_the_attempt(
+    sts_stack, dns: DNSServer, policies: PolicyServer, port: int
+) -> None:
+    dns.fail("_mta-sts.example.com")
+    mx = _mx(port, None)
+    try:
+        stack = await sts_stack(max_attempts=1)
+        msg, row = await _send(stack)
+        assert msg.state == MsgState.FAILED and mx.transactions == []
+        assert "mta-sts" in row["Results"][-1]["Error"]
+    finally:
+        mx.stop()
+
+
+async def test_19_requiretls_without_any_policy_fails_permanently_without_dialing(
+    sts_stack, port: int
+) -> None:
+    mx = _mx(port, None)
+    try:
+        stack = await sts_stack()
+        msg, row = await _send(stack, RequireTLS=True)
+        assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.transactions == []
+        assert row["Results"][-1]["Code"] == 554 and row["Results"][-1]["Secode"] == "7.30"
+    finally:
+        mx.stop()
+
+
+async def test_requiretls_with_a_server_lacking_requiretls_fails_with_5_7_30(
+    sts_stack, dns: DNSServer, policies: PolicyServer, ca: trustme.CA, port: int
+) -> None:
+    _publish(dns, policies, ENFORCE)
+    mx = _mx(port, ca)
+    try:
+        stack = await sts_stack()
+        msg, row = await _send(stack, RequireTLS=True)
+        # Every host lacked REQUIRETLS: permanent at once (spec 02 §1.4).
+        assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.transactions == []
+        assert row["Results"][-1]["Secode"] == "7.30"
+    finally:
+        mx.stop()
+
+
+async def test_16_tls_required_no_ignores_verification_failures(
+    sts_stack, dns: DNSServer, policies: PolicyServer, port: int
+) -> None:
+    _publish(dns, policies, ENFORCE)
+    mx = _mx(port, trustme.CA())
+    try:
+        stack = await sts_stack()
+        msg, _ = await _send(stack, RequireTLS=False)
+        assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+    finally:
+        mx.stop()
