@@ -9,8 +9,16 @@ from temporalio import activity
 from activities.direct import DirectTransport
 from activities.dns import Resolver
 from activities.mtasts import MTASTSLookup
-from activities.transports import Envelope, LocalserveTransport, RcptReply, SMTPRelayTransport, Transport
-from domain.config import DIRECT, LOCALSERVE, Config
+from activities.transports import (
+    Envelope,
+    FailingTransport,
+    LocalserveTransport,
+    RcptReply,
+    SMTPRelayTransport,
+    Transport,
+)
+from domain.config import DIRECT, LOCALSERVE, Config, FailTransport
+from domain.config import SMTPTransport as SMTPTransportConfig
 from domain.contracts import (
     ACTIVITY_DELIVER,
     ACTIVITY_PROJECT,
@@ -23,6 +31,7 @@ from domain.contracts import (
     RetireEvent,
     RetireRequest,
 )
+from domain.routes import select_transport
 from store import queue as q
 from store.db import Pool
 
@@ -47,10 +56,24 @@ class DeliveryActivities:
         mtasts = MTASTSLookup(
             resolver, pool, https_port=config.direct.mtasts_port, ca_file=config.direct.ca_file
         )
-        self._direct = DirectTransport(config.direct, config.hostname, resolver, mtasts)
-        self._transports: dict[str, Transport] = {LOCALSERVE: LocalserveTransport()}
+        self._transports: dict[str, Transport] = {
+            LOCALSERVE: LocalserveTransport(),
+            DIRECT: DirectTransport(config.direct, config.hostname, resolver, mtasts),
+        }
         for name, t in config.transports.items():
-            self._transports[name] = SMTPRelayTransport(t, config.hostname)
+            if isinstance(t, SMTPTransportConfig):
+                self._transports[name] = SMTPRelayTransport(t, config.hostname)
+            elif isinstance(t, FailTransport):
+                self._transports[name] = FailingTransport(t)
+            else:
+                self._transports[name] = DirectTransport(
+                    config.direct,
+                    config.hostname,
+                    resolver,
+                    mtasts,
+                    ipv4=not t.disable_ipv4,
+                    ipv6=not t.disable_ipv6,
+                )
 
     def _keep(self) -> dict[str, timedelta]:
         return {a.name: a.keep_retired_period for a in self._config.accounts}
@@ -116,12 +139,19 @@ class DeliveryActivities:
 
     async def _send(self, rows: list[q.Row], body: bytes, attempt: int) -> list[RcptReply]:
         first = rows[0]
-        name = first["transport"] or self._config.queue.default_transport
+        name = select_transport(
+            self._config,
+            explicit=first["transport"],
+            account=first["sender_account"],
+            sender_domain=first["sender_domain"],
+            recipient_domain=first["recipient_domain"],
+            attempts_before=attempt - 1,
+        )
         transport = self._transports.get(name)
-        if transport is None and name != DIRECT:
+        if transport is None:
             # An explicit transport that does not exist is a temporary failure (spec 01 §7.5), so an
             # admin can fix the configuration or the message's transport before attempts run out.
-            return [RcptReply(False, False, 0, "", f"unknown transport {name!r}")] * len(rows)
+            return [RcptReply(False, False, 0, "", f'cannot find transport "{name}"')] * len(rows)
         env = Envelope(
             mail_from=_path(first["sender_localpart"], first["sender_domain"]),
             recipients=[_path(r["recipient_localpart"], r["recipient_domain"]) for r in rows],
@@ -131,18 +161,17 @@ class DeliveryActivities:
             domain=first["recipient_domain"],
             attempt=attempt,
             require_tls=first["require_tls"],
+            dialed={k: list(v) for k, v in (first["dialed_ips"] or {}).items()},
         )
 
         async def on_accepted(indices: list[int], reply: str) -> None:
             await q.record_accepted(self._pool, [rows[i]["id"] for i in indices], reply, _now())
 
-        if transport is not None:
-            return await transport.deliver(env, on_accepted)
-        dialed: dict[str, list[str]] = dict(first["dialed_ips"] or {})
         try:
-            return await self._direct.deliver(env, on_accepted, dialed)
+            return await transport.deliver(env, on_accepted)
         finally:
-            await q.record_dialed(self._pool, [r["id"] for r in rows], dialed)
+            if env.dialed != (first["dialed_ips"] or {}):
+                await q.record_dialed(self._pool, [r["id"] for r in rows], env.dialed)
 
     async def _retire_delivered(self, rows: list[q.Row], replies: dict[int, tuple[int, str]]) -> None:
         end = _now()

@@ -44,8 +44,12 @@ class DirectTransport:
         ehlo_hostname: str,
         resolver: Resolver | None = None,
         mtasts: MTASTSLookup | None = None,
+        *,
+        ipv4: bool = True,
+        ipv6: bool = True,
     ) -> None:
         self._cfg = cfg
+        self._ipv4, self._ipv6 = ipv4, ipv6
         self._ehlo = ehlo_hostname
         self._resolver = resolver or Resolver(cfg.resolvers)
         self._mtasts = mtasts
@@ -62,11 +66,9 @@ class DirectTransport:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    async def deliver(
-        self, env: Envelope, on_accepted: OnAccepted, dialed: dict[str, list[str]] | None = None
-    ) -> list[RcptReply]:
-        """Deliver env to env.domain; `dialed` (host -> IPs connected on earlier attempts) is updated."""
-        dialed = dialed if dialed is not None else {}
+    async def deliver(self, env: Envelope, on_accepted: OnAccepted) -> list[RcptReply]:
+        """Deliver env to env.domain; env.dialed (host -> IPs connected on earlier attempts) is updated."""
+        dialed = env.dialed
         fail = len(env.recipients)
         try:
             hosts = await self._hosts(env.domain)
@@ -141,7 +143,9 @@ class DirectTransport:
             ips, dualstack = [host.name], False
         else:
             try:
-                res = await asyncio.wait_for(self._resolver.ips(host.name), _HOST_BUDGET)
+                res = await asyncio.wait_for(
+                    self._resolver.ips(host.name, ipv4=self._ipv4, ipv6=self._ipv6), _HOST_BUDGET
+                )
             except (DNSNotFound, DNSTemporary, TimeoutError) as err:
                 raise SessionError(f"dialing smtp server: looking up {host.name}: {err}") from None
             ips, dualstack = res.ips, res.dualstack

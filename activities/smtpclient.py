@@ -8,13 +8,16 @@ they are permanent and whether they are TLS-class (which decides the plaintext f
 
 from __future__ import annotations
 
+import base64
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import aiosmtplib
+
+from domain.sasl import SASLError, Scram, choose_mechanism, make_client
 
 TLSMode = Literal["immediate", "requiredstarttls", "opportunistic", "skip"]
 
@@ -35,6 +38,8 @@ class Envelope:
     # The RequireTLS tri-state (spec 02 §2.2): True demands verified TLS and REQUIRETLS (RFC 8689),
     # False is `TLS-Required: No` (RFC 8689 §5), None applies the domain's policies.
     require_tls: bool | None = None
+    # Direct delivery's memory of connected IPs per host (spec 02 §1.5); updated in place.
+    dialed: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,47 @@ async def close_session(client: aiosmtplib.SMTP) -> None:
             await client.quit(timeout=5)
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             _close(client)
+
+
+def _channel_binding(client: aiosmtplib.SMTP) -> tuple[str, bytes] | None:
+    """tls-unique data for SCRAM -PLUS on TLS 1.2; TLS 1.3's tls-exporter is not reachable from Python."""
+    ssl_object = client.get_transport_info("ssl_object")
+    if ssl_object is None:
+        return None
+    data = ssl_object.get_channel_binding("tls-unique") if ssl_object.version() != "TLSv1.3" else None
+    return ("tls-unique", data) if data else None
+
+
+async def authenticate(client: aiosmtplib.SMTP, username: str, password: str, mechanisms: list[str]) -> None:
+    """AUTH with the first configured mechanism the server offers (spec 02 §5.2, RFC 4954)."""
+    tls = client.get_transport_info("ssl_object") is not None
+    binding = _channel_binding(client)
+    offered = client.esmtp_extensions.get("auth", "").split()
+    chosen = choose_mechanism(mechanisms, offered, tls=tls, binding=binding)
+    if chosen is None:
+        raise SessionError(
+            f"no common authentication mechanism (server offers {' '.join(offered)})", permanent=True
+        )
+    mech, signal = chosen
+    sasl = make_client(mech, username, password, binding=binding, signal_binding=signal)
+    first = sasl.start()
+    cmd = [b"AUTH", mech.encode()]
+    if first is not None:
+        cmd.append(base64.b64encode(first) or b"=")
+    resp = await client.execute_command(*cmd)
+    while resp.code == 334:
+        try:
+            challenge = base64.b64decode(resp.message, validate=True)
+            answer = sasl.step(challenge)
+        except (ValueError, SASLError) as err:
+            abort = await client.execute_command(b"*")
+            raise SessionError(f"authentication aborted: {err} ({abort.code} {abort.message})") from None
+        resp = await client.execute_command(base64.b64encode(answer) if answer else b"")
+    if resp.code != 235:
+        raise reply_error(resp.code, resp.message)
+    if isinstance(sasl, Scram) and not sasl.done:
+        # RFC 5802 §3: success without the server's proof would let an impostor through.
+        raise SessionError("authentication: server did not prove it knows the password")
 
 
 def _check_capabilities(client: aiosmtplib.SMTP, env: Envelope) -> list[str]:

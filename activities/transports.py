@@ -17,11 +17,12 @@ from activities.smtpclient import (
     RcptReply,
     SessionError,
     TLSMode,
+    authenticate,
     close_session,
     open_session,
     transact,
 )
-from domain.config import SMTPTransport
+from domain.config import FailTransport, SMTPTransport
 from domain.localserve import simulate
 
 
@@ -60,7 +61,9 @@ class SMTPRelayTransport:
         self._ehlo = ehlo_hostname
 
     def _tls_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self._cfg.ca_file or None)
+        ctx = ssl.create_default_context()
+        if self._cfg.ca_file:
+            ctx.load_verify_locations(self._cfg.ca_file)
         if not self._cfg.tls_verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -68,11 +71,15 @@ class SMTPRelayTransport:
 
     async def deliver(self, env: Envelope, on_accepted: OnAccepted) -> list[RcptReply]:
         cfg = self._cfg
-        mode = _RELAY_MODES[cfg.starttls]
+        if env.require_tls and not cfg.verifies_tls:
+            # Spec 02 §5.1 step 1: REQUIRETLS cannot be honoured over an unverified hop; no point retrying.
+            msg = "message requires verified tls but transport does not verify tls"
+            return [RcptReply(False, True, 554, "7.30", msg)] * len(env.recipients)
+        mode = "immediate" if cfg.type == "submissions" else _RELAY_MODES[cfg.starttls]
         try:
             client = await open_session(
                 cfg.host,
-                cfg.port,
+                cfg.effective_port,
                 ehlo=self._ehlo,
                 mode=mode,
                 tls_context=self._tls_context(),
@@ -86,8 +93,24 @@ class SMTPRelayTransport:
             # Connection trouble is never permanent: the next attempt may find the relay back.
             return [RcptReply(False, False, 0, "", f"{type(err).__name__}: {err}")] * len(env.recipients)
         try:
+            if cfg.auth is not None:
+                await authenticate(client, cfg.auth.username, cfg.auth.password(), cfg.auth.mechanisms)
             return await transact(client, env, on_accepted)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+            return [RcptReply(False, False, 0, "", f"{type(err).__name__}: {err}")] * len(env.recipients)
         except SessionError as err:
             return [err.reply()] * len(env.recipients)
         finally:
             await close_session(client)
+
+
+class FailingTransport:
+    """Fails every message at once with the configured reply, without connecting (spec 01 §7.4, Fail)."""
+
+    def __init__(self, cfg: FailTransport) -> None:
+        self._cfg = cfg
+
+    async def deliver(self, env: Envelope, on_accepted: OnAccepted) -> list[RcptReply]:
+        code = self._cfg.smtp_code
+        reply = RcptReply(False, code >= 500, code, "7.0", f"{code} {self._cfg.smtp_message}")
+        return [reply] * len(env.recipients)

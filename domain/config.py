@@ -92,22 +92,128 @@ class DirectConfig(_Strict):
     mtasts_port: int = 443
 
 
-class SMTPTransport(_Strict):
-    """Relay everything to one SMTP server (spec 01 §7.4, type smtp)."""
+SASL_MECHANISMS = (
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-1",
+    "CRAM-MD5",
+    "PLAIN",
+)
 
-    type: Literal["smtp"] = "smtp"
+
+class SMTPAuth(_Strict):
+    """Credentials for a submission relay; the password comes from a file or the environment."""
+
+    username: str
+    password_file: str = ""
+    # Name of an environment variable holding the password, as an alternative to password_file.
+    password_env: str = ""
+    # Tried in order; the first the server offers is used. PLAIN only when listed (spec 01 §7.4).
+    mechanisms: list[str] = [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-1",
+        "CRAM-MD5",
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> SMTPAuth:
+        if bool(self.password_file) == bool(self.password_env):
+            raise ValueError("auth: set exactly one of password_file and password_env")
+        if len(set(self.mechanisms)) != len(self.mechanisms):
+            raise ValueError("auth: duplicate mechanism")
+        for m in self.mechanisms:
+            if m not in SASL_MECHANISMS:
+                raise ValueError(f"auth: unknown mechanism {m!r}")
+        return self
+
+    def password(self) -> str:
+        """Read the secret (never stored in the configuration object itself)."""
+        if self.password_env:
+            return os.environ.get(self.password_env, "")
+        return Path(self.password_file).read_text().strip()
+
+
+class SMTPTransport(_Strict):
+    """Relay everything to one SMTP server (spec 01 §7.4): smtp (25), submission (587), submissions (465)."""
+
+    type: Literal["smtp", "submission", "submissions"] = "smtp"
     host: str
-    port: int = 25
-    # "required": STARTTLS must succeed; "opportunistic": used when offered; "none": never.
-    starttls: Literal["required", "opportunistic", "none"] = "opportunistic"
-    # Verify the relay's certificate against the system trust store (or ca_file).
+    # 0: the type's default port.
+    port: int = 0
+    # "required": STARTTLS must succeed; "opportunistic": used when offered; "none": never. Ignored for
+    # submissions, which speaks TLS from the first byte.
+    starttls: Literal["required", "opportunistic", "none"] = "required"
+    # Verify the relay's certificate against the system trust store (and ca_file).
     tls_verify: bool = True
     ca_file: str = ""
+    auth: SMTPAuth | None = None
     connect_timeout: Duration = timedelta(seconds=30)
     command_timeout: Duration = timedelta(minutes=5)
 
+    @property
+    def effective_port(self) -> int:
+        """The configured port, or the type's default."""
+        return self.port or {"smtp": 25, "submission": 587, "submissions": 465}[self.type]
 
-Transport = SMTPTransport
+    @property
+    def verifies_tls(self) -> bool:
+        """Whether every session is TLS with a verified certificate (what RequireTLS needs)."""
+        return self.tls_verify and (self.type == "submissions" or self.starttls == "required")
+
+
+class DirectTransport(_Strict):
+    """Direct delivery, optionally over one address family only (spec 01 §7.4, Direct)."""
+
+    type: Literal["direct"]
+    disable_ipv4: bool = False
+    disable_ipv6: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> DirectTransport:
+        if self.disable_ipv4 and self.disable_ipv6:
+            raise ValueError("direct transport: cannot disable both IPv4 and IPv6")
+        return self
+
+
+class FailTransport(_Strict):
+    """Fails every message at once with a configured reply (spec 01 §7.4, Fail)."""
+
+    type: Literal["fail"]
+    smtp_code: int = Field(default=554, ge=400, le=599)
+    smtp_message: str = Field(
+        default="transport fail: explicit immediate delivery failure per configuration", max_length=256
+    )
+
+
+Transport = Annotated[SMTPTransport | DirectTransport | FailTransport, Field(discriminator="type")]
+
+
+def _route_domain(d: str) -> str:
+    if d == ".":
+        return d
+    dot = "." if d.startswith(".") else ""
+    try:
+        return dot + d.lstrip(".").encode("idna").decode().lower()
+    except UnicodeError:
+        raise ValueError(f"route: invalid domain {d!r}") from None
+
+
+class Route(_Strict):
+    """Sends matching messages through a named transport (spec 01 §7.3)."""
+
+    from_domain: list[str] = []
+    to_domain: list[str] = []
+    # Only from this many completed attempts on: "use the smarthost after 3 failures".
+    minimum_attempts: int = 0
+    transport: str
+
+    @field_validator("from_domain", "to_domain")
+    @classmethod
+    def _ascii(cls, v: list[str]) -> list[str]:
+        return [_route_domain(d) for d in v]
 
 
 class AccountConfig(_Strict):
@@ -122,6 +228,8 @@ class AccountConfig(_Strict):
     password_file: str = ""
     # How long retired messages stay visible (spec 01 §6.2); 0 keeps none.
     keep_retired_period: Duration = timedelta(0)
+    # Routes for this account's mail, checked before the sender domain's and the global ones.
+    routes: list[Route] = []
 
     @model_validator(mode="after")
     def _one_password(self) -> AccountConfig:
@@ -143,6 +251,10 @@ class Config(_Strict):
     queue: QueueConfig = QueueConfig()
     direct: DirectConfig = DirectConfig()
     transports: dict[str, Transport] = {}
+    # Routes per sender domain (Unicode or ASCII name), checked after the account's.
+    domain_routes: dict[str, list[Route]] = {}
+    # Global routes, checked last. No matching route: queue.default_transport.
+    routes: list[Route] = []
     accounts: list[AccountConfig] = []
 
     @field_validator("transports")
@@ -158,6 +270,11 @@ class Config(_Strict):
         dt = self.queue.default_transport
         if dt not in BUILTIN_TRANSPORTS and dt not in self.transports:
             raise ValueError(f"queue.default_transport {dt!r} is not a configured transport")
+        all_routes = [*self.routes, *(r for rs in self.domain_routes.values() for r in rs)]
+        all_routes += [r for acc in self.accounts for r in acc.routes]
+        for r in all_routes:
+            if r.transport not in BUILTIN_TRANSPORTS and r.transport not in self.transports:
+                raise ValueError(f"route to unknown transport {r.transport!r}")
         seen: dict[str, str] = {}
         for acc in self.accounts:
             for addr in acc.addresses:

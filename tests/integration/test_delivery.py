@@ -8,6 +8,7 @@ from email import message_from_bytes
 from email.policy import default as default_policy
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 
 from domain.contracts import MsgState
 from store import queue as q
@@ -63,7 +64,8 @@ async def test_two_domains_two_transactions(stack: Stack) -> None:
     assert by_rcpts == [["a@one.example", "c@one.example"], ["b@two.example"]]
 
 
-async def test_temporary_failure_then_success(stack: Stack) -> None:
+async def test_temporary_failure_then_success(stack_factory) -> None:
+    stack = await stack_factory(backoff_base="1s")
     stack.sink.behaviour.temp_failures = 1
     resp = await stack.send_ok(text_msg("bob@example.com"))
     msg_id = resp["Submissions"][0]["QueueMsgID"]
@@ -74,10 +76,17 @@ async def test_temporary_failure_then_success(stack: Stack) -> None:
     assert first["Success"] is False and first["Code"] == 451 and first["Secode"] == "3.0"
     assert "try again later" in first["Error"]
     assert second["Success"] is True
-    # The second attempt came after the backoff, not immediately.
-    start1 = datetime.fromisoformat(first["Start"])
-    start2 = datetime.fromisoformat(second["Start"])
-    assert start2 - start1 >= timedelta(milliseconds=45)
+    # Between the attempts the workflow slept on a timer for the rest of the backoff (1s base, jitter
+    # scaled alike); the next attempt time is set before an attempt starts, as in mox.
+    events = [e async for e in stack.handle(msg_id).fetch_history_events()]
+    timers = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
+    assert len(timers) == 1 and timers[0] <= timedelta(milliseconds=1010)
+    gap = datetime.fromisoformat(second["Start"]) - datetime.fromisoformat(first["Start"])
+    assert timedelta(milliseconds=800) <= gap
 
 
 async def test_permanent_failure(stack: Stack) -> None:

@@ -15,6 +15,8 @@ import httpx
 
 from deploy.embedded import free_port
 
+# Generous timeouts: the child process shares a busy machine with the rest of the suite.
+_http = httpx.Client(timeout=30)
 PASSWORD = "dev-test-password"
 TOKEN = "dev-test-token"
 
@@ -50,7 +52,7 @@ def _wait_ready(api: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
-            if httpx.get(api + "/readyz", timeout=2).status_code == 200:
+            if _http.get(api + "/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -113,7 +115,7 @@ keep_retired_period = "168h"
             "Subject": "hi",
             "Text": "hello",
         }
-        r = httpx.post(
+        r = _http.post(
             api + "/webapi/v0/Send", data={"request": json.dumps(request)}, auth=("dev@localhost", PASSWORD)
         )
         assert r.status_code == 200, r.text
@@ -121,7 +123,7 @@ keep_retired_period = "168h"
         # The temporary failure leaves one message in backoff (first retry 7.5 minutes out).
         deadline = time.monotonic() + 30
         while True:
-            row = httpx.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()
+            row = _http.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()
             if row.get("Attempts") == 1:
                 break
             assert time.monotonic() < deadline, row
@@ -135,14 +137,14 @@ keep_retired_period = "168h"
     proc = _start(data, api_port, log)
     try:
         _wait_ready(api, proc, log)
-        assert httpx.get(f"{api}/admin/v0/queue/{delivered}", headers=admin).json()["Event"] == "delivered"
-        row = httpx.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()
+        assert _http.get(f"{api}/admin/v0/queue/{delivered}", headers=admin).json()["Event"] == "delivered"
+        row = _http.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()
         assert row["Attempts"] == 1 and row["NextAttempt"] == next_attempt
         # The workflow is alive and still owns the timer: a kick makes it try again now.
-        r = httpx.post(f"{api}/admin/v0/queue/{waiting}/kick", headers=admin, timeout=30)
+        r = _http.post(f"{api}/admin/v0/queue/{waiting}/kick", headers=admin, timeout=30)
         assert r.status_code == 200, r.text
         deadline = time.monotonic() + 30
-        while httpx.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()["Attempts"] < 2:
+        while _http.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()["Attempts"] < 2:
             assert time.monotonic() < deadline
             time.sleep(0.2)
     finally:
