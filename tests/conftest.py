@@ -94,6 +94,7 @@ def make_config(
     *,
     transports: dict[str, Any] | None = None,
     direct: dict[str, Any] | None = None,
+    routes: list[dict[str, Any]] | None = None,
     **queue: Any,
 ) -> Config:
     """A configuration for one test: its own task queue, a sink relay (plus `transports`), fast backoff."""
@@ -108,6 +109,7 @@ def make_config(
             "worker": {"metrics_listen": ""},
             "queue": q,
             "direct": direct or {},
+            "routes": routes or [],
             "transports": {
                 "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"},
                 **(transports or {}),
@@ -180,9 +182,10 @@ async def stack_factory(
         worker: bool = True,
         transports: dict[str, Any] | None = None,
         direct: dict[str, Any] | None = None,
+        routes: list[dict[str, Any]] | None = None,
         **queue: Any,
     ) -> Stack:
-        config = make_config(database, sink, transports=transports, direct=direct, **queue)
+        config = make_config(database, sink, transports=transports, direct=direct, routes=routes, **queue)
         pool = await db.open_pool(database, 1, 5)
         cleanups.append(pool.close)
         if worker:

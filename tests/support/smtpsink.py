@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from deploy.embedded import free_port
 
@@ -48,6 +52,63 @@ class SinkBehaviour:
 class _Handler:
     def __init__(self, sink: SMTPSink) -> None:
         self.sink = sink
+
+    # AUTH mechanisms beyond aiosmtpd's PLAIN/LOGIN, server side, for relay tests (RFC 2195, RFC 5802).
+    async def auth_CRAM__MD5(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        challenge = f"<{os.urandom(8).hex()}@sink>".encode()
+        answer = await server.challenge_auth(challenge)
+        if not isinstance(answer, bytes):
+            return AuthResult(success=False)
+        user, _, digest = answer.decode().partition(" ")
+        password = self.sink.auth_users.get(user)
+        ok = password is not None and hmac.compare_digest(
+            digest, hmac.new(password.encode(), challenge, hashlib.md5).hexdigest()
+        )
+        return self._result("CRAM-MD5", user, ok)
+
+    async def auth_SCRAM__SHA__256(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._scram(server, args, "sha256", "SCRAM-SHA-256")
+
+    async def auth_SCRAM__SHA__1(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._scram(server, args, "sha1", "SCRAM-SHA-1")
+
+    async def _scram(self, server: SMTP, args: list[str], hash_name: str, mech: str) -> AuthResult:
+        first = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
+        if not isinstance(first, bytes):
+            return AuthResult(success=False)
+        flag, _authz, bare = first.decode().split(",", 2)
+        attrs = dict(a.split("=", 1) for a in bare.split(","))
+        user, cnonce = attrs["n"], attrs["r"]
+        password = self.sink.auth_users.get(user, "")
+        salt, iterations, snonce = os.urandom(16), 4096, attrs["r"] + "sink"
+        server_first = f"r={snonce},s={base64.b64encode(salt).decode()},i={iterations}"
+        final = await server.challenge_auth(server_first)
+        if not isinstance(final, bytes):
+            return AuthResult(success=False)
+        without_proof, _, proof = final.decode().rpartition(",p=")
+        salted = hashlib.pbkdf2_hmac(hash_name, password.encode(), salt, iterations)
+        client_key = hmac.new(salted, b"Client Key", hash_name).digest()
+        auth = f"{bare},{server_first},{without_proof}".encode()
+        sig = hmac.new(hashlib.new(hash_name, client_key).digest(), auth, hash_name).digest()
+        ok = (
+            bool(password)
+            and cnonce
+            and hmac.compare_digest(
+                bytes(a ^ b for a, b in zip(base64.b64decode(proof), sig, strict=False)), client_key
+            )
+        )
+        if not ok:
+            return self._result(mech, user, False)
+        server_sig = hmac.new(hmac.new(salted, b"Server Key", hash_name).digest(), auth, hash_name).digest()
+        await server.challenge_auth("v=" + base64.b64encode(server_sig).decode())
+        self.sink.scram_flags.append(flag)
+        return self._result(mech, user, True)
+
+    def _result(self, mech: str, user: str, ok: bool) -> AuthResult:
+        if ok:
+            self.sink.authenticated.append((mech, user))
+            return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
 
     async def handle_EHLO(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -107,6 +168,7 @@ class SMTPSink:
         tls_context: ssl.SSLContext | None = None,
         port: int | None = None,
         data_size_limit: int = 0,
+        auth_users: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -119,9 +181,29 @@ class SMTPSink:
         extra: dict[str, object] = {"tls_context": tls_context} if tls_context is not None else {}
         if data_size_limit:
             extra["data_size_limit"] = data_size_limit
+        # With users, AUTH is offered (also without TLS) and every mechanism records who logged in.
+        self.auth_users = auth_users or {}
+        self.authenticated: list[tuple[str, str]] = []
+        self.scram_flags: list[str] = []
+        if auth_users:
+            extra["authenticator"] = self._authenticate
+            extra["auth_require_tls"] = False
+            extra["auth_exclude_mechanism"] = ["LOGIN"]
         self._controller = Controller(
             _Handler(self), hostname=host, port=self.port, decode_data=False, enable_SMTPUTF8=True, **extra
         )
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object
+    ) -> AuthResult:
+        ok = (
+            isinstance(data, LoginPassword)
+            and self.auth_users.get(data.login.decode()) == data.password.decode()
+        )
+        if ok:
+            assert isinstance(data, LoginPassword)
+            self.authenticated.append((mechanism, data.login.decode()))
+        return AuthResult(success=ok, handled=False)
 
     def start(self) -> SMTPSink:
         self._controller.start()
