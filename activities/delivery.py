@@ -62,7 +62,7 @@ class DeliveryActivities:
         }
         for name, t in config.transports.items():
             if isinstance(t, SMTPTransportConfig):
-                self._transports[name] = SMTPRelayTransport(t, config.hostname)
+                self._transports[name] = SMTPRelayTransport(t, config.hostname, name)
             elif isinstance(t, FailTransport):
                 self._transports[name] = FailingTransport(t)
             else:

@@ -16,6 +16,15 @@ from datetime import UTC, datetime
 import aiosmtplib
 
 from activities.dns import DNSNotFound, DNSTemporary, Resolver
+from activities.metrics import (
+    CONNECTIONS,
+    DELIVERY_DURATION,
+    DESTINATIONS,
+    PLAINTEXT_FALLBACK,
+    REQUIRETLS_UNSUPPORTED,
+    TLSREQUIREDNO_IGNORED,
+    delivery_result,
+)
 from activities.mtasts import MTASTSDNSError, MTASTSLookup
 from activities.smtpclient import (
     Envelope,
@@ -47,7 +56,9 @@ class DirectTransport:
         *,
         ipv4: bool = True,
         ipv6: bool = True,
+        name: str = "",
     ) -> None:
+        self._name = name
         self._cfg = cfg
         self._ipv4, self._ipv6 = ipv4, ipv6
         self._ehlo = ehlo_hostname
@@ -82,12 +93,15 @@ class DirectTransport:
                 # Spec 02 §1.3: without knowing the policy, only a TLS-Required: No message may go on.
                 if env.require_tls is not False:
                     return [RcptReply(False, False, 0, "", f"mta-sts policy lookup: {err}")] * fail
+                TLSREQUIREDNO_IGNORED.labels("mtastspolicy").inc()
         enforced = policy is not None and policy.mode == Mode.ENFORCE
         last: SessionError | None = None
         missing_requiretls = 0
         for host in hosts:
             if policy is not None and policy.mode != Mode.NONE and not policy.matches(host.name):
-                if enforced and env.require_tls is not False:
+                if enforced and env.require_tls is False:
+                    TLSREQUIREDNO_IGNORED.labels("mtastsmx").inc()
+                elif enforced:
                     last = SessionError(
                         f"mx host {host.name} does not match enforced mta-sts policy with hosts "
                         + ", ".join(policy.mx)
@@ -99,6 +113,7 @@ class DirectTransport:
                 # RFC 8689 §4.1: REQUIRETLS needs an authenticated TLS policy for the next hop.
                 last = SessionError("missing required tls verification mechanism", code=554, secode="7.30")
                 missing_requiretls += 1
+                REQUIRETLS_UNSUPPORTED.labels("nopolicy").inc()
                 continue
             mode: TLSMode = "requiredstarttls" if enforced or env.require_tls else "opportunistic"
             try:
@@ -107,6 +122,7 @@ class DirectTransport:
                 # Spec 02 §1.4 step 5: a TLS-class failure under opportunistic TLS (or for a TLS-Required:
                 # No message) retries the same host once in plaintext.
                 if err.tls and ((mode == "opportunistic" and not pkix) or env.require_tls is False):
+                    PLAINTEXT_FALLBACK.inc()
                     try:
                         return await self._deliver_to_host(host, env, on_accepted, dialed, "skip", False)
                     except SessionError as err2:
@@ -114,6 +130,7 @@ class DirectTransport:
                 last = err
                 if err.secode == "7.30":
                     missing_requiretls += 1
+                    REQUIRETLS_UNSUPPORTED.labels("norequiretls").inc()
                 if err.permanent:
                     break
         if hosts and missing_requiretls == len(hosts):
@@ -139,6 +156,7 @@ class DirectTransport:
         self, host: Host, dialed: dict[str, list[str]], mode: TLSMode, pkix: bool, attempt: int
     ) -> aiosmtplib.SMTP:
         deadline = time.monotonic() + _HOST_BUDGET
+        DESTINATIONS.inc()
         if host.is_ip:
             ips, dualstack = [host.name], False
         else:
@@ -164,11 +182,13 @@ class DirectTransport:
                     connect_timeout=per_ip,
                     command_timeout=self._cfg.command_timeout.total_seconds(),
                 )
-            except aiosmtplib.SMTPConnectError as err:
-                errors.append(f"{ip}: {err}")
-                continue
-            except (OSError, TimeoutError, aiosmtplib.SMTPTimeoutError) as err:
+            except (TimeoutError, aiosmtplib.SMTPTimeoutError) as err:
+                CONNECTIONS.labels("timeout").inc()
                 errors.append(f"{ip}: {type(err).__name__}: {err}")
+                continue
+            except (aiosmtplib.SMTPConnectError, OSError) as err:
+                CONNECTIONS.labels("error").inc()
+                errors.append(f"{ip}: {err}")
                 continue
             except SessionError as err:
                 # Attempt-1 rule (spec 02 §1.5 step 8): a policy block on one address family may not
@@ -177,6 +197,7 @@ class DirectTransport:
                 if err.permanent and dualstack and err.secode.startswith("7.") and attempt == 1:
                     err.permanent = False
                 raise
+            CONNECTIONS.labels("ok").inc()
             dialed.setdefault(host.name, []).append(ip)
             return client
         raise SessionError(f"dialing smtp server {host.name}: " + "; ".join(errors))
@@ -190,8 +211,22 @@ class DirectTransport:
         mode: TLSMode,
         pkix: bool,
     ) -> list[RcptReply]:
-        client = await self._dial(host, dialed, mode, pkix, env.attempt)
+        label = mode + ("+mtasts" if pkix else "")
+        start = time.monotonic()
+        err: BaseException | None = None
+        replies: list[RcptReply] | None = None
         try:
-            return await transact(client, env, on_accepted)
+            client = await self._dial(host, dialed, mode, pkix, env.attempt)
+            try:
+                replies = await transact(client, env, on_accepted)
+                return replies
+            finally:
+                await close_session(client)
+        except BaseException as e:
+            err = e
+            raise
         finally:
-            await close_session(client)
+            result = delivery_result(err, replies)
+            DELIVERY_DURATION.labels(str(env.attempt), self._name, label, result).observe(
+                time.monotonic() - start
+            )

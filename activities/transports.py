@@ -7,10 +7,12 @@ before anything else happens, so the caller can journal the acceptance (DESIGN Â
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Protocol
 
 import aiosmtplib
 
+from activities.metrics import CONNECTIONS, DELIVERY_DURATION, delivery_result
 from activities.smtpclient import (
     Envelope,
     OnAccepted,
@@ -56,9 +58,10 @@ _RELAY_MODES: dict[str, TLSMode] = {
 class SMTPRelayTransport:
     """Relays every message to one configured SMTP server."""
 
-    def __init__(self, cfg: SMTPTransport, ehlo_hostname: str) -> None:
+    def __init__(self, cfg: SMTPTransport, ehlo_hostname: str, name: str = "") -> None:
         self._cfg = cfg
         self._ehlo = ehlo_hostname
+        self._name = name
 
     def _tls_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
@@ -76,6 +79,17 @@ class SMTPRelayTransport:
             msg = "message requires verified tls but transport does not verify tls"
             return [RcptReply(False, True, 554, "7.30", msg)] * len(env.recipients)
         mode = "immediate" if cfg.type == "submissions" else _RELAY_MODES[cfg.starttls]
+        start = time.monotonic()
+        replies = await self._deliver(env, on_accepted, mode)
+        failed = [r for r in replies if not r.success]
+        result = delivery_result(None, replies)
+        if len(failed) == len(replies):
+            result = "permerror" if all(r.permanent for r in failed) else "temperror"
+        DELIVERY_DURATION.labels(str(env.attempt), self._name, mode, result).observe(time.monotonic() - start)
+        return replies
+
+    async def _deliver(self, env: Envelope, on_accepted: OnAccepted, mode: TLSMode) -> list[RcptReply]:
+        cfg = self._cfg
         try:
             client = await open_session(
                 cfg.host,
@@ -88,10 +102,13 @@ class SMTPRelayTransport:
                 command_timeout=cfg.command_timeout.total_seconds(),
             )
         except SessionError as err:
+            CONNECTIONS.labels("error").inc()
             return [err.reply()] * len(env.recipients)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+            CONNECTIONS.labels("timeout" if isinstance(err, TimeoutError) else "error").inc()
             # Connection trouble is never permanent: the next attempt may find the relay back.
             return [RcptReply(False, False, 0, "", f"{type(err).__name__}: {err}")] * len(env.recipients)
+        CONNECTIONS.labels("ok").inc()
         try:
             if cfg.auth is not None:
                 await authenticate(client, cfg.auth.username, cfg.auth.password(), cfg.auth.mechanisms)

@@ -273,3 +273,28 @@ async def test_11_broken_tls_falls_back_to_plaintext_on_the_same_host(
         assert sink.delivered_to() == ["bob@example.com"] and sink.tls_sessions == 0
     finally:
         sink.stop()
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """A metric's value from Prometheus text exposition, 0 when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+async def test_delivery_metrics_are_exported(direct_stack, dns: DNSServer, mx1: SMTPSink) -> None:
+    dns.add("example.com", "MX", "10 dead.example.com.", "20 mx1.example.com.")
+    stack = await direct_stack()
+    before = (await stack.http.get("/metrics")).text
+    await _deliver(stack, "bob@example.com")
+    after = (await stack.http.get("/metrics")).text
+    count = "tempost_queue_delivery_duration_seconds_count"
+    labels = {"attempt": "1", "transport": "", "tlsmode": "opportunistic"}
+    assert _sample(after, count, result="ok", **labels) == _sample(before, count, result="ok", **labels) + 1
+    conn = "tempost_queue_connection_total"
+    assert _sample(after, conn, result="error") >= _sample(before, conn, result="error") + 1
+    assert _sample(after, conn, result="ok") == _sample(before, conn, result="ok") + 1
