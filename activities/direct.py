@@ -11,6 +11,7 @@ import asyncio
 import random
 import ssl
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import aiosmtplib
@@ -37,6 +38,8 @@ from activities.smtpclient import (
     transact,
 )
 from domain.config import DirectConfig
+from domain.dane import TLSA, parse_tlsa, usable
+from domain.dane import verify as dane_verify
 from domain.mtasts import Mode, Policy
 from domain.nexthop import Host, NextHopError, destination_hosts, order_ips
 
@@ -79,10 +82,9 @@ class DirectTransport:
 
     async def deliver(self, env: Envelope, on_accepted: OnAccepted) -> list[RcptReply]:
         """Deliver env to env.domain; env.dialed (host -> IPs connected on earlier attempts) is updated."""
-        dialed = env.dialed
         fail = len(env.recipients)
         try:
-            hosts = await self._hosts(env.domain)
+            hosts, authentic = await self._hosts(env.domain)
         except NextHopError as err:
             return [RcptReply(False, err.permanent, 0, "", str(err))] * fail
         policy: Policy | None = None
@@ -109,28 +111,23 @@ class DirectTransport:
                     continue
             # PKIX is enforced only under an enforced MTA-STS policy, and never for TLS-Required: No.
             pkix = enforced and env.require_tls is not False
-            if env.require_tls and not pkix:
-                # RFC 8689 §4.1: REQUIRETLS needs an authenticated TLS policy for the next hop.
-                last = SessionError("missing required tls verification mechanism", code=554, secode="7.30")
-                missing_requiretls += 1
-                REQUIRETLS_UNSUPPORTED.labels("nopolicy").inc()
-                continue
             mode: TLSMode = "requiredstarttls" if enforced or env.require_tls else "opportunistic"
             try:
-                return await self._deliver_to_host(host, env, on_accepted, dialed, mode, pkix)
+                return await self._deliver_to_host(host, env, on_accepted, mode, pkix, authentic)
             except SessionError as err:
-                # Spec 02 §1.4 step 5: a TLS-class failure under opportunistic TLS (or for a TLS-Required:
-                # No message) retries the same host once in plaintext.
-                if err.tls and ((mode == "opportunistic" and not pkix) or env.require_tls is False):
+                # Spec 02 §1.4 step 5: a TLS-class failure under opportunistic TLS without DANE (or for a
+                # TLS-Required: No message) retries the same host once in plaintext.
+                if err.tls and (
+                    (not err.dane and mode == "opportunistic" and not pkix) or env.require_tls is False
+                ):
                     PLAINTEXT_FALLBACK.inc()
                     try:
-                        return await self._deliver_to_host(host, env, on_accepted, dialed, "skip", False)
+                        return await self._deliver_to_host(host, env, on_accepted, "skip", False, False)
                     except SessionError as err2:
                         err = err2
                 last = err
                 if err.secode == "7.30":
                     missing_requiretls += 1
-                    REQUIRETLS_UNSUPPORTED.labels("norequiretls").inc()
                 if err.permanent:
                     break
         if hosts and missing_requiretls == len(hosts):
@@ -140,34 +137,129 @@ class DirectTransport:
         assert last is not None
         return [last.reply()] * fail
 
-    async def _hosts(self, domain: str) -> list[Host]:
+    async def _hosts(self, domain: str) -> tuple[list[Host], bool]:
+        """Destination hosts, and whether the answers were DNSSEC-authentic (needed for DANE)."""
+        authentic = False
         try:
             mx = await self._resolver.mx(domain)
             records: list[tuple[int, str]] | None = [(r.preference, r.host) for r in mx.records]
-        except DNSNotFound:
+            authentic = mx.authentic
+        except DNSNotFound as err:
             records = None
+            authentic = err.authentic
         except DNSTemporary as err:
             raise NextHopError(f"looking up mx records: {err}", permanent=False) from None
         if domain.startswith("["):
             records = None
-        return destination_hosts(domain, records, self._random.shuffle)
+        return destination_hosts(domain, records, self._random.shuffle), authentic
+
+    async def _tlsa(self, host: str, env: Envelope) -> list[TLSA] | None:
+        """TLSA records for host when DNSSEC says so (spec 02 §2.4); None: DANE does not apply."""
+        try:
+            texts, authentic = await self._resolver.tlsa(f"_25._tcp.{host}")
+        except DNSNotFound:
+            return None
+        except DNSTemporary as err:
+            if env.require_tls is False:
+                TLSREQUIREDNO_IGNORED.labels("badtlsa").inc()
+                return None
+            # DANE counts as required when its records cannot be looked up: no downgrade by DNS trouble.
+            raise SessionError(f"looking up tlsa records for {host}: {err}", dane=True) from None
+        if not authentic or not texts:
+            return None
+        out: list[TLSA] = []
+        for t in texts:
+            try:
+                out.append(parse_tlsa(t))
+            except ValueError:
+                continue
+        return out
+
+    async def _deliver_to_host(
+        self,
+        host: Host,
+        env: Envelope,
+        on_accepted: OnAccepted,
+        mode: TLSMode,
+        pkix: bool,
+        mx_authentic: bool,
+    ) -> list[RcptReply]:
+        """One host: addresses, DANE, the REQUIRETLS gate, dialing, then the transactions (spec 02 §1.5)."""
+        start = time.monotonic()
+        label: str = mode
+        err: BaseException | None = None
+        replies: list[RcptReply] | None = None
+        try:
+            DESTINATIONS.inc()
+            ips, dualstack, ip_authentic = await self._addresses(host)
+            dane: list[TLSA] | None = None
+            if mx_authentic and ip_authentic and not host.is_ip and mode != "skip":
+                dane = await self._tlsa(host.name, env)
+            usable_dane = [r for r in dane or [] if usable(r)]
+            if dane is not None:
+                # Any TLSA record makes STARTTLS mandatory; only usable ones can verify (RFC 7672 §2.2).
+                mode = "requiredstarttls"
+            label = mode + ("+mtasts" if pkix else "") + ("+dane" if dane is not None else "")
+            if env.require_tls and not (pkix or usable_dane):
+                # RFC 8689 §4.1: REQUIRETLS needs an authenticated TLS policy for the next hop.
+                REQUIRETLS_UNSUPPORTED.labels("nopolicy").inc()
+                raise SessionError("missing required tls verification mechanism", code=554, secode="7.30")
+            names = [host.name, env.domain]
+            check = None
+            if usable_dane:
+
+                def check(chain: list[bytes]) -> str | None:
+                    res = dane_verify(chain, usable_dane, names, datetime.now(UTC))
+                    if res.verified:
+                        return None
+                    if env.require_tls is False:
+                        TLSREQUIREDNO_IGNORED.labels("badtls").inc()
+                        return None
+                    return f"dane verification failed: {res.reason}"
+
+            client = await self._dial(host, ips, dualstack, env, mode, pkix, check)
+            try:
+                replies = await transact(client, env, on_accepted)
+            except SessionError as e:
+                if e.secode == "7.30":
+                    REQUIRETLS_UNSUPPORTED.labels("norequiretls").inc()
+                raise
+            finally:
+                await close_session(client)
+            return replies
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            result = delivery_result(err, replies)
+            DELIVERY_DURATION.labels(str(env.attempt), self._name, label, result).observe(
+                time.monotonic() - start
+            )
+
+    async def _addresses(self, host: Host) -> tuple[list[str], bool, bool]:
+        """The host's IPs, whether it is dual-stack, and whether the answer was DNSSEC-authentic."""
+        if host.is_ip:
+            return [host.name], False, False
+        try:
+            res = await asyncio.wait_for(
+                self._resolver.ips(host.name, ipv4=self._ipv4, ipv6=self._ipv6), _HOST_BUDGET
+            )
+        except (DNSNotFound, DNSTemporary, TimeoutError) as err:
+            raise SessionError(f"dialing smtp server: looking up {host.name}: {err}") from None
+        return res.ips, res.dualstack, res.authentic
 
     async def _dial(
-        self, host: Host, dialed: dict[str, list[str]], mode: TLSMode, pkix: bool, attempt: int
+        self,
+        host: Host,
+        ips: list[str],
+        dualstack: bool,
+        env: Envelope,
+        mode: TLSMode,
+        pkix: bool,
+        check: Callable[[list[bytes]], str | None] | None,
     ) -> aiosmtplib.SMTP:
         deadline = time.monotonic() + _HOST_BUDGET
-        DESTINATIONS.inc()
-        if host.is_ip:
-            ips, dualstack = [host.name], False
-        else:
-            try:
-                res = await asyncio.wait_for(
-                    self._resolver.ips(host.name, ipv4=self._ipv4, ipv6=self._ipv6), _HOST_BUDGET
-                )
-            except (DNSNotFound, DNSTemporary, TimeoutError) as err:
-                raise SessionError(f"dialing smtp server: looking up {host.name}: {err}") from None
-            ips, dualstack = res.ips, res.dualstack
-        ordered = order_ips(ips, dialed.get(host.name, []))
+        ordered = order_ips(ips, env.dialed.get(host.name, []))
         errors: list[str] = []
         for n, ip in enumerate(ordered):
             per_ip = max(0.5, (deadline - time.monotonic()) / (len(ordered) - n))
@@ -181,6 +273,7 @@ class DirectTransport:
                     server_name=None if host.is_ip else host.name,
                     connect_timeout=per_ip,
                     command_timeout=self._cfg.command_timeout.total_seconds(),
+                    verify_chain=check,
                 )
             except (TimeoutError, aiosmtplib.SMTPTimeoutError) as err:
                 CONNECTIONS.labels("timeout").inc()
@@ -191,42 +284,16 @@ class DirectTransport:
                 errors.append(f"{ip}: {err}")
                 continue
             except SessionError as err:
+                CONNECTIONS.labels("ok").inc()
+                env.dialed.setdefault(host.name, []).append(ip)
                 # Attempt-1 rule (spec 02 §1.5 step 8): a policy block on one address family may not
                 # apply to the other, so a permanent 7.x on a dual-stack host is not final yet.
-                dialed.setdefault(host.name, []).append(ip)
-                if err.permanent and dualstack and err.secode.startswith("7.") and attempt == 1:
+                if err.permanent and dualstack and err.secode.startswith("7.") and env.attempt == 1:
                     err.permanent = False
+                if check is not None and err.tls:
+                    err.dane = True
                 raise
             CONNECTIONS.labels("ok").inc()
-            dialed.setdefault(host.name, []).append(ip)
+            env.dialed.setdefault(host.name, []).append(ip)
             return client
         raise SessionError(f"dialing smtp server {host.name}: " + "; ".join(errors))
-
-    async def _deliver_to_host(
-        self,
-        host: Host,
-        env: Envelope,
-        on_accepted: OnAccepted,
-        dialed: dict[str, list[str]],
-        mode: TLSMode,
-        pkix: bool,
-    ) -> list[RcptReply]:
-        label = mode + ("+mtasts" if pkix else "")
-        start = time.monotonic()
-        err: BaseException | None = None
-        replies: list[RcptReply] | None = None
-        try:
-            client = await self._dial(host, dialed, mode, pkix, env.attempt)
-            try:
-                replies = await transact(client, env, on_accepted)
-                return replies
-            finally:
-                await close_session(client)
-        except BaseException as e:
-            err = e
-            raise
-        finally:
-            result = delivery_result(err, replies)
-            DELIVERY_DURATION.labels(str(env.attempt), self._name, label, result).observe(
-                time.monotonic() - start
-            )

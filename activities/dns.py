@@ -150,6 +150,11 @@ class Resolver:
         # Resolver order within a family; IPv6 first like Go's resolver.
         return IPResult(expanded.lower(), ips, authentic, authentic, dualstack=v4 and v6)
 
+    async def tlsa(self, name: str) -> tuple[list[str], bool]:
+        """TLSA records of name (e.g. `_25._tcp.mx.example.com`) and whether the answer was authentic."""
+        texts, authentic, _ = await self._query(name, "TLSA")
+        return texts, authentic
+
     async def txt(self, name: str) -> list[str]:
         """TXT records of name, each joined from its strings."""
         try:

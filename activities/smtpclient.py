@@ -8,6 +8,7 @@ they are permanent and whether they are TLS-class (which decides the plaintext f
 
 from __future__ import annotations
 
+import _ssl
 import base64
 import re
 import ssl
@@ -60,10 +61,19 @@ class SessionError(Exception):
     """A failure that ends a session or transaction for every recipient still in it."""
 
     def __init__(
-        self, message: str, *, permanent: bool = False, code: int = 0, secode: str = "", tls: bool = False
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        code: int = 0,
+        secode: str = "",
+        tls: bool = False,
+        dane: bool = False,
     ) -> None:
         super().__init__(message)
         self.permanent, self.code, self.secode, self.tls = permanent, code, secode, tls
+        # Raised where DANE applied: no plaintext fallback then (RFC 7672 §2.2).
+        self.dane = dane
 
     def reply(self) -> RcptReply:
         """The same failure as a recipient's reply."""
@@ -114,6 +124,7 @@ async def open_session(
     server_name: str | None,
     connect_timeout: float,
     command_timeout: float,
+    verify_chain: Callable[[list[bytes]], str | None] | None = None,
 ) -> aiosmtplib.SMTP:
     """Connect to host (an IP or name) and get the session ready for transactions in the given TLS mode.
 
@@ -167,8 +178,28 @@ async def open_session(
             if isinstance(cause, ssl.SSLError) or isinstance(err, ssl.SSLError):
                 raise SessionError(f"tls handshake: {cause or err}", tls=True) from None
             raise SessionError(f"starttls: {type(err).__name__}: {err}", tls=True) from None
+        if verify_chain is not None:
+            problem = verify_chain(peer_chain(client))
+            if problem:
+                _close(client)
+                raise SessionError(problem, tls=True, dane=True)
         await client.ehlo()
     return client
+
+
+def peer_chain(client: aiosmtplib.SMTP) -> list[bytes]:
+    """The certificates the server presented, leaf first, as DER."""
+    ssl_object = client.get_transport_info("ssl_object")
+    if ssl_object is None:
+        return []
+    # Python 3.11 exposes the presented chain only on the private object (public from 3.13).
+    inner = getattr(ssl_object, "_sslobj", None)
+    getter = getattr(inner, "get_unverified_chain", None)
+    if getter is not None:
+        chain = getter() or []
+        return [c.public_bytes(_ssl.ENCODING_DER) for c in chain]
+    leaf = ssl_object.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
 
 
 def _close(client: aiosmtplib.SMTP) -> None:

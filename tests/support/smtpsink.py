@@ -26,6 +26,8 @@ class Transaction:
     data: bytes
     # Which connection carried it (id of the aiosmtpd session), to count transactions per connection.
     session: int = 0
+    # Whether MAIL FROM carried REQUIRETLS.
+    requiretls: bool = False
     # time.monotonic() when the sink accepted DATA (for latency in bench/).
     accepted_at: float = field(default_factory=time.monotonic)
 
@@ -47,6 +49,23 @@ class SinkBehaviour:
     max_rcpts_per_transaction: int = 0
     # Extra EHLO lines, e.g. "LIMITS RCPTMAX=1".
     ehlo_extra: list[str] = field(default_factory=list)
+
+
+class _SMTP(SMTP):
+    """aiosmtpd with REQUIRETLS (RFC 8689 §3) understood in MAIL FROM when the test announces it."""
+
+    async def smtp_MAIL(self, arg: str) -> None:  # noqa: N802
+        assert self.session is not None
+        words = (arg or "").split(" ")
+        if any(w.upper() == "REQUIRETLS" for w in words):
+            self.session.requiretls = True  # type: ignore[attr-defined]
+            arg = " ".join(w for w in words if w.upper() != "REQUIRETLS")
+        await super().smtp_MAIL(arg)
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _SMTP(self.handler, **self.SMTP_kwargs)
 
 
 class _Handler:
@@ -153,7 +172,13 @@ class _Handler:
             if isinstance(data, str):
                 data = data.encode()
             self.sink.transactions.append(
-                Transaction(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(data), id(session))
+                Transaction(
+                    str(envelope.mail_from),
+                    list(envelope.rcpt_tos),
+                    bytes(data),
+                    id(session),
+                    getattr(session, "requiretls", False),
+                )
             )
         return "250 2.0.0 queued as sink"
 
@@ -189,7 +214,7 @@ class SMTPSink:
             extra["authenticator"] = self._authenticate
             extra["auth_require_tls"] = False
             extra["auth_exclude_mechanism"] = ["LOGIN"]
-        self._controller = Controller(
+        self._controller = _Controller(
             _Handler(self), hostname=host, port=self.port, decode_data=False, enable_SMTPUTF8=True, **extra
         )
 

@@ -1,0 +1,157 @@
+"""DANE in direct delivery through the real workflow (spec 02 §1.5 step 3, §2.1, §2.4; scenarios 12–19).
+
+The loopback DNS server marks example.com as signed (the AD bit Tempost trusts) and publishes TLSA records
+for the MX host; the MX host is an aiosmtpd server with a certificate from a CA Tempost does not trust, so
+only DANE can verify it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from domain.contracts import MsgState
+from tests.conftest import Stack
+from tests.integration.test_direct import MX1, _common_port, _sample
+from tests.support.dnsserver import DNSServer
+from tests.support.smtpsink import SMTPSink
+
+TLSA_NAME = "_25._tcp.mx1.example.com"
+
+
+@pytest.fixture
+def port() -> int:
+    return _common_port([MX1])
+
+
+@pytest.fixture
+def dns() -> Iterator[DNSServer]:
+    server = DNSServer().start()
+    server.add("example.com", "MX", "10 mx1.example.com.").add("mx1.example.com", "A", MX1)
+    server.sign("example.com")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cert() -> trustme.LeafCert:
+    return trustme.CA().issue_cert("mx1.example.com")
+
+
+def _spki_sha256(cert: trustme.LeafCert) -> str:
+    c = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
+    return hashlib.sha256(
+        c.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    ).hexdigest()
+
+
+@pytest.fixture
+def mx(port: int, cert: trustme.LeafCert) -> Iterator[SMTPSink]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    s = SMTPSink(MX1, port=port, tls_context=ctx).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def dane_stack(stack_factory, dns: DNSServer, port: int) -> Any:
+    async def make(**queue: Any) -> Stack:
+        return await stack_factory(
+            direct={"resolvers": [dns.address], "smtp_port": port}, default_transport="direct", **queue
+        )
+
+    return make
+
+
+async def _send(stack: Stack, **extra: Any) -> tuple[Any, dict[str, Any]]:
+    resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "hello", **extra})
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    status = await stack.finished(msg_id)
+    return status.msgs[0], (await stack.admin("GET", f"/queue/{msg_id}")).json()
+
+
+async def test_12_dane_ee_match_delivers_over_tls_the_ca_would_not_verify(
+    dane_stack, dns: DNSServer, mx: SMTPSink, cert: trustme.LeafCert
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", f"3 1 1 {_spki_sha256(cert)}")
+    stack = await dane_stack()
+    before = (await stack.http.get("/metrics")).text
+    msg, _ = await _send(stack)
+    assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+    after = (await stack.http.get("/metrics")).text
+    name, labels = "tempost_queue_delivery_duration_seconds_count", {"tlsmode": "requiredstarttls+dane"}
+    assert _sample(after, name, result="ok", **labels) == _sample(before, name, result="ok", **labels) + 1
+
+
+async def test_20_dane_mismatch_fails_without_plaintext_fallback(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", "3 1 1 " + "00" * 32)
+    stack = await dane_stack(max_attempts=2)
+    msg, row = await _send(stack)
+    assert msg.state == MsgState.FAILED and msg.attempts == 2
+    assert mx.transactions == [] and "dane" in row["Results"][-1]["Error"]
+
+
+async def test_15_tlsa_without_dnssec_is_ignored_and_tls_stays_opportunistic(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.zones.signed.clear()
+    dns.add(TLSA_NAME, "TLSA", "3 1 1 " + "00" * 32)
+    stack = await dane_stack()
+    msg, _ = await _send(stack)
+    assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+
+
+async def test_14_only_unusable_tlsa_records_require_starttls_without_verification(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", "1 1 1 " + "00" * 32)  # PKIX-EE: not usable for SMTP
+    stack = await dane_stack()
+    msg, _ = await _send(stack)
+    assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+
+
+async def test_tlsa_lookup_failure_is_temporary_and_sends_nothing(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.fail(TLSA_NAME)
+    stack = await dane_stack(max_attempts=1)
+    msg, row = await _send(stack)
+    assert msg.state == MsgState.FAILED and mx.transactions == []
+    assert "tlsa" in row["Results"][-1]["Error"]
+
+
+async def test_17_tls_required_no_ignores_a_dane_mismatch(dane_stack, dns: DNSServer, mx: SMTPSink) -> None:
+    dns.add(TLSA_NAME, "TLSA", "3 1 1 " + "00" * 32)
+    stack = await dane_stack()
+    msg, _ = await _send(stack, RequireTLS=False)
+    assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+
+
+async def test_13_requiretls_with_dane_delivers_with_requiretls_in_mail_from(
+    dane_stack, dns: DNSServer, mx: SMTPSink, cert: trustme.LeafCert
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", f"3 1 1 {_spki_sha256(cert)}")
+    mx.behaviour.ehlo_extra = ["REQUIRETLS"]
+    stack = await dane_stack()
+    msg, _ = await _send(stack, RequireTLS=True)
+    assert msg.state == MsgState.DELIVERED and mx.transactions[0].requiretls
+
+
+async def test_18_requiretls_with_only_unusable_tlsa_fails_permanently_before_dialing(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", "1 1 1 " + "00" * 32)
+    stack = await dane_stack()
+    msg, row = await _send(stack, RequireTLS=True)
+    assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.transactions == []
+    assert row["Results"][-1]["Code"] == 554 and row["Results"][-1]["Secode"] == "7.30"
