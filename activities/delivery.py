@@ -17,7 +17,7 @@ from activities.transports import (
     SMTPRelayTransport,
     Transport,
 )
-from domain.config import DIRECT, LOCALSERVE, Config, FailTransport
+from domain.config import DIRECT, LOCALSERVE, Config, FailTransport, SocksTransport
 from domain.config import SMTPTransport as SMTPTransportConfig
 from domain.contracts import (
     ACTIVITY_DELIVER,
@@ -65,6 +65,10 @@ class DeliveryActivities:
                 self._transports[name] = SMTPRelayTransport(t, config.hostname, name)
             elif isinstance(t, FailTransport):
                 self._transports[name] = FailingTransport(t)
+            elif isinstance(t, SocksTransport):
+                self._transports[name] = DirectTransport(
+                    config.direct, t.remote_hostname, resolver, mtasts, name=name, socks=t.address
+                )
             else:
                 self._transports[name] = DirectTransport(
                     config.direct,

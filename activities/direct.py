@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import aiosmtplib
+from python_socks import ProxyError
+from python_socks.async_.asyncio import Proxy as SocksProxy
 
 from activities.dns import DNSNotFound, DNSTemporary, Resolver
 from activities.metrics import (
@@ -60,8 +62,11 @@ class DirectTransport:
         ipv4: bool = True,
         ipv6: bool = True,
         name: str = "",
+        socks: str = "",
     ) -> None:
         self._name = name
+        # host:port of a SOCKS5 proxy every connection goes through (spec 02 §5.5).
+        self._socks = socks
         self._cfg = cfg
         self._ipv4, self._ipv6 = ipv4, ipv6
         self._ehlo = ehlo_hostname
@@ -264,6 +269,10 @@ class DirectTransport:
         for n, ip in enumerate(ordered):
             per_ip = max(0.5, (deadline - time.monotonic()) / (len(ordered) - n))
             try:
+                sock = None
+                if self._socks:
+                    proxy = SocksProxy.from_url(f"socks5://{self._socks}")
+                    sock = await proxy.connect(ip, self._cfg.smtp_port, timeout=per_ip)
                 client = await open_session(
                     ip,
                     self._cfg.smtp_port,
@@ -274,12 +283,13 @@ class DirectTransport:
                     connect_timeout=per_ip,
                     command_timeout=self._cfg.command_timeout.total_seconds(),
                     verify_chain=check,
+                    sock=sock,
                 )
             except (TimeoutError, aiosmtplib.SMTPTimeoutError) as err:
                 CONNECTIONS.labels("timeout").inc()
                 errors.append(f"{ip}: {type(err).__name__}: {err}")
                 continue
-            except (aiosmtplib.SMTPConnectError, OSError) as err:
+            except (aiosmtplib.SMTPConnectError, OSError, ProxyError) as err:
                 CONNECTIONS.labels("error").inc()
                 errors.append(f"{ip}: {err}")
                 continue

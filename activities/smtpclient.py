@@ -11,6 +11,7 @@ from __future__ import annotations
 import _ssl
 import base64
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -125,14 +126,16 @@ async def open_session(
     connect_timeout: float,
     command_timeout: float,
     verify_chain: Callable[[list[bytes]], str | None] | None = None,
+    sock: socket.socket | None = None,
 ) -> aiosmtplib.SMTP:
     """Connect to host (an IP or name) and get the session ready for transactions in the given TLS mode.
 
     `server_name` is the TLS SNI and the name verified when the context checks names.
     """
     client = aiosmtplib.SMTP(
-        hostname=host,
-        port=port,
+        hostname=None if sock is not None and mode != "immediate" else host,
+        port=None if sock is not None else port,
+        sock=sock,
         local_hostname=ehlo,
         timeout=command_timeout,
         use_tls=mode == "immediate",

@@ -178,6 +178,26 @@ class DirectTransport(_Strict):
         return self
 
 
+class SocksTransport(_Strict):
+    """Direct delivery with every connection made through a SOCKS5 proxy (spec 01 §7.4, Socks)."""
+
+    type: Literal["socks"]
+    # host:port of the proxy; no proxy authentication. DNS stays local.
+    address: str
+    # The proxy's public IPs, for documentation (SPF, reverse DNS); not used to connect.
+    remote_ips: list[str] = []
+    # The name the proxy's IPs are known by; used in EHLO.
+    remote_hostname: str
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"socks address {v!r}: want host:port")
+        return v
+
+
 class FailTransport(_Strict):
     """Fails every message at once with a configured reply (spec 01 §7.4, Fail)."""
 
@@ -188,7 +208,9 @@ class FailTransport(_Strict):
     )
 
 
-Transport = Annotated[SMTPTransport | DirectTransport | FailTransport, Field(discriminator="type")]
+Transport = Annotated[
+    SMTPTransport | DirectTransport | SocksTransport | FailTransport, Field(discriminator="type")
+]
 
 
 def _route_domain(d: str) -> str:

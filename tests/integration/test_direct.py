@@ -298,3 +298,26 @@ async def test_delivery_metrics_are_exported(direct_stack, dns: DNSServer, mx1: 
     conn = "tempost_queue_connection_total"
     assert _sample(after, conn, result="error") >= _sample(before, conn, result="error") + 1
     assert _sample(after, conn, result="ok") == _sample(before, conn, result="ok") + 1
+
+
+async def test_9_socks_transport_connects_through_the_proxy(
+    stack_factory, dns: DNSServer, mx1: SMTPSink, port: int
+) -> None:
+    from tests.support.socksproxy import SocksProxy
+
+    proxy = SocksProxy().start()
+    try:
+        dns.add("example.com", "MX", "10 mx1.example.com.")
+        stack = await stack_factory(
+            direct={"resolvers": [dns.address], "smtp_port": port},
+            transports={
+                "socks": {"type": "socks", "address": proxy.address, "remote_hostname": "out.example"}
+            },
+            default_transport="socks",
+        )
+        status, _ = await _deliver(stack, "bob@example.com")
+        assert status.msgs[0].state == MsgState.DELIVERED and mx1.delivered_to() == ["bob@example.com"]
+        # DNS stayed local: the proxy was asked for the MX host's address, not a name.
+        assert proxy.connects == [(MX1, port)]
+    finally:
+        proxy.stop()
