@@ -32,7 +32,9 @@ from domain.contracts import (
     RetireRequest,
 )
 from domain.routes import select_transport
+from domain.tlsrpt import TLSResult
 from store import queue as q
+from store import tlsresults
 from store.db import Pool
 
 
@@ -58,7 +60,9 @@ class DeliveryActivities:
         )
         self._transports: dict[str, Transport] = {
             LOCALSERVE: LocalserveTransport(),
-            DIRECT: DirectTransport(config.direct, config.hostname, resolver, mtasts),
+            DIRECT: DirectTransport(
+                config.direct, config.hostname, resolver, mtasts, tls_store=self._store_tls
+            ),
         }
         for name, t in config.transports.items():
             if isinstance(t, SMTPTransportConfig):
@@ -67,7 +71,13 @@ class DeliveryActivities:
                 self._transports[name] = FailingTransport(t)
             elif isinstance(t, SocksTransport):
                 self._transports[name] = DirectTransport(
-                    config.direct, t.remote_hostname, resolver, mtasts, name=name, socks=t.address
+                    config.direct,
+                    t.remote_hostname,
+                    resolver,
+                    mtasts,
+                    name=name,
+                    socks=t.address,
+                    tls_store=self._store_tls,
                 )
             else:
                 self._transports[name] = DirectTransport(
@@ -78,6 +88,10 @@ class DeliveryActivities:
                     ipv4=not t.disable_ipv4,
                     ipv6=not t.disable_ipv6,
                 )
+
+    async def _store_tls(self, recipient_domain: str, results: list[TLSResult]) -> None:
+        # Reports go out for every attempt's results: Tempost sends no DMARC or TLS reports itself.
+        await tlsresults.record(self._pool, recipient_domain, results, _now(), send_report=True)
 
     def _keep(self) -> dict[str, timedelta]:
         return {a.name: a.keep_retired_period for a in self._config.accounts}

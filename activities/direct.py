@@ -8,10 +8,12 @@ STARTTLS with the plaintext fallback, then transactions with per-recipient repli
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aiosmtplib
@@ -40,13 +42,36 @@ from activities.smtpclient import (
     transact,
 )
 from domain.config import DirectConfig
-from domain.dane import TLSA, parse_tlsa, usable
+from domain.dane import TLSA as TLSARecord
+from domain.dane import parse_tlsa, usable
 from domain.dane import verify as dane_verify
 from domain.mtasts import Mode, Policy
 from domain.nexthop import Host, NextHopError, destination_hosts, order_ips
+from domain.tlsrpt import NO_POLICY, STS, TLSA, FailureDetail, TLSResult, classify_tls_error
+
+log = logging.getLogger("tempost.direct")
 
 # Per host: address lookup and all dials share one budget (spec 02 §1.6).
 _HOST_BUDGET = 30.0
+
+
+@dataclass
+class _TLSTrack:
+    """TLS results gathered during one attempt: the recipient domain's and one per host tried."""
+
+    rcpt: TLSResult
+    hosts: list[TLSResult] = field(default_factory=list)
+
+    def results(self) -> list[TLSResult]:
+        # The domain's no-policy-found result is left out when the domain itself was a DANE host
+        # (delivery without MX records), as mox does.
+        out = list(self.hosts)
+        if not (
+            self.rcpt.policy_type == NO_POLICY
+            and any(h.policy_type == TLSA and h.policy_domain == self.rcpt.policy_domain for h in self.hosts)
+        ):
+            out.insert(0, self.rcpt)
+        return out
 
 
 class DirectTransport:
@@ -63,7 +88,9 @@ class DirectTransport:
         ipv6: bool = True,
         name: str = "",
         socks: str = "",
+        tls_store: Callable[[str, list[TLSResult]], Awaitable[None]] | None = None,
     ) -> None:
+        self._tls_store = tls_store
         self._name = name
         # host:port of a SOCKS5 proxy every connection goes through (spec 02 §5.5).
         self._socks = socks
@@ -87,6 +114,17 @@ class DirectTransport:
 
     async def deliver(self, env: Envelope, on_accepted: OnAccepted) -> list[RcptReply]:
         """Deliver env to env.domain; env.dialed (host -> IPs connected on earlier attempts) is updated."""
+        track = _TLSTrack(TLSResult(NO_POLICY, env.domain))
+        try:
+            return await self._deliver(env, on_accepted, track)
+        finally:
+            if self._tls_store is not None and not env.domain.startswith("["):
+                try:
+                    await self._tls_store(env.domain, track.results())
+                except Exception:  # noqa: BLE001 - reporting data must never fail a delivery
+                    log.exception("storing tls results for %s", env.domain)
+
+    async def _deliver(self, env: Envelope, on_accepted: OnAccepted, track: _TLSTrack) -> list[RcptReply]:
         fail = len(env.recipients)
         try:
             hosts, authentic = await self._hosts(env.domain)
@@ -99,8 +137,14 @@ class DirectTransport:
             except MTASTSDNSError as err:
                 # Spec 02 §1.3: without knowing the policy, only a TLS-Required: No message may go on.
                 if env.require_tls is not False:
+                    track.rcpt.failure += 1
+                    track.rcpt.add_failure(FailureDetail("sts-policy-fetch-error", failed_session_count=1))
                     return [RcptReply(False, False, 0, "", f"mta-sts policy lookup: {err}")] * fail
                 TLSREQUIREDNO_IGNORED.labels("mtastspolicy").inc()
+        if policy is not None and policy.mode != Mode.NONE:
+            track.rcpt.policy_type = STS
+            track.rcpt.policy_strings = policy.lines()
+            track.rcpt.mx_hosts = list(policy.mx)
         enforced = policy is not None and policy.mode == Mode.ENFORCE
         last: SessionError | None = None
         missing_requiretls = 0
@@ -109,6 +153,10 @@ class DirectTransport:
                 if enforced and env.require_tls is False:
                     TLSREQUIREDNO_IGNORED.labels("mtastsmx").inc()
                 elif enforced:
+                    track.rcpt.failure += 1
+                    track.rcpt.add_failure(
+                        FailureDetail("validation-failure", host.name, "", "mtasts-policy-mx-mismatch", 1)
+                    )
                     last = SessionError(
                         f"mx host {host.name} does not match enforced mta-sts policy with hosts "
                         + ", ".join(policy.mx)
@@ -118,7 +166,7 @@ class DirectTransport:
             pkix = enforced and env.require_tls is not False
             mode: TLSMode = "requiredstarttls" if enforced or env.require_tls else "opportunistic"
             try:
-                return await self._deliver_to_host(host, env, on_accepted, mode, pkix, authentic)
+                return await self._deliver_to_host(host, env, on_accepted, mode, pkix, authentic, track)
             except SessionError as err:
                 # Spec 02 §1.4 step 5: a TLS-class failure under opportunistic TLS without DANE (or for a
                 # TLS-Required: No message) retries the same host once in plaintext.
@@ -127,7 +175,7 @@ class DirectTransport:
                 ):
                     PLAINTEXT_FALLBACK.inc()
                     try:
-                        return await self._deliver_to_host(host, env, on_accepted, "skip", False, False)
+                        return await self._deliver_to_host(host, env, on_accepted, "skip", False, False, None)
                     except SessionError as err2:
                         err = err2
                 last = err
@@ -158,7 +206,7 @@ class DirectTransport:
             records = None
         return destination_hosts(domain, records, self._random.shuffle), authentic
 
-    async def _tlsa(self, host: str, env: Envelope) -> list[TLSA] | None:
+    async def _tlsa(self, host: str, env: Envelope) -> list[TLSARecord] | None:
         """TLSA records for host when DNSSEC says so (spec 02 §2.4); None: DANE does not apply."""
         try:
             texts, authentic = await self._resolver.tlsa(f"_25._tcp.{host}")
@@ -172,7 +220,7 @@ class DirectTransport:
             raise SessionError(f"looking up tlsa records for {host}: {err}", dane=True) from None
         if not authentic or not texts:
             return None
-        out: list[TLSA] = []
+        out: list[TLSARecord] = []
         for t in texts:
             try:
                 out.append(parse_tlsa(t))
@@ -188,6 +236,7 @@ class DirectTransport:
         mode: TLSMode,
         pkix: bool,
         mx_authentic: bool,
+        track: _TLSTrack | None,
     ) -> list[RcptReply]:
         """One host: addresses, DANE, the REQUIRETLS gate, dialing, then the transactions (spec 02 §1.5)."""
         start = time.monotonic()
@@ -197,7 +246,7 @@ class DirectTransport:
         try:
             DESTINATIONS.inc()
             ips, dualstack, ip_authentic = await self._addresses(host)
-            dane: list[TLSA] | None = None
+            dane: list[TLSARecord] | None = None
             if mx_authentic and ip_authentic and not host.is_ip and mode != "skip":
                 dane = await self._tlsa(host.name, env)
             usable_dane = [r for r in dane or [] if usable(r)]
@@ -205,6 +254,20 @@ class DirectTransport:
                 # Any TLSA record makes STARTTLS mandatory; only usable ones can verify (RFC 7672 §2.2).
                 mode = "requiredstarttls"
             label = mode + ("+mtasts" if pkix else "") + ("+dane" if dane is not None else "")
+            host_result: TLSResult | None = None
+            if track is not None and not host.is_ip:
+                # The plaintext fallback try (track None) records nothing (spec 02 §1.4 step 5).
+                host_result = TLSResult(
+                    TLSA if dane is not None else NO_POLICY,
+                    host.name,
+                    sorted(str(r) for r in usable_dane),
+                    is_host=True,
+                )
+                if dane is not None and not usable_dane:
+                    host_result.add_failure(
+                        FailureDetail("tlsa-invalid", host.name, "", "all-unusable-records+ignored", 0)
+                    )
+                track.hosts.append(host_result)
             if env.require_tls and not (pkix or usable_dane):
                 # RFC 8689 §4.1: REQUIRETLS needs an authenticated TLS policy for the next hop.
                 REQUIRETLS_UNSUPPORTED.labels("nopolicy").inc()
@@ -222,7 +285,8 @@ class DirectTransport:
                         return None
                     return f"dane verification failed: {res.reason}"
 
-            client = await self._dial(host, ips, dualstack, env, mode, pkix, check)
+            sessions = [r for r in (track.rcpt if track else None, host_result) if r is not None]
+            client = await self._dial(host, ips, dualstack, env, mode, pkix, check, sessions)
             try:
                 replies = await transact(client, env, on_accepted)
             except SessionError as e:
@@ -262,6 +326,7 @@ class DirectTransport:
         mode: TLSMode,
         pkix: bool,
         check: Callable[[list[bytes]], str | None] | None,
+        sessions: list[TLSResult],
     ) -> aiosmtplib.SMTP:
         deadline = time.monotonic() + _HOST_BUDGET
         ordered = order_ips(ips, env.dialed.get(host.name, []))
@@ -296,6 +361,11 @@ class DirectTransport:
             except SessionError as err:
                 CONNECTIONS.labels("ok").inc()
                 env.dialed.setdefault(host.name, []).append(ip)
+                if err.tls:
+                    result_type, reason = classify_tls_error(str(err))
+                    for r in sessions:
+                        r.failure += 1
+                        r.add_failure(FailureDetail(result_type, host.name, ip, reason, 1))
                 # Attempt-1 rule (spec 02 §1.5 step 8): a policy block on one address family may not
                 # apply to the other, so a permanent 7.x on a dual-stack host is not final yet.
                 if err.permanent and dualstack and err.secode.startswith("7.") and env.attempt == 1:
@@ -305,5 +375,11 @@ class DirectTransport:
                 raise
             CONNECTIONS.labels("ok").inc()
             env.dialed.setdefault(host.name, []).append(ip)
+            if client.get_transport_info("ssl_object") is not None:
+                for r in sessions:
+                    r.success += 1
+            elif mode == "opportunistic":
+                for r in sessions:
+                    r.add_failure(FailureDetail("starttls-not-supported", host.name, ip, "", 0))
             return client
         raise SessionError(f"dialing smtp server {host.name}: " + "; ".join(errors))

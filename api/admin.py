@@ -16,6 +16,7 @@ from api.state import AppState
 from domain.contracts import AdminOp, MsgStatus, delivery_workflow_id
 from domain.filters import FilterError, QueueFilter, parse_sort, parse_time_condition
 from store import queue as q
+from store import tlsresults
 from workflows.delivery import Delivery
 
 log = logging.getLogger("tempost.admin")
@@ -95,6 +96,27 @@ async def list_queue(request: Request) -> dict[str, Any]:
         raise AdminError(400, "badFilter", str(err)) from None
     rows = await q.list_msgs(st.pool, f, sort, datetime.now(UTC))
     return {"Messages": [views.queued_msg(r) for r in rows]}
+
+
+@router.get("/tlsresults")
+async def tls_results(request: Request) -> dict[str, Any]:
+    """TLS results recorded by direct delivery, for TLS reports (spec 02 §6); filter by day, domain."""
+    st = _state(request)
+    p = request.query_params
+    rows = await tlsresults.list_results(st.pool, p.get("day", ""), p.get("domain", ""))
+    return {
+        "Results": [
+            {
+                "PolicyDomain": r["policy_domain"],
+                "DayUTC": r["day"],
+                "RecipientDomain": r["recipient_domain"],
+                "IsHost": r["is_host"],
+                "SendReport": r["send_report"],
+                "Result": r["result"],
+            }
+            for r in rows
+        ]
+    }
 
 
 @router.get("/queue/count")

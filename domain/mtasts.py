@@ -87,6 +87,15 @@ class Policy:
     max_age: int
     extensions: tuple[tuple[str, str], ...] = ()
 
+    def lines(self) -> list[str]:
+        """The policy as the lines of a policy file (for TLS reports, RFC 8460 §4.4)."""
+        return [
+            "version: STSv1",
+            f"mode: {self.mode.value}",
+            *(f"mx: {m}" for m in self.mx),
+            f"max_age: {self.max_age}",
+        ]
+
     def matches(self, host: str) -> bool:
         """Whether an MX host is allowed: exact name or one-label wildcard (RFC 8461 §4.1)."""
         host = host.rstrip(".").lower()

@@ -155,3 +155,35 @@ async def test_18_requiretls_with_only_unusable_tlsa_fails_permanently_before_di
     msg, row = await _send(stack, RequireTLS=True)
     assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.transactions == []
     assert row["Results"][-1]["Code"] == 554 and row["Results"][-1]["Secode"] == "7.30"
+
+
+async def test_tls_results_are_recorded_for_reports(
+    dane_stack, dns: DNSServer, mx: SMTPSink, cert: trustme.LeafCert
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", f"3 1 1 {_spki_sha256(cert)}")
+    stack = await dane_stack()
+    await _send(stack)
+    await _send(stack)
+    results = {r["PolicyDomain"]: r for r in (await stack.admin("GET", "/tlsresults")).json()["Results"]}
+    host = results["mx1.example.com"]
+    assert host["IsHost"] and host["RecipientDomain"] == "example.com" and host["SendReport"]
+    policy, summary = host["Result"]["policy"], host["Result"]["summary"]
+    assert policy["policy-type"] == "tlsa" and policy["policy-string"] == [f"3 1 1 {_spki_sha256(cert)}"]
+    # Two attempts on the same day merge into one row.
+    assert summary == {"total-successful-session-count": 2, "total-failure-session-count": 0}
+    domain = results["example.com"]
+    assert not domain["IsHost"] and domain["Result"]["policy"]["policy-type"] == "no-policy-found"
+
+
+async def test_tls_results_record_a_dane_mismatch_on_the_host(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", "3 1 1 " + "00" * 32)
+    stack = await dane_stack(max_attempts=1)
+    await _send(stack)
+    results = {r["PolicyDomain"]: r for r in (await stack.admin("GET", "/tlsresults")).json()["Results"]}
+    host = results["mx1.example.com"]["Result"]
+    assert host["summary"]["total-failure-session-count"] == 1
+    [detail] = host["failure-details"]
+    assert detail["result-type"] == "validation-failure" and detail["failure-reason-code"] == "dane-no-match"
+    assert detail["receiving-mx-hostname"] == "mx1.example.com" and detail["receiving-ip"] == MX1

@@ -223,3 +223,23 @@ async def test_16_tls_required_no_ignores_verification_failures(
         assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
     finally:
         mx.stop()
+
+
+async def test_tls_results_record_the_sts_policy_and_mx_mismatches(
+    sts_stack, dns: DNSServer, policies: PolicyServer, ca: trustme.CA, port: int
+) -> None:
+    _publish(dns, policies, ENFORCE.replace("mx1.example.com", "other.example.com"))
+    mx = _mx(port, ca)
+    try:
+        stack = await sts_stack(max_attempts=1)
+        await _send(stack)
+        [row] = (await stack.admin("GET", "/tlsresults", params={"domain": "example.com"})).json()["Results"]
+        result = row["Result"]
+        assert result["policy"]["policy-type"] == "sts" and result["policy"]["mx-host"] == [
+            "other.example.com"
+        ]
+        assert "mode: enforce" in result["policy"]["policy-string"]
+        assert result["summary"]["total-failure-session-count"] == 1
+        assert result["failure-details"][0]["failure-reason-code"] == "mtasts-policy-mx-mismatch"
+    finally:
+        mx.stop()

@@ -1,0 +1,136 @@
+"""TLS results of delivery attempts, kept for SMTP TLS reports (RFC 8460 §4; spec 02 §6).
+
+A result is one policy (the recipient domain's MTA-STS policy or its absence, or one MX host's DANE
+policy or its absence) with counts of successful and failed TLS sessions and the details of failures.
+Results of the same policy on the same day merge by adding counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+STS, TLSA, NO_POLICY = "sts", "tlsa", "no-policy-found"
+
+
+@dataclass
+class FailureDetail:
+    """One kind of failure, with how often it happened (RFC 8460 §4.3)."""
+
+    result_type: str
+    receiving_mx_hostname: str = ""
+    receiving_ip: str = ""
+    failure_reason_code: str = ""
+    failed_session_count: int = 0
+
+    def key(self) -> tuple[str, str, str, str]:
+        """Details that differ only in their count are the same detail."""
+        return (self.result_type, self.receiving_mx_hostname, self.receiving_ip, self.failure_reason_code)
+
+
+@dataclass
+class TLSResult:
+    """Sessions under one policy (RFC 8460 §4.4)."""
+
+    policy_type: str
+    policy_domain: str
+    policy_strings: list[str] = field(default_factory=list)
+    mx_hosts: list[str] = field(default_factory=list)
+    is_host: bool = False
+    success: int = 0
+    failure: int = 0
+    details: list[FailureDetail] = field(default_factory=list)
+
+    def add_failure(self, detail: FailureDetail) -> None:
+        """Count a failure detail, merging it with an equal one."""
+        for d in self.details:
+            if d.key() == detail.key():
+                d.failed_session_count += detail.failed_session_count
+                return
+        self.details.append(detail)
+
+    def merge(self, other: TLSResult) -> None:
+        """Add another result of the same policy; a changed policy replaces the policy fields."""
+        if (other.policy_type, other.policy_strings, other.mx_hosts) != (
+            self.policy_type,
+            self.policy_strings,
+            self.mx_hosts,
+        ):
+            self.policy_type, self.policy_strings, self.mx_hosts = (
+                other.policy_type,
+                other.policy_strings,
+                other.mx_hosts,
+            )
+        self.success += other.success
+        self.failure += other.failure
+        for d in other.details:
+            self.add_failure(FailureDetail(**d.__dict__))
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form, field names as in RFC 8460 §4.4."""
+        return {
+            "policy": {
+                "policy-type": self.policy_type,
+                "policy-domain": self.policy_domain,
+                "policy-string": self.policy_strings,
+                "mx-host": self.mx_hosts,
+            },
+            "summary": {
+                "total-successful-session-count": self.success,
+                "total-failure-session-count": self.failure,
+            },
+            "failure-details": [
+                {
+                    "result-type": d.result_type,
+                    "receiving-mx-hostname": d.receiving_mx_hostname,
+                    "receiving-ip": d.receiving_ip,
+                    "failed-session-count": d.failed_session_count,
+                    "failure-reason-code": d.failure_reason_code,
+                }
+                for d in self.details
+            ],
+            "is-host": self.is_host,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TLSResult:
+        """Read the stored form back."""
+        p, s = obj["policy"], obj["summary"]
+        return cls(
+            policy_type=p["policy-type"],
+            policy_domain=p["policy-domain"],
+            policy_strings=list(p["policy-string"]),
+            mx_hosts=list(p["mx-host"]),
+            is_host=obj.get("is-host", False),
+            success=s["total-successful-session-count"],
+            failure=s["total-failure-session-count"],
+            details=[
+                FailureDetail(
+                    d["result-type"],
+                    d["receiving-mx-hostname"],
+                    d["receiving-ip"],
+                    d["failure-reason-code"],
+                    d["failed-session-count"],
+                )
+                for d in obj["failure-details"]
+            ],
+        )
+
+
+def classify_tls_error(message: str) -> tuple[str, str]:
+    """The RFC 8460 §4.3 result type and reason code for a TLS failure text from the TLS layer."""
+    m = message.lower()
+    if "starttls" in m and ("not offer" in m or "not supported" in m):
+        return "starttls-not-supported", ""
+    if "expired" in m:
+        return "certificate-expired", ""
+    if "hostname mismatch" in m or "doesn't match" in m or "not valid for" in m:
+        return "certificate-host-mismatch", ""
+    if "certificate verify failed" in m or "self-signed" in m or "unable to get local issuer" in m:
+        return "certificate-not-trusted", ""
+    if "dane" in m:
+        return "validation-failure", "dane-no-match"
+    if m.startswith("starttls:") or m[:3].isdigit():
+        code = message.split(" ", 1)[0]
+        return "starttls-not-supported", f"smtp-starttls-reply-code-{code}" if code.isdigit() else ""
+    return "validation-failure", ""
