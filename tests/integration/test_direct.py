@@ -5,9 +5,11 @@ Scenario numbers refer to spec 02 §10.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -321,3 +323,87 @@ async def test_9_socks_transport_connects_through_the_proxy(
         assert proxy.connects == [(MX1, port)]
     finally:
         proxy.stop()
+
+
+async def test_1_dialing_fails_and_the_message_waits_for_the_first_backoff(
+    stack_factory, dns: DNSServer, port: int
+) -> None:
+    dns.add("example.com", "MX", "10 dead.example.com.")
+    stack = await stack_factory(
+        direct={"resolvers": [dns.address], "smtp_port": port},
+        default_transport="direct",
+        backoff_base="7m30s",
+    )
+    resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    for _ in range(100):
+        row = (await stack.admin("GET", f"/queue/{msg_id}")).json()
+        if row["Attempts"] == 1 and row["Results"] and row["Results"][-1]["Error"]:
+            break
+        await asyncio.sleep(0.1)
+    assert row["Attempts"] == 1 and "dialing" in row["Results"][-1]["Error"]
+    wait = datetime.fromisoformat(row["NextAttempt"]) - datetime.fromisoformat(row["LastAttempt"])
+    assert timedelta(minutes=7, seconds=25) <= wait <= timedelta(minutes=7, seconds=35)
+    assert (await stack.admin("POST", f"/queue/{msg_id}/drop")).status_code == 200
+
+
+async def test_3_two_domains_two_deliveries(
+    direct_stack, dns: DNSServer, mx1: SMTPSink, mx2: SMTPSink
+) -> None:
+    dns.add("one.example", "MX", "10 mx1.example.com.").add("two.example", "MX", "10 mx2.example.com.")
+    stack = await direct_stack()
+    status, _ = await _deliver(stack, "a@one.example", "b@two.example")
+    assert all(m.state == MsgState.DELIVERED for m in status.msgs)
+    assert mx1.delivered_to() == ["a@one.example"] and mx2.delivered_to() == ["b@two.example"]
+
+
+async def test_26_ehlo_refused_falls_back_to_helo(direct_stack, dns: DNSServer, mx1: SMTPSink) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.ehlo_reply = "500 5.5.1 command unrecognized"
+    stack = await direct_stack()
+    status, _ = await _deliver(stack, "bob@example.com")
+    assert status.msgs[0].state == MsgState.DELIVERED and mx1.delivered_to() == ["bob@example.com"]
+
+
+async def test_28_eight_bit_message_to_a_server_without_8bitmime_is_not_sent(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.ehlo_without = ["8BITMIME"]
+    stack = await direct_stack(max_attempts=1)
+    resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "grüße"})
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    status = await stack.finished(msg_id)
+    assert status.msgs[0].state == MsgState.FAILED and mx1.transactions == []
+    row = (await stack.admin("GET", f"/queue/{msg_id}")).json()
+    assert "8BITMIME" in row["Results"][-1]["Error"]
+
+
+async def test_29_smtputf8_message_to_a_server_without_smtputf8_is_not_sent(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.ehlo_without = ["SMTPUTF8"]
+    stack = await direct_stack(max_attempts=1)
+    status, resp = await _deliver(stack, "δοκιμή@example.com")
+    assert status.msgs[0].state == MsgState.FAILED and mx1.transactions == []
+
+
+async def test_39_data_550_is_permanent(direct_stack, dns: DNSServer, mx1: SMTPSink) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.data_reply = "550 5.7.1 content rejected"
+    stack = await direct_stack()
+    status, resp = await _deliver(stack, "bob@example.com")
+    assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
+    row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
+    assert row["Results"][-1]["Code"] == 550 and row["Results"][-1]["Secode"] == "7.1"
+
+
+async def test_44_all_recipients_refused_temporarily_sends_no_data(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    dns.add("example.com", "MX", "10 mx1.example.com.")
+    mx1.behaviour.rcpt_replies = {"a@example.com": "451 4.3.0 later", "b@example.com": "451 4.3.0 later"}
+    stack = await direct_stack(max_attempts=1)
+    status, _ = await _deliver(stack, "a@example.com", "b@example.com")
+    assert all(m.state == MsgState.FAILED for m in status.msgs) and mx1.data_commands == 0

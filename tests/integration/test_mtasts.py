@@ -197,7 +197,7 @@ async def test_19_requiretls_without_any_policy_fails_permanently_without_dialin
         mx.stop()
 
 
-async def test_requiretls_with_a_server_lacking_requiretls_fails_with_5_7_30(
+async def test_30_requiretls_with_a_server_lacking_requiretls_fails_with_5_7_30(
     sts_stack, dns: DNSServer, policies: PolicyServer, ca: trustme.CA, port: int
 ) -> None:
     _publish(dns, policies, ENFORCE)

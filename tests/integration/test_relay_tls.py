@@ -79,3 +79,38 @@ async def test_opportunistic_starttls_uses_tls_when_offered(
     resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
     await stack.finished(resp["Submissions"][0]["QueueMsgID"])
     assert tls_sink.tls_sessions == 1
+
+
+async def test_41_starttls_none_sends_no_starttls_even_when_offered(
+    stack_factory, tls_sink: SMTPSink
+) -> None:
+    stack = await stack_factory(transports={"plain": _relay(tls_sink, "", "none")}, default_transport="plain")
+    resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
+    status = await stack.finished(resp["Submissions"][0]["QueueMsgID"])
+    assert status.msgs[0].state == MsgState.DELIVERED and tls_sink.tls_sessions == 0
+
+
+@pytest.fixture
+def implicit_tls_sink(ca: trustme.CA) -> Iterator[SMTPSink]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    s = SMTPSink(implicit_tls=ctx).start()
+    yield s
+    s.stop()
+
+
+async def test_8_submissions_speaks_tls_from_the_first_byte(
+    stack_factory, implicit_tls_sink: SMTPSink, ca: trustme.CA, tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    relay = {
+        "type": "submissions",
+        "host": "127.0.0.1",
+        "port": implicit_tls_sink.port,
+        "ca_file": str(ca_file),
+    }
+    stack = await stack_factory(transports={"smtps": relay}, default_transport="smtps")
+    resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
+    status = await stack.finished(resp["Submissions"][0]["QueueMsgID"])
+    assert status.msgs[0].state == MsgState.DELIVERED and implicit_tls_sink.tls_sessions == 1

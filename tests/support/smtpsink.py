@@ -49,6 +49,10 @@ class SinkBehaviour:
     max_rcpts_per_transaction: int = 0
     # Extra EHLO lines, e.g. "LIMITS RCPTMAX=1".
     ehlo_extra: list[str] = field(default_factory=list)
+    # EHLO keywords to leave out, e.g. "8BITMIME", "SMTPUTF8".
+    ehlo_without: list[str] = field(default_factory=list)
+    # Reply to EHLO instead of the capability list, e.g. "500 5.5.1 command unrecognized".
+    ehlo_reply: str = ""
 
 
 class _SMTP(SMTP):
@@ -132,9 +136,16 @@ class _Handler:
     async def handle_EHLO(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
+        b = self.sink.behaviour
+        if b.ehlo_reply:
+            return [b.ehlo_reply]
         session.host_name = hostname
-        extra = [f"250-{x}" for x in self.sink.behaviour.ehlo_extra]
-        return responses[:-1] + extra + responses[-1:]
+        extra = [f"250-{x}" for x in b.ehlo_extra]
+        lines = responses[:-1] + extra + responses[-1:]
+        drop = {w.upper() for w in b.ehlo_without}
+        kept = [line for line in lines if line[4:].split(" ")[0].upper() not in drop]
+        # The last line of a multi-line reply has a space after the code (RFC 5321 §4.2.1).
+        return [line.replace("250 ", "250-", 1) for line in kept[:-1]] + [kept[-1].replace("250-", "250 ", 1)]
 
     async def handle_MAIL(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -166,7 +177,8 @@ class _Handler:
                 return b.temp_reply
             if b.data_reply:
                 return b.data_reply
-            if session.ssl is not None:
+            transport = server.transport
+            if session.ssl is not None or (transport and transport.get_extra_info("ssl_object") is not None):
                 self.sink.tls_sessions += 1
             data = envelope.original_content or envelope.content or b""
             if isinstance(data, str):
@@ -194,6 +206,7 @@ class SMTPSink:
         port: int | None = None,
         data_size_limit: int = 0,
         auth_users: dict[str, str] | None = None,
+        implicit_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -214,6 +227,9 @@ class SMTPSink:
             extra["authenticator"] = self._authenticate
             extra["auth_require_tls"] = False
             extra["auth_exclude_mechanism"] = ["LOGIN"]
+        if implicit_tls is not None:
+            # TLS from the first byte (submissions, RFC 8314 §3.3).
+            extra["ssl_context"] = implicit_tls
         self._controller = _Controller(
             _Handler(self), hostname=host, port=self.port, decode_data=False, enable_SMTPUTF8=True, **extra
         )
