@@ -17,6 +17,7 @@ from activities.transports import (
     SMTPRelayTransport,
     Transport,
 )
+from domain.addresses import AddressError, parse_address
 from domain.config import DIRECT, LOCALSERVE, Config, FailTransport, SocksTransport
 from domain.config import SMTPTransport as SMTPTransportConfig
 from domain.contracts import (
@@ -32,9 +33,17 @@ from domain.contracts import (
     RetireRequest,
 )
 from domain.routes import select_transport
+from domain.suppression import (
+    SUPPRESSED_ERROR,
+    base_address,
+    block_reason,
+    history_reason,
+    immediate_block,
+    original_address,
+)
 from domain.tlsrpt import TLSResult
 from store import queue as q
-from store import tlsresults
+from store import suppressions, tlsresults
 from store.db import Pool
 
 
@@ -87,6 +96,8 @@ class DeliveryActivities:
                     mtasts,
                     ipv4=not t.disable_ipv4,
                     ipv6=not t.disable_ipv6,
+                    name=name,
+                    tls_store=self._store_tls,
                 )
 
     async def _store_tls(self, recipient_domain: str, results: list[TLSResult]) -> None:
@@ -122,6 +133,20 @@ class DeliveryActivities:
             )
             for r in journaled:
                 outcomes[r["id"]] = RecipientOutcome(msg_id=r["id"], outcome=Outcome.DELIVERED, code=250)
+        if pending:
+            # Every recipient is checked, not only the first of the batch (spec 03 §2.5 rewrite).
+            suppressed = await self._suppressed(pending)
+            if suppressed:
+                end = _now()
+                entries = {
+                    i: q.outcome_entry(end, success=False, code=0, secode="", error=err)
+                    for i, err in suppressed.items()
+                }
+                # Hook point: the failure DSN for suppressed recipients joins here.
+                await q.retire(self._pool, entries, RetireEvent.SUPPRESSED.value, self._keep(), end)
+                for i, err in suppressed.items():
+                    outcomes[i] = RecipientOutcome(msg_id=i, outcome=Outcome.FAILED, error=err)
+                pending = [r for r in pending if r["id"] not in suppressed]
         if pending and body is not None:
             replies = await self._send(pending, body, max(m.attempt for m in req.msgs))
             delivered = {
@@ -131,6 +156,7 @@ class DeliveryActivities:
                 await self._retire_delivered([r for r in pending if r["id"] in delivered], delivered)
             failed: dict[int, dict] = {}
             deferred: dict[int, dict] = {}
+            replies_by_id = {r["id"]: rep for r, rep in zip(pending, replies, strict=True)}
             end = _now()
             for r, rep in zip(pending, replies, strict=True):
                 if rep.success:
@@ -151,9 +177,51 @@ class DeliveryActivities:
             if deferred:
                 await q.record_results(self._pool, deferred)
             if failed:
-                # Hook point: failure DSNs and suppression additions join here once they exist.
+                # Suppression additions are decided before retiring (the history rule must not see
+                # the message itself). Hook point: failure DSNs join here.
+                await self._auto_suppress([r for r in pending if r["id"] in failed], replies_by_id)
                 await q.retire(self._pool, failed, RetireEvent.FAILED.value, self._keep(), end)
         return AttemptResult(outcomes=[outcomes[i] for i in plan])
+
+    async def _suppressed(self, rows: list[q.Row]) -> dict[int, str]:
+        """Recipients on their sender account's suppression list, with the error text to record."""
+        bases: dict[int, str] = {}
+        for r in rows:
+            try:
+                addr = parse_address(f"{r['recipient_localpart']}@{r['recipient_domain']}")
+            except AddressError:
+                continue
+            bases[r["id"]] = base_address(addr)
+        listed = await suppressions.listed(self._pool, rows[0]["sender_account"], list(bases.values()))
+        return {
+            r["id"]: SUPPRESSED_ERROR.format(addr=q.recipient_address(r))
+            for r in rows
+            if bases.get(r["id"]) in listed
+        }
+
+    async def _auto_suppress(self, rows: list[q.Row], replies: dict[int, RcptReply]) -> None:
+        """Add failed recipients to the suppression list by spec 03 §2.3 (only failures with an SMTP code)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            for r in rows:
+                rep = replies[r["id"]]
+                if rep.code == 0:
+                    continue
+                try:
+                    addr = parse_address(f"{r['recipient_localpart']}@{r['recipient_domain']}")
+                except AddressError:
+                    continue
+                base, original = base_address(addr), original_address(addr)
+                if rep.permanent and immediate_block(rep.code, rep.secode):
+                    reason = block_reason("queue", rep.code, rep.secode)
+                else:
+                    history = await suppressions.recent_failures(conn, q.recipient_address(r), r["id"])
+                    if len(history) < 2 or any(history):
+                        continue
+                    reason = history_reason("queue")
+                if await suppressions.add_automatic(conn, r["sender_account"], base, original, reason):
+                    activity.logger.info(
+                        "suppressing %s for account %s: %s", base, r["sender_account"], reason
+                    )
 
     async def _send(self, rows: list[q.Row], body: bytes, attempt: int) -> list[RcptReply]:
         first = rows[0]

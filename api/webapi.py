@@ -15,16 +15,19 @@ from starlette.datastructures import UploadFile
 
 from api.auth import Login
 from api.state import AppState
+from domain.addresses import AddressError, parse_address
 from domain.errors import WebAPIError
-from domain.send import AccountIdentity, UploadedFile, compose_send, decode_send_request
+from domain.send import AccountIdentity, UploadedFile, compose_send, decode_object, decode_send_request
+from domain.suppression import base_address, original_address
 from store import queue as q
+from store import suppressions
 from workflows.client import delivery_input, delivery_summary, start_delivery
 
 log = logging.getLogger("tempost.webapi")
 
 router = APIRouter()
 
-METHODS = ["Send"]
+METHODS = ["Send", "SuppressionList", "SuppressionAdd", "SuppressionRemove", "SuppressionPresent"]
 
 
 def _error(code: str, message: str) -> JSONResponse:
@@ -87,6 +90,10 @@ async def _request_object(request: Request) -> tuple[Any, list[UploadedFile], li
 
 _EXAMPLES = {
     "Send": {"To": [{"Name": "", "Address": "bob@example.com"}], "Subject": "hi", "Text": "hello"},
+    "SuppressionList": {},
+    "SuppressionAdd": {"EmailAddress": "bob@example.com", "Manual": True, "Reason": "asked to stop"},
+    "SuppressionRemove": {"EmailAddress": "bob@example.com"},
+    "SuppressionPresent": {"EmailAddress": "bob@example.com"},
 }
 
 
@@ -128,12 +135,64 @@ async def call(method: str, request: Request) -> Response:
         raw, inline, attached = await _request_object(request)
         if method == "Send":
             return JSONResponse(await _send(st, login, raw, inline, attached))
+        text = raw if not isinstance(raw, bytes) else raw.decode("utf-8", "replace")
+        return JSONResponse(await _suppression(st, login, method, text))
     except WebAPIError as err:
         return _error(err.code, err.message)
     except Exception:  # noqa: BLE001 - internal failures are the `server` code, details in the log only
         log.exception("webapi %s", method)
         return _error("server", "unhandled error")
     return PlainTextResponse("404 - not found", status_code=404)
+
+
+def _suppression_json(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ID": r["id"],
+        "Created": r["created"].isoformat(),
+        "Account": r["account"],
+        "BaseAddress": r["base_address"],
+        "OriginalAddress": r["original_address"],
+        "Manual": r["manual"],
+        "Reason": r["reason"],
+    }
+
+
+async def _suppression(st: AppState, login: Login, method: str, raw: str) -> dict[str, Any]:
+    """The Suppression* methods (spec 03 §5.5), always on the caller's own account."""
+    account = login.account.name
+    fields = {"SuppressionList": set(), "SuppressionAdd": {"EmailAddress", "Manual", "Reason"}}.get(
+        method, {"EmailAddress"}
+    )
+    req = decode_object(raw, fields)
+    if method == "SuppressionList":
+        return {
+            "Suppressions": [_suppression_json(r) for r in await suppressions.list_account(st.pool, account)]
+        }
+    try:
+        addr = parse_address(str(req.get("EmailAddress", "")))
+    except AddressError as err:
+        raise WebAPIError("badAddress", f"parsing address: {err}") from None
+    base = base_address(addr)
+    if method == "SuppressionPresent":
+        return {"Present": await suppressions.present(st.pool, account, base)}
+    if method == "SuppressionAdd":
+        try:
+            await suppressions.add(
+                st.pool,
+                account,
+                base,
+                original_address(addr),
+                manual=bool(req.get("Manual", False)),
+                reason=str(req.get("Reason", "")),
+            )
+        except suppressions.DuplicateSuppression as err:
+            raise WebAPIError("error", str(err)) from None
+        return {}
+    try:
+        await suppressions.remove(st.pool, account, base)
+    except suppressions.AbsentSuppression:
+        raise WebAPIError("error", "absent") from None
+    return {}
 
 
 async def _send(

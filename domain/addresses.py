@@ -88,11 +88,18 @@ def _domain(s: str) -> tuple[str, str]:
         return lit, lit
     if not s:
         raise AddressError("empty domain")
+    name = s.rstrip(".")
     try:
-        ascii_ = idna.encode(s.rstrip("."), uts46=True).decode().lower()
+        ascii_ = idna.encode(name, uts46=True).decode().lower()
         unicode_ = idna.decode(ascii_)
     except idna.IDNAError as err:
-        raise AddressError(f"invalid domain {s!r}: {err}") from None
+        # Names registered under IDNA 2003 (symbols such as ☺) still exist and receive mail; accept them
+        # the way lenient resolvers do, through Python's IDNA 2003 codec.
+        try:
+            ascii_ = name.encode("idna").decode().lower()
+            unicode_ = ascii_.encode().decode("idna")
+        except UnicodeError:
+            raise AddressError(f"invalid domain {s!r}: {err}") from None
     labels = ascii_.split(".")
     if len(ascii_) > 253 or len(labels) < 1 or not all(_LABEL.fullmatch(x) for x in labels):
         raise AddressError(f"invalid domain {s!r}")

@@ -127,6 +127,25 @@ def _fold_keys(value: Any, model: type[BaseModel]) -> Any:
     return out
 
 
+def decode_object(raw: str, fields: set[str]) -> dict[str, Any]:
+    """Decode a small request object as strictly as Send's: keys case-insensitive, unknown keys refused."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as err:
+        raise WebAPIError("protocol", f"parsing request: {err}") from None
+    if not isinstance(obj, dict):
+        raise WebAPIError("protocol", "request must be a JSON object")
+    by_lower = {f.lower(): f for f in fields}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        name = by_lower.get(str(k).lower())
+        if name is None:
+            raise WebAPIError("protocol", f"parsing request: unknown field {k!r}")
+        if v is not None:
+            out[name] = v
+    return out
+
+
 def decode_send_request(raw: str) -> SendRequest:
     """Decode the JSON request strictly: an object, no unknown fields, keys matched case-insensitively."""
     try:
