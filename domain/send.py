@@ -127,14 +127,19 @@ def _fold_keys(value: Any, model: type[BaseModel]) -> Any:
     return out
 
 
-def decode_object(raw: str, fields: set[str]) -> dict[str, Any]:
-    """Decode a small request object as strictly as Send's: keys case-insensitive, unknown keys refused."""
+def _json_object(raw: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
     except ValueError as err:
         raise WebAPIError("protocol", f"parsing request: {err}") from None
     if not isinstance(obj, dict):
         raise WebAPIError("protocol", "request must be a JSON object")
+    return obj
+
+
+def decode_object(raw: str, fields: set[str]) -> dict[str, Any]:
+    """Decode a small request object as strictly as Send's: keys case-insensitive, unknown keys refused."""
+    obj = _json_object(raw)
     by_lower = {f.lower(): f for f in fields}
     out: dict[str, Any] = {}
     for k, v in obj.items():
@@ -148,12 +153,7 @@ def decode_object(raw: str, fields: set[str]) -> dict[str, Any]:
 
 def decode_send_request(raw: str) -> SendRequest:
     """Decode the JSON request strictly: an object, no unknown fields, keys matched case-insensitively."""
-    try:
-        obj = json.loads(raw)
-    except ValueError as err:
-        raise WebAPIError("protocol", f"parsing request: {err}") from None
-    if not isinstance(obj, dict):
-        raise WebAPIError("protocol", "request must be a JSON object")
+    obj = _json_object(raw)
     try:
         req = SendRequest.model_validate(_fold_keys(obj, SendRequest))
     except ValidationError as err:
