@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
@@ -18,12 +21,14 @@ from activities.transports import (
     Transport,
 )
 from domain.addresses import AddressError, parse_address
+from domain.backoff import DELAYED_DSN_ATTEMPT, backoff
 from domain.config import DIRECT, LOCALSERVE, Config, FailTransport, SocksTransport
 from domain.config import SMTPTransport as SMTPTransportConfig
 from domain.contracts import (
     ACTIVITY_DELIVER,
     ACTIVITY_PROJECT,
     ACTIVITY_RETIRE,
+    AttemptMsg,
     AttemptRequest,
     AttemptResult,
     Outcome,
@@ -32,6 +37,7 @@ from domain.contracts import (
     RetireEvent,
     RetireRequest,
 )
+from domain.dsn import DSNError, DSNInput, DSNKind, compose_dsn, header_section
 from domain.routes import select_transport
 from domain.suppression import (
     SUPPRESSED_ERROR,
@@ -42,9 +48,14 @@ from domain.suppression import (
     original_address,
 )
 from domain.tlsrpt import TLSResult
+from store import dsns, suppressions, tlsresults
 from store import queue as q
-from store import suppressions, tlsresults
 from store.db import Pool
+
+
+def _message_id(data: bytes) -> str:
+    m = re.search(rb"\r\nMessage-Id: (<[^>\r\n]*>)", data)
+    return m.group(1).decode() if m else ""
 
 
 def _now() -> datetime:
@@ -60,7 +71,12 @@ def _path(localpart: str, domain: str) -> str:
 class DeliveryActivities:
     """Side effects of delivery, bound to one PostgreSQL pool and configuration."""
 
-    def __init__(self, pool: Pool, config: Config) -> None:
+    def __init__(
+        self, pool: Pool, config: Config, start_submission: Callable[[int], Awaitable[None]] | None = None
+    ) -> None:
+        # Starts the delivery of a submission queued here (a DSN); given by the worker, which owns the
+        # Temporal client. Without it the worker's sweeper starts the submission a little later.
+        self._start_submission = start_submission
         self._pool = pool
         self._config = config
         resolver = Resolver(config.direct.resolvers)
@@ -142,7 +158,9 @@ class DeliveryActivities:
                     i: q.outcome_entry(end, success=False, code=0, secode="", error=err)
                     for i, err in suppressed.items()
                 }
-                # Hook point: the failure DSN for suppressed recipients joins here.
+                gone = [r for r in pending if r["id"] in suppressed]
+                errors = {i: RcptReply(False, True, 0, "", err) for i, err in suppressed.items()}
+                await self._notify(gone, DSNKind.FAILED, errors, body, end)
                 await q.retire(self._pool, entries, RetireEvent.SUPPRESSED.value, self._keep(), end)
                 for i, err in suppressed.items():
                     outcomes[i] = RecipientOutcome(msg_id=i, outcome=Outcome.FAILED, error=err)
@@ -179,9 +197,111 @@ class DeliveryActivities:
             if failed:
                 # Suppression additions are decided before retiring (the history rule must not see
                 # the message itself). Hook point: failure DSNs join here.
-                await self._auto_suppress([r for r in pending if r["id"] in failed], replies_by_id)
+                failed_rows = [r for r in pending if r["id"] in failed]
+                await self._auto_suppress(failed_rows, replies_by_id)
+                await self._notify(failed_rows, DSNKind.FAILED, replies_by_id, body, end)
                 await q.retire(self._pool, failed, RetireEvent.FAILED.value, self._keep(), end)
+            late = [
+                r for r in pending if r["id"] in deferred and plan[r["id"]].attempt == DELAYED_DSN_ATTEMPT
+            ]
+            if late:
+                # The delayed DSN goes out after the fifth failed attempt (spec 03 §1.1).
+                await self._notify(late, DSNKind.DELAYED, replies_by_id, body, end, plan)
         return AttemptResult(outcomes=[outcomes[i] for i in plan])
+
+    async def _notify(
+        self,
+        rows: list[q.Row],
+        kind: DSNKind,
+        replies: dict[int, RcptReply],
+        body: bytes | None,
+        now: datetime,
+        plan: dict[int, AttemptMsg] | None = None,
+    ) -> None:
+        """Compose, store and queue one DSN per message to its sender (spec 03 §1, DESIGN §7)."""
+        if body is None:
+            return
+        try:
+            headers = header_section(body)
+        except DSNError:
+            activity.logger.warning("no DSN: original message has no header section")
+            return
+        started: list[int] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            for r in rows:
+                rep = replies[r["id"]]
+                secode = rep.secode
+                response = [rep.error[4:]] if rep.code and rep.error[:3].isdigit() else []
+                sender_path = _path(r["sender_localpart"], r["sender_domain"])
+                rcpt = q.recipient_address(r)
+                upcoming: list[datetime] = []
+                if plan is not None and kind == DSNKind.DELAYED:
+                    upcoming = self._upcoming(plan[r["id"]])
+                inp = DSNInput(
+                    kind=kind,
+                    hostname=self._config.hostname,
+                    sender_path=sender_path,
+                    recipient=_path(r["recipient_localpart"], r["recipient_domain"]),
+                    recipient_unicode=rcpt,
+                    message_id=r["message_id"],
+                    queued=r["queued"],
+                    last_attempt=now,
+                    error=rep.error or "delivery failed",
+                    secode=secode,
+                    smtp_response=response,
+                    original_headers=headers,
+                    smtputf8=r["smtputf8"],
+                    future_release_request=r["future_release_request"],
+                    next_attempts=upcoming,
+                )
+                try:
+                    data = compose_dsn(inp, now=now, random_token=lambda: secrets.token_urlsafe(16))
+                except DSNError as err:
+                    activity.logger.warning("no DSN for message %d: %s", r["id"], err)
+                    continue
+                delivery = None
+                if sender_path:
+                    # A DSN about a DSN (null sender) is stored but never sent (RFC 3461 §6.2).
+                    delivery = q.NewMsg(
+                        sender_localpart="",
+                        sender_domain="",
+                        sender_domain_str="",
+                        recipient_localpart=r["sender_localpart"],
+                        recipient_domain=r["sender_domain"],
+                        recipient_domain_str=r["sender_domain_str"],
+                        next_attempt=now,
+                        size=len(data),
+                        message_id=_message_id(data),
+                        subject=f"mail delivery {kind.value}",
+                        has8bit=not data.isascii(),
+                        smtputf8=r["smtputf8"],
+                    )
+                base_id = await dsns.store_and_queue(
+                    conn,
+                    account=r["sender_account"],
+                    msg_id=r["id"],
+                    kind=kind.value,
+                    sender=sender_path,
+                    recipient=rcpt,
+                    data=data,
+                    now=now,
+                    delivery=delivery,
+                )
+                if base_id is not None:
+                    started.append(base_id)
+        if self._start_submission is not None:
+            for base_id in started:
+                try:
+                    await self._start_submission(base_id)
+                except Exception:  # noqa: BLE001 - the sweeper starts it later; the DSN is queued
+                    activity.logger.exception("starting DSN delivery %d", base_id)
+
+    def _upcoming(self, m: AttemptMsg) -> list[datetime]:
+        """When the remaining attempts are due, without jitter (for the delayed DSN's text)."""
+        times = [m.next_attempt]
+        for n in range(m.attempt, self._config.queue.max_attempts - 1):
+            times.append(times[-1] + backoff(n, self._config.queue.backoff_base, 0))
+        return times
 
     async def _suppressed(self, rows: list[q.Row]) -> dict[int, str]:
         """Recipients on their sender account's suppression list, with the error text to record."""
@@ -273,6 +393,13 @@ class DeliveryActivities:
         now = _now()
         entry = q.result_entry(now, now, code=req.code, secode=req.secode, error=req.error)
         entries = {i: (entry if req.append_result else None) for i in req.msg_ids}
+        if req.event == RetireEvent.FAILED:
+            # Admin fail and lost attempts send a failure DSN; drop (canceled) sends none (spec 03 §1.1).
+            rows = [r for i in req.msg_ids if (r := await q.get_msg(self._pool, i)) is not None]
+            if rows:
+                body = await q.raw_message(self._pool, rows[0]["id"])
+                errors = {r["id"]: RcptReply(False, True, req.code, req.secode, req.error) for r in rows}
+                await self._notify(rows, DSNKind.FAILED, errors, body, now)
         rows = await q.retire(self._pool, entries, req.event.value, self._keep(), now)
         return len(rows)
 

@@ -15,8 +15,8 @@ from api import views
 from api.state import AppState
 from domain.contracts import AdminOp, MsgStatus, delivery_workflow_id
 from domain.filters import FilterError, QueueFilter, parse_sort, parse_time_condition
+from store import dsns, tlsresults
 from store import queue as q
-from store import tlsresults
 from workflows.delivery import Delivery
 
 log = logging.getLogger("tempost.admin")
@@ -96,6 +96,37 @@ async def list_queue(request: Request) -> dict[str, Any]:
         raise AdminError(400, "badFilter", str(err)) from None
     rows = await q.list_msgs(st.pool, f, sort, datetime.now(UTC))
     return {"Messages": [views.queued_msg(r) for r in rows]}
+
+
+@router.get("/dsns")
+async def list_dsns(request: Request) -> dict[str, Any]:
+    """DSNs composed about outgoing messages, newest first (`account` filters)."""
+    st = _state(request)
+    rows = await dsns.list_dsns(st.pool, request.query_params.get("account", ""))
+    return {
+        "DSNs": [
+            {
+                "ID": r["id"],
+                "Created": r["created"].isoformat(),
+                "Account": r["account"],
+                "QueueMsgID": r["msg_id"],
+                "Kind": r["kind"],
+                "Sender": r["sender"],
+                "Recipient": r["recipient"],
+                "DeliveryBaseID": r["queue_base_id"],
+            }
+            for r in rows
+        ]
+    }
+
+
+@router.get("/dsns/{dsn_id}/raw")
+async def raw_dsn(dsn_id: int, request: Request) -> Response:
+    """The DSN message as composed."""
+    data = await dsns.raw_dsn(_state(request).pool, dsn_id)
+    if data is None:
+        raise AdminError(404, "notFound", f"dsn {dsn_id} not found")
+    return Response(data, media_type="message/rfc822")
 
 
 @router.get("/tlsresults")

@@ -62,6 +62,9 @@ class WorkerConfig(_Strict):
 
     metrics_listen: str = "127.0.0.1:9464"
     max_concurrent_activities: int = 100
+    # On shutdown, how long running activities (an SMTP transaction mid-DATA) may take to finish before
+    # they are cancelled; a cancelled attempt is retried by the next worker.
+    shutdown_grace: Duration = timedelta(seconds=15)
 
 
 class QueueConfig(_Strict):

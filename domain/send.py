@@ -226,7 +226,7 @@ def _address_header(name: str, boxes: list[str]) -> str:
     return f"{name}: " + ",\r\n\t".join(boxes) + "\r\n"
 
 
-def _date(t: datetime) -> str:
+def format_date(t: datetime) -> str:
     """RFC 5322 §3.3 date in the time's own zone, without the optional day of week."""
     off = t.utcoffset() or timedelta(0)
     sign = "-" if off < timedelta(0) else "+"
@@ -418,7 +418,7 @@ def compose_send(
     if req.Subject:
         subject = _encode_words(req.Subject, smtputf8, "Subject")
         hdr += _fold("Subject", subject) if subject == req.Subject else f"Subject: {subject}\r\n"
-    hdr += f"Date: {_date(req.Date or now)}\r\n"
+    hdr += f"Date: {format_date(req.Date or now)}\r\n"
     hdr += f"Message-Id: {message_id}\r\n"
     if req.References:
         hdr += "References: " + "\r\n\t".join(req.References) + "\r\n"
@@ -438,11 +438,10 @@ def compose_send(
         entity = _multipart("mixed", [entity, *attached], _boundary(random_token))
 
     # 12. A trace header; naming the recipient only when there is one keeps copies identical.
-    rcpt_clause = f" for <{recipients[0][1].unicode if smtputf8 else recipients[0][1].ascii}>"
-    received = _fold(
-        "Received",
-        f"by {hostname} ({USER_AGENT}) with HTTP{rcpt_clause if len(recipients) == 1 else ''}; {_date(now)}",
-    )
+    rcpt_clause = ""
+    if len(recipients) == 1:
+        rcpt_clause = f" for <{recipients[0][1].unicode if smtputf8 else recipients[0][1].ascii}>"
+    received = _fold("Received", f"by {hostname} ({USER_AGENT}) with HTTP{rcpt_clause}; {format_date(now)}")
     data = (received + hdr).encode() + _render_headers(entity.headers) + b"\r\n" + entity.body
     if len(data) > max_message_size:
         raise WebAPIError("messageTooLarge", f"message too large, {len(data)} > {max_message_size} bytes")

@@ -106,7 +106,8 @@ def make_config(
             "database": {"url": database},
             "temporal": {"task_queue": "tq-" + uuid.uuid4().hex[:8]},
             "api": {"admin_token_file": ""},
-            "worker": {"metrics_listen": ""},
+            # Background deliveries (DSNs) may outlive a test's servers; do not wait for them at teardown.
+            "worker": {"metrics_listen": "", "shutdown_grace": "1s"},
             "queue": q,
             "direct": direct or {},
             "routes": routes or [],

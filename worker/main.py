@@ -42,7 +42,11 @@ async def connect_temporal(config: Config) -> Client:
 
 def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     """A worker with Tempost's workflows and activities on the configured task queue."""
-    acts = DeliveryActivities(pool, config)
+
+    async def start(base_id: int) -> None:
+        await start_submission(client, pool, config, base_id)
+
+    acts = DeliveryActivities(pool, config, start)
     return Worker(
         client,
         task_queue=config.temporal.task_queue,
@@ -52,32 +56,42 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
         max_concurrent_activities=config.worker.max_concurrent_activities,
         # An SMTP transaction in flight at shutdown gets time to finish and record its outcome rather
         # than being cut off mid-DATA (which would cost a second send later).
-        graceful_shutdown_timeout=timedelta(seconds=15),
+        graceful_shutdown_timeout=config.worker.shutdown_grace,
     )
+
+
+async def start_submission(client: Client, pool: Pool, config: Config, base_id: int) -> bool:
+    """Start the delivery workflow of a queued submission; False when it was running already."""
+    rows = await q.submission_rows(pool, base_id)
+    started = False
+    if rows:
+        first = rows[0]
+        inp = delivery_input(
+            base_id,
+            first["sender_account"],
+            [(r["id"], r["recipient_domain_str"]) for r in rows],
+            config.queue,
+            release_at=min(r["next_attempt"] for r in rows),
+            hold=all(r["hold"] for r in rows),
+        )
+        sender = (
+            f"{first['sender_localpart']}@{first['sender_domain_str']}" if first["sender_localpart"] else "<>"
+        )
+        summary = delivery_summary(sender, [q.recipient_address(r) for r in rows])
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await start_delivery(client, config.temporal.task_queue, inp, summary)
+            started = True
+    await q.mark_workflow_started(pool, base_id)
+    return started
 
 
 async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
     """Start the workflow of every submission that was committed but never started; returns how many."""
     started = 0
     for base_id in await q.unstarted_submissions(pool, older_than):
-        rows = await q.submission_rows(pool, base_id)
-        if rows:
-            first = rows[0]
-            inp = delivery_input(
-                base_id,
-                first["sender_account"],
-                [(r["id"], r["recipient_domain_str"]) for r in rows],
-                config.queue,
-                release_at=min(r["next_attempt"] for r in rows),
-                hold=all(r["hold"] for r in rows),
-            )
-            sender = f"{first['sender_localpart']}@{first['sender_domain_str']}"
-            summary = delivery_summary(sender, [q.recipient_address(r) for r in rows])
-            with contextlib.suppress(WorkflowAlreadyStartedError):
-                await start_delivery(client, config.temporal.task_queue, inp, summary)
-                started += 1
-                log.warning("started delivery of orphaned submission %d", base_id)
-        await q.mark_workflow_started(pool, base_id)
+        if await start_submission(client, pool, config, base_id):
+            started += 1
+            log.warning("started delivery of orphaned submission %d", base_id)
     return started
 
 

@@ -159,6 +159,7 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:  # noqa: N802
+        self.sink.rcpts_seen.append(address)
         reply = self.sink.behaviour.rcpt_replies.get(address)
         if reply:
             return reply
@@ -171,7 +172,9 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         b = self.sink.behaviour
         with self.sink.lock:
-            self.sink.data_commands += 1
+            if envelope.mail_from not in ("", "<>"):
+                # DSNs (null reverse path) are left out, so tests count the messages they sent.
+                self.sink.data_commands += 1
             if b.temp_failures > 0:
                 b.temp_failures -= 1
                 return b.temp_reply
@@ -215,6 +218,8 @@ class SMTPSink:
         self.behaviour = SinkBehaviour()
         self.transactions: list[Transaction] = []
         self.data_commands = 0
+        # Every RCPT TO address the sink was asked for, accepted or not.
+        self.rcpts_seen: list[str] = []
         self.lock = threading.Lock()
         extra: dict[str, object] = {"tls_context": tls_context} if tls_context is not None else {}
         if data_size_limit:
@@ -254,6 +259,11 @@ class SMTPSink:
         self._controller.stop()
 
     def delivered_to(self) -> list[str]:
-        """Every recipient that has a message, in order of acceptance."""
+        """Every recipient that has a message (DSNs left out), in order of acceptance."""
         with self.lock:
-            return [r for t in self.transactions for r in t.rcpt_tos]
+            return [r for t in self.transactions if t.mail_from not in ("", "<>") for r in t.rcpt_tos]
+
+    def dsns(self) -> list[Transaction]:
+        """Transactions with the null reverse path: delivery status notifications."""
+        with self.lock:
+            return [t for t in self.transactions if t.mail_from in ("", "<>")]
