@@ -63,19 +63,22 @@ class _Msg:
 class Delivery:
     """Delivers one submission's recipients with mox's retry schedule, steerable by admin updates."""
 
-    def __init__(self) -> None:
-        self._msgs: dict[int, _Msg] = {}
-        self._input: DeliveryInput | None = None
+    @workflow.init
+    def __init__(self, inp: DeliveryInput) -> None:
+        # State is built from the input here, not in run(): an update (hold, fail, ...) that arrives with
+        # the very first workflow task is validated before run() starts and must see the messages.
+        self._input: DeliveryInput | None = inp
+        first = inp.release_at or workflow.now()
+        self._msgs: dict[int, _Msg] = {
+            msg_id: _Msg(msg_id, group.domain, 0, first, inp.hold)
+            for group in inp.groups
+            for msg_id in group.msg_ids
+        }
         # Bumped whenever an admin operation changes state, so waiting groups re-evaluate.
         self._changes = 0
 
     @workflow.run
     async def run(self, inp: DeliveryInput) -> DeliveryStatus:
-        self._input = inp
-        first = inp.release_at or workflow.now()
-        for group in inp.groups:
-            for msg_id in group.msg_ids:
-                self._msgs[msg_id] = _Msg(msg_id, group.domain, 0, first, inp.hold)
         await asyncio.gather(*(self._deliver_group(g.domain, g.msg_ids) for g in inp.groups))
         # Let an admin update that retired the last message finish its reply before completing.
         await workflow.wait_condition(workflow.all_handlers_finished)

@@ -98,7 +98,7 @@ async def test_20_dane_mismatch_fails_without_plaintext_fallback(
     stack = await dane_stack(max_attempts=2)
     msg, row = await _send(stack)
     assert msg.state == MsgState.FAILED and msg.attempts == 2
-    assert mx.transactions == [] and "dane" in row["Results"][-1]["Error"]
+    assert mx.messages() == [] and "dane" in row["Results"][-1]["Error"]
 
 
 async def test_15_tlsa_without_dnssec_is_ignored_and_tls_stays_opportunistic(
@@ -126,7 +126,7 @@ async def test_tlsa_lookup_failure_is_temporary_and_sends_nothing(
     dns.fail(TLSA_NAME)
     stack = await dane_stack(max_attempts=1)
     msg, row = await _send(stack)
-    assert msg.state == MsgState.FAILED and mx.transactions == []
+    assert msg.state == MsgState.FAILED and mx.messages() == []
     assert "tlsa" in row["Results"][-1]["Error"]
 
 
@@ -153,7 +153,7 @@ async def test_18_requiretls_with_only_unusable_tlsa_fails_permanently_before_di
     dns.add(TLSA_NAME, "TLSA", "1 1 1 " + "00" * 32)
     stack = await dane_stack()
     msg, row = await _send(stack, RequireTLS=True)
-    assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.transactions == []
+    assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.messages() == []
     assert row["Results"][-1]["Code"] == 554 and row["Results"][-1]["Secode"] == "7.30"
 
 

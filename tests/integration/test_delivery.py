@@ -128,7 +128,7 @@ async def test_hold_then_release(stack_factory) -> None:
     assert [m["ID"] for m in listed] == [msg_id]
     # Past the release time, a held message stays put.
     await asyncio.sleep(3.5)
-    assert stack.sink.transactions == []
+    assert stack.sink.messages() == []
     r = await stack.admin("POST", f"/queue/{msg_id}/release")
     assert r.status_code == 200 and r.json()["Hold"] is False
     await stack.finished(msg_id)
@@ -148,7 +148,7 @@ async def test_drop(stack: Stack) -> None:
     body = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     assert body["Event"] == "canceled" and body["Success"] is False
     assert body["Results"][-1]["Error"] == "delivery canceled by admin"
-    assert stack.sink.transactions == []
+    assert stack.sink.messages() == []
     # A second drop finds nothing to drop.
     again = await stack.admin("POST", f"/queue/{msg_id}/drop")
     assert again.status_code == 404
@@ -184,7 +184,7 @@ async def test_future_release(stack: Stack) -> None:
     assert row is not None and row["future_release_request"].startswith("until;")
     assert abs((row["next_attempt"] - release).total_seconds()) < 1
     await asyncio.sleep(1)
-    assert stack.sink.transactions == []
+    assert stack.sink.messages() == []
     await stack.finished(msg_id)
     assert stack.sink.delivered_to() == ["bob@example.com"]
     body = (await stack.admin("GET", f"/queue/{msg_id}")).json()
@@ -223,7 +223,7 @@ async def test_localserve_simulation(stack_factory, localpart: str, state: MsgSt
     assert status.msgs[0].state == state
     body = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     assert body["Results"][-1]["Code"] == code
-    assert stack.sink.transactions == []
+    assert stack.sink.messages() == []
 
 
 async def test_localserve_temporary_error_retries(stack_factory) -> None:

@@ -127,7 +127,7 @@ async def test_46_null_mx_fails_permanently_without_connecting(
     assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
     row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
     assert "does not accept email" in row["Results"][-1]["Error"]
-    assert mx1.transactions == []
+    assert mx1.messages() == []
 
 
 async def test_46_implicit_mx_uses_the_domains_own_address(
@@ -234,7 +234,7 @@ async def test_32_message_over_announced_size_fails_before_mail_from(
         stack = await direct_stack()
         status, _ = await _deliver(stack, "bob@example.com")
         assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
-        assert small.transactions == []
+        assert small.messages() == []
     finally:
         small.stop()
 
@@ -374,7 +374,7 @@ async def test_28_eight_bit_message_to_a_server_without_8bitmime_is_not_sent(
     resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "grüße"})
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     status = await stack.finished(msg_id)
-    assert status.msgs[0].state == MsgState.FAILED and mx1.transactions == []
+    assert status.msgs[0].state == MsgState.FAILED and mx1.messages() == []
     row = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     assert "8BITMIME" in row["Results"][-1]["Error"]
 
@@ -386,7 +386,7 @@ async def test_29_smtputf8_message_to_a_server_without_smtputf8_is_not_sent(
     mx1.behaviour.ehlo_without = ["SMTPUTF8"]
     stack = await direct_stack(max_attempts=1)
     status, resp = await _deliver(stack, "δοκιμή@example.com")
-    assert status.msgs[0].state == MsgState.FAILED and mx1.transactions == []
+    assert status.msgs[0].state == MsgState.FAILED and mx1.messages() == []
 
 
 async def test_39_data_550_is_permanent(direct_stack, dns: DNSServer, mx1: SMTPSink) -> None:

@@ -81,7 +81,7 @@ async def test_worker_killed_during_backoff_new_worker_finishes(
             os.killpg(proc.pid, signal.SIGKILL)
     row = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     assert row["Attempts"] == 1 and row["Results"][0]["Code"] == 451
-    assert stack.sink.transactions == []
+    assert stack.sink.messages() == []
     worker = build_worker(stack.client, stack.pool, stack.config)
     async with worker:
         status = await stack.finished(msg_id, timeout=30)
@@ -101,7 +101,7 @@ async def test_accepted_message_is_not_sent_again(stack: Stack) -> None:
     assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
     status = await stack.finished(msg_id)
     assert status.msgs[0].state == MsgState.DELIVERED
-    assert stack.sink.transactions == []
+    assert stack.sink.messages() == []
     body = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     assert body["Event"] == "delivered"
 

@@ -121,7 +121,7 @@ async def test_enforced_policy_refuses_an_untrusted_certificate_without_plaintex
         stack = await sts_stack(max_attempts=2)
         msg, row = await _send(stack)
         assert msg.state == MsgState.FAILED and msg.attempts == 2
-        assert mx.transactions == [] and "certificate" in row["Results"][-1]["Error"].lower()
+        assert mx.messages() == [] and "certificate" in row["Results"][-1]["Error"].lower()
     finally:
         mx.stop()
 
@@ -134,7 +134,7 @@ async def test_enforced_policy_skips_mx_hosts_it_does_not_list(
     try:
         stack = await sts_stack(max_attempts=1)
         msg, row = await _send(stack)
-        assert msg.state == MsgState.FAILED and mx.transactions == []
+        assert msg.state == MsgState.FAILED and mx.messages() == []
         assert "does not match enforced mta-sts policy" in row["Results"][-1]["Error"]
     finally:
         mx.stop()
@@ -178,7 +178,7 @@ async def test_mta_sts_dns_failure_aborts_the_attempt(
     try:
         stack = await sts_stack(max_attempts=1)
         msg, row = await _send(stack)
-        assert msg.state == MsgState.FAILED and mx.transactions == []
+        assert msg.state == MsgState.FAILED and mx.messages() == []
         assert "mta-sts" in row["Results"][-1]["Error"]
     finally:
         mx.stop()
@@ -191,7 +191,7 @@ async def test_19_requiretls_without_any_policy_fails_permanently_without_dialin
     try:
         stack = await sts_stack()
         msg, row = await _send(stack, RequireTLS=True)
-        assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.transactions == []
+        assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.messages() == []
         assert row["Results"][-1]["Code"] == 554 and row["Results"][-1]["Secode"] == "7.30"
     finally:
         mx.stop()
@@ -206,7 +206,7 @@ async def test_30_requiretls_with_a_server_lacking_requiretls_fails_with_5_7_30(
         stack = await sts_stack()
         msg, row = await _send(stack, RequireTLS=True)
         # Every host lacked REQUIRETLS: permanent at once (spec 02 §1.4).
-        assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.transactions == []
+        assert msg.state == MsgState.FAILED and msg.attempts == 1 and mx.messages() == []
         assert row["Results"][-1]["Secode"] == "7.30"
     finally:
         mx.stop()

@@ -56,7 +56,7 @@ async def test_untrusted_certificate_is_a_temporary_failure(
     status = await stack.finished(msg_id)
     # Retried (temporary), then failed when attempts ran out; nothing was sent in the clear.
     assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 2
-    assert tls_sink.transactions == []
+    assert tls_sink.messages() == []
     body = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     assert "certificate" in body["Results"][-1]["Error"].lower()
 
@@ -65,7 +65,7 @@ async def test_required_starttls_not_offered_sends_nothing(stack_factory, sink: 
     stack = await stack_factory(transports={"tls": _relay(sink, "")}, default_transport="tls", max_attempts=1)
     resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
     status = await stack.finished(resp["Submissions"][0]["QueueMsgID"])
-    assert status.msgs[0].state == MsgState.FAILED and sink.transactions == []
+    assert status.msgs[0].state == MsgState.FAILED and sink.messages() == []
 
 
 async def test_opportunistic_starttls_uses_tls_when_offered(

@@ -90,7 +90,7 @@ async def test_wrong_password_is_a_permanent_failure(stack_factory, submit: SMTP
     )
     status, resp = await _send(stack, ["a@x.example"])
     assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
-    assert submit.transactions == []
+    assert submit.messages() == []
 
 
 async def test_fail_transport_fails_at_once_with_its_code(stack_factory, sink: SMTPSink) -> None:
@@ -100,7 +100,7 @@ async def test_fail_transport_fails_at_once_with_its_code(stack_factory, sink: S
     )
     status, resp = await _send(stack, ["a@x.example"])
     assert (
-        status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.transactions == []
+        status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.messages() == []
     )
     row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
     assert row["Results"][-1]["Code"] == 550 and row["Results"][-1]["Secode"] == "7.0"
@@ -122,7 +122,7 @@ async def test_requiretls_over_an_unverified_relay_fails_permanently(stack_facto
     stack = await stack_factory()
     status, resp = await _send(stack, ["a@x.example"], RequireTLS=True)
     assert (
-        status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.transactions == []
+        status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.messages() == []
     )
     row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
     assert row["Results"][-1]["Secode"] == "7.30"

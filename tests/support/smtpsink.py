@@ -263,6 +263,11 @@ class SMTPSink:
         with self.lock:
             return [r for t in self.transactions if t.mail_from not in ("", "<>") for r in t.rcpt_tos]
 
+    def messages(self) -> list[Transaction]:
+        """Transactions of ordinary messages (DSNs left out)."""
+        with self.lock:
+            return [t for t in self.transactions if t.mail_from not in ("", "<>")]
+
     def dsns(self) -> list[Transaction]:
         """Transactions with the null reverse path: delivery status notifications."""
         with self.lock:
