@@ -99,9 +99,7 @@ async def test_fail_transport_fails_at_once_with_its_code(stack_factory, sink: S
         routes=[{"from_domain": ["example.org"], "transport": "nope"}],
     )
     status, resp = await _send(stack, ["a@x.example"])
-    assert (
-        status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.messages() == []
-    )
+    assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.messages() == []
     row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
     assert row["Results"][-1]["Code"] == 550 and row["Results"][-1]["Secode"] == "7.0"
 
@@ -121,8 +119,6 @@ async def test_minimum_attempts_switches_to_a_smarthost_after_failures(stack_fac
 async def test_requiretls_over_an_unverified_relay_fails_permanently(stack_factory, sink: SMTPSink) -> None:
     stack = await stack_factory()
     status, resp = await _send(stack, ["a@x.example"], RequireTLS=True)
-    assert (
-        status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.messages() == []
-    )
+    assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.messages() == []
     row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
     assert row["Results"][-1]["Secode"] == "7.30"
