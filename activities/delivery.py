@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
@@ -20,6 +21,7 @@ from activities.transports import (
     SMTPRelayTransport,
     Transport,
 )
+from activities.webhooks import WebhookQueue
 from domain.addresses import AddressError, parse_address
 from domain.backoff import DELAYED_DSN_ATTEMPT, backoff
 from domain.config import DIRECT, LOCALSERVE, Config, FailTransport, SocksTransport
@@ -48,9 +50,10 @@ from domain.suppression import (
     original_address,
 )
 from domain.tlsrpt import TLSResult
+from domain.webhooks import Event, Outgoing
 from store import dsns, suppressions, tlsresults
 from store import queue as q
-from store.db import Pool
+from store.db import Conn, Pool
 
 
 def _message_id(data: bytes) -> str:
@@ -68,12 +71,35 @@ def _path(localpart: str, domain: str) -> str:
     return f"{localpart}@{domain}"
 
 
+def _reply_secode(reply: str) -> str:
+    """The enhanced code of a reply line like "250 2.0.0 Ok", without its class digit."""
+    parts = reply.split()
+    if len(parts) > 1 and parts[1][:2] in ("2.", "4.", "5.") and parts[1].count(".") == 2:
+        return parts[1][2:]
+    return ""
+
+
+@dataclass(frozen=True)
+class _Fate:
+    """What an event about one message reports: the reply, the error, a new suppression."""
+
+    code: int = 0
+    secode: str = ""
+    error: str = ""
+    suppressing: bool = False
+
+
 class DeliveryActivities:
     """Side effects of delivery, bound to one PostgreSQL pool and configuration."""
 
     def __init__(
-        self, pool: Pool, config: Config, start_submission: Callable[[int], Awaitable[None]] | None = None
+        self,
+        pool: Pool,
+        config: Config,
+        start_submission: Callable[[int], Awaitable[None]] | None = None,
+        webhooks: WebhookQueue | None = None,
     ) -> None:
+        self._webhooks = webhooks or WebhookQueue(pool, config, None)
         # Starts the delivery of a submission queued here (a DSN); given by the worker, which owns the
         # Temporal client. Without it the worker's sweeper starts the submission a little later.
         self._start_submission = start_submission
@@ -145,7 +171,7 @@ class DeliveryActivities:
         pending = [r for r in rows if r["accepted_at"] is None]
         if journaled:
             await self._retire_delivered(
-                journaled, {r["id"]: (250, r["accepted_reply"] or "") for r in journaled}
+                journaled, {r["id"]: (250, _reply_secode(r["accepted_reply"] or "")) for r in journaled}
             )
             for r in journaled:
                 outcomes[r["id"]] = RecipientOutcome(msg_id=r["id"], outcome=Outcome.DELIVERED, code=250)
@@ -161,14 +187,17 @@ class DeliveryActivities:
                 gone = [r for r in pending if r["id"] in suppressed]
                 errors = {i: RcptReply(False, True, 0, "", err) for i, err in suppressed.items()}
                 await self._notify(gone, DSNKind.FAILED, errors, body, end)
-                await q.retire(self._pool, entries, RetireEvent.SUPPRESSED.value, self._keep(), end)
+                fates = {i: _Fate(error=err) for i, err in suppressed.items()}
+                await self._retire(entries, RetireEvent.SUPPRESSED, fates, end)
                 for i, err in suppressed.items():
                     outcomes[i] = RecipientOutcome(msg_id=i, outcome=Outcome.FAILED, error=err)
                 pending = [r for r in pending if r["id"] not in suppressed]
         if pending and body is not None:
             replies = await self._send(pending, body, max(m.attempt for m in req.msgs))
             delivered = {
-                r["id"]: (rep.code, "") for r, rep in zip(pending, replies, strict=True) if rep.success
+                r["id"]: (rep.code, rep.secode)
+                for r, rep in zip(pending, replies, strict=True)
+                if rep.success
             }
             if delivered:
                 await self._retire_delivered([r for r in pending if r["id"] in delivered], delivered)
@@ -194,13 +223,19 @@ class DeliveryActivities:
                 )
             if deferred:
                 await q.record_results(self._pool, deferred)
+                await self._delayed([r for r in pending if r["id"] in deferred], replies_by_id, end)
             if failed:
                 # Suppression additions are decided before retiring (the history rule must not see
                 # the message itself). Hook point: failure DSNs join here.
                 failed_rows = [r for r in pending if r["id"] in failed]
-                await self._auto_suppress(failed_rows, replies_by_id)
+                suppressing = await self._auto_suppress(failed_rows, replies_by_id)
                 await self._notify(failed_rows, DSNKind.FAILED, replies_by_id, body, end)
-                await q.retire(self._pool, failed, RetireEvent.FAILED.value, self._keep(), end)
+                fates = {
+                    i: _Fate(rep.code, rep.secode, rep.error, i in suppressing)
+                    for i, rep in replies_by_id.items()
+                    if i in failed
+                }
+                await self._retire(failed, RetireEvent.FAILED, fates, end)
             late = [
                 r for r in pending if r["id"] in deferred and plan[r["id"]].attempt == DELAYED_DSN_ATTEMPT
             ]
@@ -319,8 +354,12 @@ class DeliveryActivities:
             if bases.get(r["id"]) in listed
         }
 
-    async def _auto_suppress(self, rows: list[q.Row], replies: dict[int, RcptReply]) -> None:
-        """Add failed recipients to the suppression list by spec 03 §2.3 (only failures with an SMTP code)."""
+    async def _auto_suppress(self, rows: list[q.Row], replies: dict[int, RcptReply]) -> set[int]:
+        """Add failed recipients to the suppression list by spec 03 §2.3 (only failures with an SMTP code).
+
+        Returns the messages whose failure created a new entry (their `failed` event is "suppressing").
+        """
+        added: set[int] = set()
         async with self._pool.connection() as conn, conn.transaction():
             for r in rows:
                 rep = replies[r["id"]]
@@ -339,9 +378,11 @@ class DeliveryActivities:
                         continue
                     reason = history_reason("queue")
                 if await suppressions.add_automatic(conn, r["sender_account"], base, original, reason):
+                    added.add(r["id"])
                     activity.logger.info(
                         "suppressing %s for account %s: %s", base, r["sender_account"], reason
                     )
+        return added
 
     async def _send(self, rows: list[q.Row], body: bytes, attempt: int) -> list[RcptReply]:
         first = rows[0]
@@ -382,10 +423,62 @@ class DeliveryActivities:
     async def _retire_delivered(self, rows: list[q.Row], replies: dict[int, tuple[int, str]]) -> None:
         end = _now()
         entries = {
-            r["id"]: q.outcome_entry(end, success=True, code=replies[r["id"]][0], secode="", error="")
+            r["id"]: q.outcome_entry(
+                end, success=True, code=replies[r["id"]][0], secode=replies[r["id"]][1], error=""
+            )
             for r in rows
         }
-        await q.retire(self._pool, entries, RetireEvent.DELIVERED.value, self._keep(), end)
+        # The delivered event carries the next hop's reply code (spec 03 §3.3 notes mox sends 0).
+        fates = {i: _Fate(code, secode) for i, (code, secode) in replies.items()}
+        await self._retire(entries, RetireEvent.DELIVERED, fates, end)
+
+    async def _retire(
+        self,
+        entries: Mapping[int, dict | None],
+        event: RetireEvent,
+        fates: Mapping[int, _Fate],
+        now: datetime,
+    ) -> list[q.Row]:
+        """Retire messages and queue their webhook events in the same transaction."""
+        queued: list = []
+
+        async def on_retired(conn: Conn, rows: list[q.Row]) -> None:
+            for r in rows:
+                fate = fates.get(r["id"], _Fate())
+                out = self._outgoing(r, Event(event.value), fate, now)
+                queued.append(await self._webhooks.queue(conn, r["sender_account"], out))
+
+        rows = await q.retire(self._pool, entries, event.value, self._keep(), now, on_retired=on_retired)
+        await self._webhooks.started(queued)
+        return rows
+
+    async def _delayed(self, rows: list[q.Row], replies: Mapping[int, RcptReply], now: datetime) -> None:
+        """Queue a `delayed` event for every temporary failure that is not final (spec 03 §3.2)."""
+        if not rows or not self._webhooks.wants(rows[0]["sender_account"], Event.DELAYED):
+            return
+        queued = []
+        async with self._pool.connection() as conn, conn.transaction():
+            for r in rows:
+                rep = replies[r["id"]]
+                out = self._outgoing(r, Event.DELAYED, _Fate(rep.code, rep.secode, rep.error), now)
+                queued.append(await self._webhooks.queue(conn, r["sender_account"], out))
+        await self._webhooks.started(queued)
+
+    @staticmethod
+    def _outgoing(r: q.Row, event: Event, fate: _Fate, now: datetime) -> Outgoing:
+        return Outgoing(
+            event=event,
+            queue_msg_id=r["id"],
+            from_id=r["from_id"],
+            message_id=r["message_id"],
+            subject=r["subject"],
+            queued=now,
+            suppressing=fate.suppressing,
+            smtp_code=fate.code,
+            secode=fate.secode,
+            error=fate.error,
+            extra=r["extra"] or {},
+        )
 
     @activity.defn(name=ACTIVITY_RETIRE)
     async def retire_messages(self, req: RetireRequest) -> int:
@@ -400,7 +493,8 @@ class DeliveryActivities:
                 body = await q.raw_message(self._pool, rows[0]["id"])
                 errors = {r["id"]: RcptReply(False, True, req.code, req.secode, req.error) for r in rows}
                 await self._notify(rows, DSNKind.FAILED, errors, body, now)
-        rows = await q.retire(self._pool, entries, req.event.value, self._keep(), now)
+        fates = {i: _Fate(req.code, req.secode, req.error) for i in req.msg_ids}
+        rows = await self._retire(entries, req.event, fates, now)
         return len(rows)
 
     @activity.defn(name=ACTIVITY_PROJECT)

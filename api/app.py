@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from api import admin, webapi
+from api import admin, admin_hooks, admin_suppressions, webapi
 from api.auth import Authenticator
 from api.state import AppState
 from domain.config import Config
@@ -22,6 +22,8 @@ def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     app.state.tempost = AppState(config=config, client=client, pool=pool, auth=Authenticator(config))
     app.include_router(webapi.router)
     app.include_router(admin.router)
+    app.include_router(admin_hooks.router)
+    app.include_router(admin_suppressions.router)
 
     @app.exception_handler(admin.AdminError)
     async def _admin_error(request: Request, err: admin.AdminError) -> JSONResponse:

@@ -145,7 +145,7 @@ async def call(method: str, request: Request) -> Response:
     return PlainTextResponse("404 - not found", status_code=404)
 
 
-def _suppression_json(r: dict[str, Any]) -> dict[str, Any]:
+def suppression_json(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "ID": r["id"],
         "Created": r["created"].isoformat(),
@@ -166,7 +166,7 @@ async def _suppression(st: AppState, login: Login, method: str, raw: str) -> dic
     req = decode_object(raw, fields)
     if method == "SuppressionList":
         return {
-            "Suppressions": [_suppression_json(r) for r in await suppressions.list_account(st.pool, account)]
+            "Suppressions": [suppression_json(r) for r in await suppressions.list_account(st.pool, account)]
         }
     try:
         addr = parse_address(str(req.get("EmailAddress", "")))

@@ -11,11 +11,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from domain.durations import parse_duration
+from domain.webhooks import Event
 
 LOCALSERVE = "localserve"
 # Built-in transport: deliver to the recipient domain's MX hosts (spec 02 §1).
 DIRECT = "direct"
 BUILTIN_TRANSPORTS = (LOCALSERVE, DIRECT)
+WEBHOOK_EVENTS = tuple(e.value for e in Event)
 
 
 def _duration(v: object) -> object:
@@ -241,6 +243,57 @@ class Route(_Strict):
         return [_route_domain(d) for d in v]
 
 
+class OutgoingWebhook(_Strict):
+    """Where an account's delivery events go (spec 03 §3.1)."""
+
+    url: str
+    # The Authorization header value is a secret: read from a file or an environment variable.
+    authorization_file: str = ""
+    authorization_env: str = ""
+    # Events to send; empty sends all of them.
+    events: list[str] = []
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("outgoing_webhook.url: scheme must be http or https")
+        return v
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if e not in WEBHOOK_EVENTS:
+                raise ValueError(f"outgoing_webhook.events: unknown event {e!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> OutgoingWebhook:
+        if self.authorization_file and self.authorization_env:
+            raise ValueError("outgoing_webhook: set at most one of authorization_file and authorization_env")
+        return self
+
+    def authorization(self) -> str:
+        """The header value, read when a hook is queued (never kept in the configuration object)."""
+        if self.authorization_env:
+            return os.environ.get(self.authorization_env, "")
+        if self.authorization_file:
+            return Path(self.authorization_file).read_text().strip()
+        return ""
+
+
+class WebhookConfig(_Strict):
+    """Delivery of outgoing webhooks (spec 03 §3.5–§3.7)."""
+
+    # The first retry wait; later ones follow mox's schedule as multiples of it (1m, 2m, 4m, 7.5m ... 16h).
+    first_retry: Duration = timedelta(minutes=1)
+    # Calls in flight at once over all workers; one per URL on top of that.
+    max_concurrent: int = Field(default=10, ge=1)
+    # Limit for one whole HTTP exchange.
+    timeout: Duration = timedelta(seconds=60)
+
+
 class AccountConfig(_Strict):
     """An account that may send mail over the webapi."""
 
@@ -255,6 +308,9 @@ class AccountConfig(_Strict):
     keep_retired_period: Duration = timedelta(0)
     # Routes for this account's mail, checked before the sender domain's and the global ones.
     routes: list[Route] = []
+    outgoing_webhook: OutgoingWebhook | None = None
+    # How long delivered or failed webhook calls stay visible; 0 keeps none.
+    keep_retired_webhook_period: Duration = timedelta(0)
 
     @model_validator(mode="after")
     def _one_password(self) -> AccountConfig:
@@ -275,6 +331,7 @@ class Config(_Strict):
     worker: WorkerConfig = WorkerConfig()
     queue: QueueConfig = QueueConfig()
     direct: DirectConfig = DirectConfig()
+    webhooks: WebhookConfig = WebhookConfig()
     transports: dict[str, Transport] = {}
     # Routes per sender domain (Unicode or ASCII name), checked after the account's.
     domain_routes: dict[str, list[Route]] = {}

@@ -150,3 +150,45 @@ class AdminOp(BaseModel):
     """An admin operation on one message of a submission (the argument of the Delivery updates)."""
 
     msg_id: int
+
+
+# --- Webhooks (spec 03 §3) ---
+
+WORKFLOW_WEBHOOK = "Webhook"
+ACTIVITY_CALL_WEBHOOK = "call_webhook"
+
+
+def webhook_workflow_id(hook_id: int) -> str:
+    """Workflow id of the delivery of one webhook (DESIGN §2)."""
+    return f"hook-{hook_id}"
+
+
+class HookInput(BaseModel):
+    """Start arguments of the Webhook workflow: the hook row holds everything else."""
+
+    hook_id: int
+    next_attempt: datetime | None = None
+    # Waits between tries while the URL's slot or the global cap is taken by other calls.
+    busy_wait_s: float = 1.0
+
+
+class HookState(StrEnum):
+    """What became of a hook after one call."""
+
+    # Delivered (HTTP 200) or failed for the last time: retired.
+    DONE = "done"
+    # Failed; tried again at next_attempt.
+    RETRY = "retry"
+    # The URL's slot or the global cap was taken: nothing was counted, try again shortly.
+    BUSY = "busy"
+    # The hook left the queue (superseded by a newer event, canceled by an admin).
+    GONE = "gone"
+
+
+class HookAttemptResult(BaseModel):
+    """Output of the call activity."""
+
+    state: HookState
+    attempts: int = 0
+    code: int = 0
+    next_attempt: datetime | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -247,8 +247,11 @@ async def retire(
     event: str,
     keep: Mapping[str, timedelta],
     now: datetime,
+    on_retired: Callable[[Conn, list[Row]], Awaitable[None]] | None = None,
 ) -> list[Row]:
     """Move messages out of the queue in one transaction (spec 01 §6.2); returns the retired rows.
+
+    on_retired runs inside that transaction with the rows removed (to queue their webhooks atomically).
 
     entries maps message id to the result entry to record (None: record nothing new). keep gives the
     account's retention; accounts without one keep nothing. Ids no longer queued are skipped, which
@@ -286,6 +289,8 @@ async def retire(
                         for r in retired
                     ],
                 )
+        if on_retired is not None and rows:
+            await on_retired(conn, rows)
         base_ids = sorted({r["base_id"] for r in rows})
         if base_ids:
             await conn.execute(

@@ -91,3 +91,10 @@ async def recent_failures(conn: Conn, recipient_address: str, exclude_id: int) -
         (recipient_address, exclude_id),
     )
     return [r["success"] for r in await cur.fetchall()]
+
+
+async def list_all(pool: Pool) -> list[dict[str, Any]]:
+    """Every account's entries, by account then id."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT * FROM suppressions ORDER BY account, id")
+        return list(await cur.fetchall())

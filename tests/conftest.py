@@ -76,7 +76,9 @@ async def database(pg_server: EmbeddedPostgres) -> AsyncIterator[str]:
     # All tests share one Temporal server and workflow ids are msg-<BaseID>: give each database its own
     # id range so one test's workflows never collide with another's.
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(f"ALTER SEQUENCE msg_id_seq RESTART WITH {next(_ID_RANGES)}")  # type: ignore[arg-type]
+        start = next(_ID_RANGES)
+        await conn.execute(f"ALTER SEQUENCE msg_id_seq RESTART WITH {start}")  # type: ignore[arg-type]
+        await conn.execute(f"ALTER SEQUENCE hook_id_seq RESTART WITH {start}")  # type: ignore[arg-type]
     yield url
 
 
@@ -95,11 +97,32 @@ def make_config(
     transports: dict[str, Any] | None = None,
     direct: dict[str, Any] | None = None,
     routes: list[dict[str, Any]] | None = None,
+    accounts: dict[str, dict[str, Any]] | None = None,
+    webhooks: dict[str, Any] | None = None,
     **queue: Any,
 ) -> Config:
-    """A configuration for one test: its own task queue, a sink relay (plus `transports`), fast backoff."""
+    """A configuration for one test: its own task queue, a sink relay (plus `transports`), fast backoff.
+
+    accounts adds settings to the test accounts by name ("alice", "bob").
+    """
     q = {"backoff_base": "50ms", "max_attempts": 3, "attempt_timeout": "20s", "default_transport": "sink"}
     q.update(queue)
+    account_list: list[dict[str, Any]] = [
+        {
+            "name": "alice",
+            "full_name": "Alice",
+            "addresses": [SENDER, "alias@example.org"],
+            "password_hash": hash_password(PASSWORD, iterations=1000),
+            "keep_retired_period": "1h",
+        },
+        {
+            "name": "bob",
+            "addresses": ["bob@example.net"],
+            "password_hash": hash_password("bobs-password", iterations=1000),
+        },
+    ]
+    for acc in account_list:
+        acc.update((accounts or {}).get(acc["name"], {}))
     return Config.model_validate(
         {
             "hostname": "tempost.test",
@@ -115,20 +138,8 @@ def make_config(
                 "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"},
                 **(transports or {}),
             },
-            "accounts": [
-                {
-                    "name": "alice",
-                    "full_name": "Alice",
-                    "addresses": [SENDER, "alias@example.org"],
-                    "password_hash": hash_password(PASSWORD, iterations=1000),
-                    "keep_retired_period": "1h",
-                },
-                {
-                    "name": "bob",
-                    "addresses": ["bob@example.net"],
-                    "password_hash": hash_password("bobs-password", iterations=1000),
-                },
-            ],
+            "webhooks": webhooks or {},
+            "accounts": account_list,
         }
     )
 
@@ -184,9 +195,20 @@ async def stack_factory(
         transports: dict[str, Any] | None = None,
         direct: dict[str, Any] | None = None,
         routes: list[dict[str, Any]] | None = None,
+        accounts: dict[str, dict[str, Any]] | None = None,
+        webhooks: dict[str, Any] | None = None,
         **queue: Any,
     ) -> Stack:
-        config = make_config(database, sink, transports=transports, direct=direct, routes=routes, **queue)
+        config = make_config(
+            database,
+            sink,
+            transports=transports,
+            direct=direct,
+            routes=routes,
+            accounts=accounts,
+            webhooks=webhooks,
+            **queue,
+        )
         pool = await db.open_pool(database, 1, 5)
         cleanups.append(pool.close)
         if worker:

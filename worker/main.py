@@ -1,11 +1,11 @@
-"""The worker process: runs Delivery workflows and their activities, sweeps orphaned submissions."""
+"""The worker process: runs Delivery and Webhook workflows and their activities, sweeps orphans."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
@@ -15,12 +15,14 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.delivery import DeliveryActivities
+from activities.webhooks import HookControl, WebhookActivities, WebhookQueue
 from domain.config import Config
-from store import db
+from store import db, hooks
 from store import queue as q
 from store.db import Pool
-from workflows.client import delivery_input, delivery_summary, start_delivery
+from workflows.client import delivery_input, delivery_summary, signal_webhook, start_delivery, start_webhook
 from workflows.delivery import Delivery
+from workflows.webhook import Webhook
 
 log = logging.getLogger("tempost.worker")
 
@@ -46,12 +48,21 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     async def start(base_id: int) -> None:
         await start_submission(client, pool, config, base_id)
 
-    acts = DeliveryActivities(pool, config, start)
+    async def start_hook(hook_id: int, summary: str) -> None:
+        await start_webhook(client, config.temporal.task_queue, hook_id, None, summary)
+        await hooks.mark_workflow_started(pool, [hook_id])
+
+    async def stop_hook(hook_id: int) -> None:
+        await signal_webhook(client, hook_id, "stop")
+
+    webhook_queue = WebhookQueue(pool, config, HookControl(start_hook, stop_hook))
+    acts = DeliveryActivities(pool, config, start, webhook_queue)
+    hook_acts = WebhookActivities(pool, config, webhook_queue)
     return Worker(
         client,
         task_queue=config.temporal.task_queue,
-        workflows=[Delivery],
-        activities=acts.all(),
+        workflows=[Delivery, Webhook],
+        activities=[*acts.all(), *hook_acts.all()],
         workflow_runner=SANDBOX,
         max_concurrent_activities=config.worker.max_concurrent_activities,
         # An SMTP transaction in flight at shutdown gets time to finish and record its outcome rather
@@ -95,12 +106,26 @@ async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: 
     return started
 
 
+async def sweep_hooks(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
+    """Start the workflow of every hook committed without one; returns how many."""
+    rows = await hooks.unstarted(pool, older_than)
+    for r in rows:
+        await start_webhook(client, config.temporal.task_queue, r["id"], r["next_attempt"], f"hook {r['id']}")
+        log.warning("started orphaned webhook %d", r["id"])
+    if rows:
+        await hooks.mark_workflow_started(pool, [r["id"] for r in rows])
+    return len(rows)
+
+
 async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
     while True:
         try:
             await sweep_orphans(client, pool, config, ORPHAN_AGE)
+            await sweep_hooks(client, pool, config, ORPHAN_AGE)
+            # Retired hooks past their keep period go (spec 03 §3.8).
+            await hooks.cleanup_retired(pool, datetime.now(UTC))
         except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
-            log.exception("sweeping orphaned submissions")
+            log.exception("sweeping orphaned submissions and hooks")
         await asyncio.sleep(ORPHAN_AGE.total_seconds())
 
 

@@ -1,4 +1,4 @@
-"""How processes outside the worker start and address Delivery workflows."""
+"""How processes outside a workflow start and address Delivery and Webhook workflows."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ from datetime import datetime
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
 
 from domain.config import QueueConfig
-from domain.contracts import DeliveryInput, RecipientGroup, delivery_workflow_id
+from domain.contracts import (
+    DeliveryInput,
+    HookInput,
+    RecipientGroup,
+    delivery_workflow_id,
+    webhook_workflow_id,
+)
 from workflows.delivery import Delivery
+from workflows.webhook import Webhook
 
 
 def delivery_summary(sender: str, recipients: list[str]) -> str:
@@ -60,3 +68,27 @@ def delivery_input(
         backoff_base_s=queue.backoff_base.total_seconds(),
         attempt_timeout_s=queue.attempt_timeout.total_seconds(),
     )
+
+
+async def start_webhook(
+    client: Client, task_queue: str, hook_id: int, next_attempt: datetime | None, summary: str
+) -> None:
+    """Start a hook's workflow; starting the same hook again is harmless."""
+    await client.start_workflow(
+        Webhook.run,
+        HookInput(hook_id=hook_id, next_attempt=next_attempt),
+        id=webhook_workflow_id(hook_id),
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=summary.encode()[:200].decode(errors="ignore"),
+    )
+
+
+async def signal_webhook(client: Client, hook_id: int, signal: str, *args: object) -> bool:
+    """Tell a hook's workflow about a change of its row; False when the workflow is not running."""
+    try:
+        await client.get_workflow_handle(webhook_workflow_id(hook_id)).signal(signal, *args)
+    except RPCError:
+        return False
+    return True

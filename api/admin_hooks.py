@@ -1,0 +1,197 @@
+"""Admin API for the webhook queue (spec 03 §3.9, spec 04 §3): list, retired list, schedule, cancel.
+
+The hook rows are changed first, then each hook's workflow is signalled, so a listing right after an
+operation already shows its effect and a workflow that is not running misses nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from api.admin import AdminError, _bool, _state
+from domain.durations import parse_duration
+from domain.filters import FilterError, parse_time_condition
+from store import hooks
+from workflows.client import signal_webhook
+
+router = APIRouter(prefix="/admin/v0")
+
+_SORTS = {"nextattempt": "next_attempt", "submitted": "submitted", "lastactivity": "last_activity"}
+
+
+def _time(v: datetime | None) -> str | None:
+    return v.isoformat() if v is not None else None
+
+
+def hook_json(r: dict[str, Any], retired: bool) -> dict[str, Any]:
+    """A hook in mox's field names; the Authorization value itself never leaves the database."""
+    out = {
+        "ID": r["id"],
+        "QueueMsgID": r["queue_msg_id"],
+        "FromID": r["from_id"],
+        "MessageID": r["message_id"],
+        "Subject": r["subject"],
+        "Extra": r["extra"],
+        "Account": r["account"],
+        "URL": r["url"],
+        "Authorization": r["has_auth"] if retired else bool(r["auth_header"]),
+        "IsIncoming": r["is_incoming"],
+        "OutgoingEvent": r["outgoing_event"],
+        "Payload": r["payload"],
+        "Submitted": _time(r["submitted"]),
+        "Attempts": r["attempts"],
+        "Results": r["results"],
+    }
+    if retired:
+        out.update(
+            SupersededByID=r["superseded_by_id"],
+            Success=r["success"],
+            LastActivity=_time(r["last_activity"]),
+            KeepUntil=_time(r["keep_until"]),
+        )
+    else:
+        out["NextAttempt"] = _time(r["next_attempt"])
+    return out
+
+
+def _filter(raw: dict[str, Any], now: datetime) -> hooks.HookFilter:
+    """A hook filter from query parameters or a POST body's Filter (mox names, any case)."""
+    f = {k.lower(): v for k, v in raw.items() if v not in (None, "")}
+
+    def cond(name: str) -> tuple[str, datetime] | None:
+        if name not in f:
+            return None
+        c = parse_time_condition(name, str(f[name]))
+        return ("<" if c.before else ">", c.reference(now))
+
+    try:
+        ids = f.get("ids", ())
+        if isinstance(ids, str):
+            ids = [x for x in ids.split(",") if x.strip()]
+        return hooks.HookFilter(
+            ids=tuple(int(x) for x in ids),
+            account=str(f.get("account", "")),
+            event=str(f.get("event", "")),
+            submitted=cond("submitted"),
+            next_attempt=cond("nextattempt"),
+            last_activity=cond("lastactivity"),
+            max=int(f.get("max", 0)),
+        )
+    except (FilterError, ValueError, TypeError) as err:
+        raise AdminError(400, "badFilter", str(err)) from None
+
+
+async def _list(request: Request, retired: bool) -> dict[str, Any]:
+    st = _state(request)
+    p = request.query_params
+    now = datetime.now(UTC)
+    f = _filter(dict(p), now)
+    default = "lastactivity" if retired else "nextattempt"
+    sort = (p.get("sort") or default).lower()
+    allowed = ("lastactivity", "submitted") if retired else ("nextattempt", "submitted")
+    if sort not in allowed:
+        raise AdminError(400, "badFilter", f"sort: must be one of {', '.join(allowed)}")
+    last = None
+    if p.get("lastid"):
+        try:
+            last = (datetime.fromisoformat(p.get("last", "").replace("Z", "+00:00")), int(p["lastid"]))
+        except ValueError:
+            raise AdminError(400, "badFilter", "last: need the RFC 3339 sort value of the last row") from None
+    rows = await hooks.list_hooks(
+        st.pool, f, retired=retired, sort=_SORTS[sort], asc=_bool("asc", p.get("asc")) or False, last=last
+    )
+    return {"Hooks": [hook_json(r, retired) for r in rows]}
+
+
+@router.get("/hooks")
+async def list_hooks(request: Request) -> dict[str, Any]:
+    """Pending webhooks, by next attempt (newest first unless asc=true), with keyset paging."""
+    return await _list(request, retired=False)
+
+
+@router.get("/hooks/count")
+async def count_hooks(request: Request) -> dict[str, Any]:
+    """Number of pending webhooks."""
+    return {"Count": await hooks.count(_state(request).pool)}
+
+
+@router.get("/hooks/retired")
+async def list_retired_hooks(request: Request) -> dict[str, Any]:
+    """Delivered, failed, superseded and canceled webhooks kept by their account's keep period."""
+    return await _list(request, retired=True)
+
+
+@router.get("/hooks/{hook_id}")
+async def get_hook(hook_id: int, request: Request) -> dict[str, Any]:
+    """One hook, pending or retired."""
+    st = _state(request)
+    row = await hooks.get(st.pool, hook_id)
+    if row is not None:
+        return hook_json(row, retired=False)
+    row = await hooks.get_retired(st.pool, hook_id)
+    if row is not None:
+        return hook_json(row, retired=True)
+    raise AdminError(404, "notFound", f"hook {hook_id} not found")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AdminError(400, "badRequest", "body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise AdminError(400, "badRequest", "body must be a JSON object")
+    return body
+
+
+async def _reschedule(request: Request, at: datetime | None, add: timedelta | None) -> dict[str, Any]:
+    st = _state(request)
+    body = await _body(request)
+    now = datetime.now(UTC)
+    f = _filter(body.get("Filter") or {}, now)
+    if at is None and add is None:
+        if "Set" in body:
+            try:
+                at = datetime.fromisoformat(str(body["Set"]).replace("Z", "+00:00"))
+            except ValueError:
+                raise AdminError(400, "badRequest", "Set: not an RFC 3339 time") from None
+        elif "Add" in body:
+            try:
+                add = parse_duration(str(body["Add"]))
+            except ValueError as err:
+                raise AdminError(400, "badRequest", f"Add: {err}") from None
+        else:
+            raise AdminError(400, "badRequest", "need Set (a time) or Add (a duration)")
+    rows = await hooks.schedule(st.pool, f, at=at, add=add)
+    for r in rows:
+        await signal_webhook(st.client, r["id"], "reschedule", r["next_attempt"])
+    return {"Affected": len(rows)}
+
+
+@router.post("/hooks/kick")
+async def kick_hooks(request: Request) -> dict[str, Any]:
+    """Make matching hooks due now."""
+    return await _reschedule(request, datetime.now(UTC), None)
+
+
+@router.post("/hooks/nextattempt")
+async def schedule_hooks(request: Request) -> dict[str, Any]:
+    """Set (`Set`: time) or shift (`Add`: duration, may be negative) the next attempt of matching hooks."""
+    return await _reschedule(request, None, None)
+
+
+@router.post("/hooks/cancel")
+async def cancel_hooks(request: Request) -> dict[str, Any]:
+    """Remove matching hooks from the queue; kept as retired with "canceled by admin" where retained."""
+    st = _state(request)
+    body = await _body(request)
+    now = datetime.now(UTC)
+    f = _filter(body.get("Filter") or {}, now)
+    keep = {a.name: a.keep_retired_webhook_period for a in st.config.accounts}
+    ids = await hooks.cancel(st.pool, f, now, keep)
+    for i in ids:
+        await signal_webhook(st.client, i, "stop")
+    return {"Affected": len(ids)}

@@ -1,0 +1,87 @@
+"""Admin API for suppression lists (spec 04 §3): any account's list, with the webapi's shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from api.admin import AdminError, _state
+from api.webapi import suppression_json
+from domain.addresses import AddressError, parse_address
+from domain.suppression import base_address, original_address
+from store import suppressions
+
+router = APIRouter(prefix="/admin/v0")
+
+
+def _base(address: str) -> tuple[str, str]:
+    try:
+        addr = parse_address(address)
+    except AddressError as err:
+        raise AdminError(400, "badAddress", f"parsing address: {err}") from None
+    return base_address(addr), original_address(addr)
+
+
+def _account(value: Any) -> str:
+    account = str(value or "").strip()
+    if not account:
+        raise AdminError(400, "badRequest", "account is required")
+    return account
+
+
+@router.get("/suppressions")
+async def list_suppressions(request: Request) -> dict[str, Any]:
+    """One account's entries (`account`), or every account's; `address` asks whether one is listed."""
+    st = _state(request)
+    p = request.query_params
+    if p.get("address"):
+        base, _ = _base(p["address"])
+        return {"Present": await suppressions.present(st.pool, _account(p.get("account")), base)}
+    rows = (
+        await suppressions.list_account(st.pool, p["account"])
+        if p.get("account")
+        else await suppressions.list_all(st.pool)
+    )
+    return {"Suppressions": [suppression_json(r) for r in rows]}
+
+
+@router.post("/suppressions")
+async def add_suppression(request: Request) -> dict[str, Any]:
+    """Add `{"Account", "EmailAddress", "Manual", "Reason"}`; 409 when the base address is listed."""
+    st = _state(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AdminError(400, "badRequest", "body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise AdminError(400, "badRequest", "body must be a JSON object")
+    account = _account(body.get("Account"))
+    base, original = _base(str(body.get("EmailAddress", "")))
+    try:
+        row = await suppressions.add(
+            st.pool,
+            account,
+            base,
+            original,
+            manual=bool(body.get("Manual", True)),
+            reason=str(body.get("Reason", "")),
+        )
+    except suppressions.DuplicateSuppression as err:
+        raise AdminError(409, "duplicate", str(err)) from None
+    return suppression_json(row)
+
+
+@router.delete("/suppressions")
+async def remove_suppression(request: Request) -> Response:
+    """Remove the entry of `account` for `address` (any variant of the base address); 404 when absent."""
+    st = _state(request)
+    p = request.query_params
+    account = _account(p.get("account"))
+    base, _ = _base(p.get("address", ""))
+    try:
+        await suppressions.remove(st.pool, account, base)
+    except suppressions.AbsentSuppression:
+        raise AdminError(404, "notFound", f"no suppression of {base} for account {account}") from None
+    return Response(status_code=204)
