@@ -79,6 +79,11 @@ def _reply_secode(reply: str) -> str:
     return ""
 
 
+def _is_dsn(r: q.Row) -> bool:
+    """A message with the null reverse path is a DSN of ours: the application hears of the original only."""
+    return not r["sender_localpart"] and not r["sender_domain"]
+
+
 @dataclass(frozen=True)
 class _Fate:
     """What an event about one message reports: the reply, the error, a new suppression."""
@@ -444,6 +449,8 @@ class DeliveryActivities:
 
         async def on_retired(conn: Conn, rows: list[q.Row]) -> None:
             for r in rows:
+                if _is_dsn(r):
+                    continue
                 fate = fates.get(r["id"], _Fate())
                 out = self._outgoing(r, Event(event.value), fate, now)
                 queued.append(await self._webhooks.queue(conn, r["sender_account"], out))
@@ -459,6 +466,8 @@ class DeliveryActivities:
         queued = []
         async with self._pool.connection() as conn, conn.transaction():
             for r in rows:
+                if _is_dsn(r):
+                    continue
                 rep = replies[r["id"]]
                 out = self._outgoing(r, Event.DELAYED, _Fate(rep.code, rep.secode, rep.error), now)
                 queued.append(await self._webhooks.queue(conn, r["sender_account"], out))
