@@ -13,6 +13,7 @@ from temporalio import activity
 from activities.direct import DirectTransport
 from activities.dns import Resolver
 from activities.mtasts import MTASTSLookup
+from activities.suppressing import suppress_after_failure
 from activities.transports import (
     Envelope,
     FailingTransport,
@@ -44,10 +45,6 @@ from domain.routes import select_transport
 from domain.suppression import (
     SUPPRESSED_ERROR,
     base_address,
-    block_reason,
-    history_reason,
-    immediate_block,
-    original_address,
 )
 from domain.tlsrpt import TLSResult
 from domain.webhooks import Event, Outgoing
@@ -368,25 +365,18 @@ class DeliveryActivities:
         async with self._pool.connection() as conn, conn.transaction():
             for r in rows:
                 rep = replies[r["id"]]
-                if rep.code == 0:
-                    continue
-                try:
-                    addr = parse_address(f"{r['recipient_localpart']}@{r['recipient_domain']}")
-                except AddressError:
-                    continue
-                base, original = base_address(addr), original_address(addr)
-                if rep.permanent and immediate_block(rep.code, rep.secode):
-                    reason = block_reason("queue", rep.code, rep.secode)
-                else:
-                    history = await suppressions.recent_failures(conn, q.recipient_address(r), r["id"])
-                    if len(history) < 2 or any(history):
-                        continue
-                    reason = history_reason("queue")
-                if await suppressions.add_automatic(conn, r["sender_account"], base, original, reason):
+                if await suppress_after_failure(
+                    conn,
+                    account=r["sender_account"],
+                    recipient=f"{r['recipient_localpart']}@{r['recipient_domain']}",
+                    history_address=q.recipient_address(r),
+                    code=rep.code,
+                    secode=rep.secode,
+                    permanent=rep.permanent,
+                    msg_id=r["id"],
+                    source="queue",
+                ):
                     added.add(r["id"])
-                    activity.logger.info(
-                        "suppressing %s for account %s: %s", base, r["sender_account"], reason
-                    )
         return added
 
     async def _send(self, rows: list[q.Row], body: bytes, attempt: int) -> list[RcptReply]:

@@ -17,6 +17,7 @@ from api.auth import Login
 from api.state import AppState
 from domain.addresses import AddressError, parse_address
 from domain.errors import WebAPIError
+from domain.fromid import sender_localpart
 from domain.send import AccountIdentity, UploadedFile, compose_send, decode_object, decode_send_request
 from domain.suppression import base_address, original_address
 from store import queue as q
@@ -213,9 +214,17 @@ async def _send(
         attached_uploads=attached,
     )
     next_attempt = msg.future_release or now
+    # A login listed for FromID gets a unique MAIL FROM per recipient, so bounces can be matched.
+    use_fromid = login.address.lower() in (a.lower() for a in acc.fromid_login_addresses)
+    separator = st.config.separator(msg.sender.domain) if use_fromid else ""
+    if use_fromid and not separator:
+        raise WebAPIError("user", "from address domain has no catch-all separator for fromid")
+    from_ids = [secrets.token_urlsafe(16) if use_fromid else "" for _ in msg.recipients]
     new = [
         q.NewMsg(
-            sender_localpart=msg.sender.localpart,
+            sender_localpart=(
+                sender_localpart(msg.sender.localpart, separator, fid) if fid else msg.sender.localpart
+            ),
             sender_domain=msg.sender.domain,
             sender_domain_str=msg.sender.domain_unicode,
             recipient_localpart=rcpt.localpart,
@@ -230,8 +239,9 @@ async def _send(
             require_tls=msg.require_tls,
             future_release_request=msg.future_release_request,
             extra=msg.extra,
+            from_id=fid,
         )
-        for _, rcpt in msg.recipients
+        for (_, rcpt), fid in zip(msg.recipients, from_ids, strict=True)
     ]
     try:
         async with st.pool.connection() as conn, conn.transaction():
@@ -245,6 +255,7 @@ async def _send(
         [(mid, rcpt.domain_unicode) for mid, (_, rcpt) in zip(ids, msg.recipients, strict=True)],
         st.config.queue,
         release_at=msg.future_release,
+        separate=use_fromid,
     )
     summary = delivery_summary(msg.sender.unicode, [r.unicode for _, r in msg.recipients])
     try:
@@ -255,7 +266,7 @@ async def _send(
     return {
         "MessageID": msg.message_id,
         "Submissions": [
-            {"Address": given, "QueueMsgID": mid, "FromID": ""}
-            for mid, (given, _) in zip(ids, msg.recipients, strict=True)
+            {"Address": given, "QueueMsgID": mid, "FromID": fid}
+            for mid, (given, _), fid in zip(ids, msg.recipients, from_ids, strict=True)
         ],
     }

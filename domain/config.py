@@ -294,6 +294,21 @@ class WebhookConfig(_Strict):
     timeout: Duration = timedelta(seconds=60)
 
 
+class DomainConfig(_Strict):
+    """A sender domain of this installation."""
+
+    # With a separator ("+"), localpart+anything@domain reaches localpart@domain: bounces to a unique
+    # MAIL FROM (localpart+FROMID@domain) can then be matched to the message that caused them (spec 03 §4).
+    localpart_catchall_separator: str = ""
+
+    @field_validator("localpart_catchall_separator")
+    @classmethod
+    def _one_char(cls, v: str) -> str:
+        if len(v) > 1 or (v and (v.isalnum() or v in '@."\\ ')):
+            raise ValueError("localpart_catchall_separator: one character such as + or -")
+        return v
+
+
 class AccountConfig(_Strict):
     """An account that may send mail over the webapi."""
 
@@ -309,6 +324,9 @@ class AccountConfig(_Strict):
     # Routes for this account's mail, checked before the sender domain's and the global ones.
     routes: list[Route] = []
     outgoing_webhook: OutgoingWebhook | None = None
+    # Login addresses whose submissions get a unique MAIL FROM per recipient (FromID), so bounces can be
+    # matched; each needs a domain with a catch-all separator.
+    fromid_login_addresses: list[str] = []
     # How long delivered or failed webhook calls stay visible; 0 keeps none.
     keep_retired_webhook_period: Duration = timedelta(0)
 
@@ -337,6 +355,8 @@ class Config(_Strict):
     domain_routes: dict[str, list[Route]] = {}
     # Global routes, checked last. No matching route: queue.default_transport.
     routes: list[Route] = []
+    # Sender domains with settings of their own, by name (Unicode or ASCII).
+    domains: dict[str, DomainConfig] = {}
     accounts: list[AccountConfig] = []
 
     @field_validator("transports")
@@ -357,6 +377,13 @@ class Config(_Strict):
         for r in all_routes:
             if r.transport not in BUILTIN_TRANSPORTS and r.transport not in self.transports:
                 raise ValueError(f"route to unknown transport {r.transport!r}")
+        for acc in self.accounts:
+            for login in acc.fromid_login_addresses:
+                where = f"account {acc.name!r}: fromid login {login!r}"
+                if login.lower() not in (a.lower() for a in acc.addresses):
+                    raise ValueError(f"{where} is not one of its addresses")
+                if not self.separator(login.rpartition("@")[2]):
+                    raise ValueError(f"{where} needs a domain with a catch-all separator")
         seen: dict[str, str] = {}
         for acc in self.accounts:
             for addr in acc.addresses:
@@ -372,6 +399,20 @@ class Config(_Strict):
             if acc.name == name:
                 return acc
         return None
+
+    def separator(self, domain: str) -> str:
+        """The catch-all separator of a configured domain ("" when none), by Unicode or ASCII name."""
+        key = domain.lower().rstrip(".")
+        for name, d in self.domains.items():
+            n = name.lower().rstrip(".")
+            if n == key:
+                return d.localpart_catchall_separator
+            try:
+                if n.encode("idna").decode() == key or key.encode("idna").decode() == n:
+                    return d.localpart_catchall_separator
+            except UnicodeError:
+                continue
+        return ""
 
     def account_for_address(self, address: str) -> AccountConfig | None:
         """The account that owns this login address (case-insensitive)."""

@@ -192,3 +192,31 @@ class HookAttemptResult(BaseModel):
     attempts: int = 0
     code: int = 0
     next_attempt: datetime | None = None
+
+
+# --- Bounce ingestion (spec 03 §4) ---
+
+WORKFLOW_BOUNCE = "Bounce"
+ACTIVITY_INGEST_BOUNCE = "ingest_bounce"
+
+
+def bounce_workflow_id(bounce_id: int) -> str:
+    """Workflow id of the processing of one incoming bounce."""
+    return f"bounce-{bounce_id}"
+
+
+class BounceResult(BaseModel):
+    """What an incoming message to a FromID address was taken for."""
+
+    bounce_id: int
+    # Whether a retired message with the address's FromID exists.
+    matched: bool
+    # The outgoing event (failed, delayed, delivered, relayed, expanded, unrecognized); "" when unmatched.
+    event: str = ""
+    queue_msg_id: int = 0
+    from_id: str = ""
+    dsn: bool = False
+    code: int = 0
+    secode: str = ""
+    suppressing: bool = False
+    detail: str = ""

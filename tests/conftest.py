@@ -79,6 +79,7 @@ async def database(pg_server: EmbeddedPostgres) -> AsyncIterator[str]:
         start = next(_ID_RANGES)
         await conn.execute(f"ALTER SEQUENCE msg_id_seq RESTART WITH {start}")  # type: ignore[arg-type]
         await conn.execute(f"ALTER SEQUENCE hook_id_seq RESTART WITH {start}")  # type: ignore[arg-type]
+        await conn.execute(f"ALTER SEQUENCE bounces_id_seq RESTART WITH {start}")  # type: ignore[arg-type]
     yield url
 
 
@@ -99,6 +100,7 @@ def make_config(
     routes: list[dict[str, Any]] | None = None,
     accounts: dict[str, dict[str, Any]] | None = None,
     webhooks: dict[str, Any] | None = None,
+    domains: dict[str, Any] | None = None,
     **queue: Any,
 ) -> Config:
     """A configuration for one test: its own task queue, a sink relay (plus `transports`), fast backoff.
@@ -139,6 +141,7 @@ def make_config(
                 **(transports or {}),
             },
             "webhooks": webhooks or {},
+            "domains": domains or {},
             "accounts": account_list,
         }
     )
@@ -197,6 +200,7 @@ async def stack_factory(
         routes: list[dict[str, Any]] | None = None,
         accounts: dict[str, dict[str, Any]] | None = None,
         webhooks: dict[str, Any] | None = None,
+        domains: dict[str, Any] | None = None,
         **queue: Any,
     ) -> Stack:
         config = make_config(
@@ -207,6 +211,7 @@ async def stack_factory(
             routes=routes,
             accounts=accounts,
             webhooks=webhooks,
+            domains=domains,
             **queue,
         )
         pool = await db.open_pool(database, 1, 5)

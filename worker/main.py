@@ -14,13 +14,22 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.bounces import BounceActivities
 from activities.delivery import DeliveryActivities
 from activities.webhooks import HookControl, WebhookActivities, WebhookQueue
 from domain.config import Config
-from store import db, hooks
+from store import bounces, db, hooks
 from store import queue as q
 from store.db import Pool
-from workflows.client import delivery_input, delivery_summary, signal_webhook, start_delivery, start_webhook
+from workflows.bounce import Bounce
+from workflows.client import (
+    delivery_input,
+    delivery_summary,
+    signal_webhook,
+    start_bounce,
+    start_delivery,
+    start_webhook,
+)
 from workflows.delivery import Delivery
 from workflows.webhook import Webhook
 
@@ -58,11 +67,12 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     webhook_queue = WebhookQueue(pool, config, HookControl(start_hook, stop_hook))
     acts = DeliveryActivities(pool, config, start, webhook_queue)
     hook_acts = WebhookActivities(pool, config, webhook_queue)
+    bounce_acts = BounceActivities(pool, config, webhook_queue)
     return Worker(
         client,
         task_queue=config.temporal.task_queue,
-        workflows=[Delivery, Webhook],
-        activities=[*acts.all(), *hook_acts.all()],
+        workflows=[Delivery, Webhook, Bounce],
+        activities=[*acts.all(), *hook_acts.all(), *bounce_acts.all()],
         workflow_runner=SANDBOX,
         max_concurrent_activities=config.worker.max_concurrent_activities,
         # An SMTP transaction in flight at shutdown gets time to finish and record its outcome rather
@@ -84,6 +94,7 @@ async def start_submission(client: Client, pool: Pool, config: Config, base_id: 
             config.queue,
             release_at=min(r["next_attempt"] for r in rows),
             hold=all(r["hold"] for r in rows),
+            separate=any(r["from_id"] for r in rows),
         )
         sender = (
             f"{first['sender_localpart']}@{first['sender_domain_str']}" if first["sender_localpart"] else "<>"
@@ -122,6 +133,8 @@ async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
         try:
             await sweep_orphans(client, pool, config, ORPHAN_AGE)
             await sweep_hooks(client, pool, config, ORPHAN_AGE)
+            for bounce_id in await bounces.unprocessed(pool, ORPHAN_AGE):
+                await start_bounce(client, config.temporal.task_queue, bounce_id)
             # Retired hooks past their keep period go (spec 03 §3.8).
             await hooks.cleanup_retired(pool, datetime.now(UTC))
         except Exception:  # noqa: BLE001 - keep sweeping; the next round retries

@@ -13,9 +13,11 @@ from domain.contracts import (
     DeliveryInput,
     HookInput,
     RecipientGroup,
+    bounce_workflow_id,
     delivery_workflow_id,
     webhook_workflow_id,
 )
+from workflows.bounce import Bounce
 from workflows.delivery import Delivery
 from workflows.webhook import Webhook
 
@@ -53,15 +55,20 @@ def delivery_input(
     *,
     release_at: datetime | None = None,
     hold: bool = False,
+    separate: bool = False,
 ) -> DeliveryInput:
-    """Group a submission's (message id, recipient domain) pairs by domain into the workflow's input."""
-    groups: dict[str, list[int]] = {}
+    """Group a submission's (message id, recipient domain) pairs by domain into the workflow's input.
+
+    separate puts every recipient in its own group: messages with their own MAIL FROM (FromID) cannot
+    share an SMTP transaction.
+    """
+    groups: dict[tuple[str, int], list[int]] = {}
     for msg_id, domain in recipients:
-        groups.setdefault(domain, []).append(msg_id)
+        groups.setdefault((domain, msg_id if separate else 0), []).append(msg_id)
     return DeliveryInput(
         base_id=base_id,
         account=account,
-        groups=[RecipientGroup(domain=d, msg_ids=ids) for d, ids in groups.items()],
+        groups=[RecipientGroup(domain=d, msg_ids=ids) for (d, _), ids in groups.items()],
         release_at=release_at,
         hold=hold,
         max_attempts=queue.max_attempts,
@@ -92,3 +99,15 @@ async def signal_webhook(client: Client, hook_id: int, signal: str, *args: objec
     except RPCError:
         return False
     return True
+
+
+async def start_bounce(client: Client, task_queue: str, bounce_id: int) -> WorkflowHandle:
+    """Start the matching of a stored bounce; starting it again is harmless."""
+    return await client.start_workflow(
+        Bounce.run,
+        bounce_id,
+        id=bounce_workflow_id(bounce_id),
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
