@@ -67,6 +67,9 @@ class WorkerConfig(_Strict):
     # On shutdown, how long running activities (an SMTP transaction mid-DATA) may take to finish before
     # they are cancelled; a cancelled attempt is retried by the next worker.
     shutdown_grace: Duration = timedelta(seconds=15)
+    # Address ("ip:port") of an SMTP listener for bounces to FromID addresses (spec 03 §4); empty: none.
+    # Point the MX of the domains with a catch-all separator (or a forwarding rule) at it.
+    bounces_listen: str = ""
 
 
 class QueueConfig(_Strict):

@@ -21,6 +21,7 @@ from domain.config import Config
 from store import bounces, db, hooks
 from store import queue as q
 from store.db import Pool
+from worker.bounce_listener import start_listener
 from workflows.bounce import Bounce
 from workflows.client import (
     delivery_input,
@@ -158,9 +159,16 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
     try:
         worker = build_worker(client, pool, config)
         sweeper = asyncio.create_task(_sweeper(client, pool, config))
+        listener = None
+        if config.worker.bounces_listen:
+            host, port = _listen(config.worker.bounces_listen)
+            listener = await start_listener(config, pool, client, host, port)
+            log.info("accepting bounces by SMTP on %s", config.worker.bounces_listen)
         async with worker:
             log.info("worker polling task queue %s", config.temporal.task_queue)
             await stop.wait()
         sweeper.cancel()
+        if listener is not None:
+            listener.close()
     finally:
         await pool.close()

@@ -236,3 +236,33 @@ async def test_44_two_delayed_dsns_supersede(
     superseded = [h for h in await retired_hooks(stack) if h["SupersededByID"]]
     assert len(superseded) == 1 and superseded[0]["SupersededByID"] == pending["ID"]
     assert superseded[0]["ID"] < pending["ID"]
+
+
+async def test_bounce_by_smtp_to_the_listener(
+    stack_factory: Any, receiver: WebhookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote MTA delivers the DSN by SMTP to the worker's bounce listener (worker.bounces_listen)."""
+    import aiosmtplib
+
+    from deploy.embedded import free_port
+    from worker.bounce_listener import start_listener
+
+    stack = await fromid_stack(stack_factory, receiver, monkeypatch)
+    msg_id, from_id = await delivered_with_fromid(stack)
+    await until(lambda: len(receiver.events()) == 1)
+    port = free_port()
+    server = await start_listener(stack.config, stack.pool, stack.client, "127.0.0.1", port)
+    try:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await smtp.connect()
+        rcpt = f"alice+{from_id}@example.org"
+        # Only FromID addresses are accepted: the listener is neither a relay nor a mailbox.
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+            await smtp.sendmail("", ["alice@example.org"], dsn("alice@example.org"))
+        await smtp.sendmail("", [rcpt], dsn(rcpt))
+        await smtp.quit()
+    finally:
+        server.close()
+    await until(lambda: len(receiver.events()) == 2)
+    ev = receiver.events()[1]
+    assert (ev["Event"], ev["QueueMsgID"], ev["SMTPCode"], ev["DSN"]) == ("failed", msg_id, 550, True)
