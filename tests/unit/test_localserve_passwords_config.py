@@ -51,6 +51,20 @@ def test_environment_overrides_connections(tmp_path: Path) -> None:
     assert cfg.database.url == "postgresql://c/d" and cfg.temporal.address == "t:1"
 
 
+def _account(**settings: object) -> dict:
+    return {"accounts": [{"name": "a", "addresses": ["a@x.example"], "password_file": "/p", **settings}]}
+
+
+def test_example_config_webhook_and_fromid() -> None:
+    cfg = load_config(Path(__file__).parents[2] / "deploy" / "tempost.example.toml", environ={})
+    shop = cfg.account("shop")
+    assert shop is not None and shop.outgoing_webhook is not None
+    assert shop.fromid_login_addresses == ["noreply@example.org"]
+    assert cfg.separator("Example.org") == "+" and cfg.separator("example.net") == ""
+    # The secret comes from the environment at queue time, not from the file.
+    assert shop.outgoing_webhook.authorization() == ""
+
+
 @pytest.mark.parametrize(
     "raw,message",
     [
@@ -58,6 +72,11 @@ def test_environment_overrides_connections(tmp_path: Path) -> None:
         ({"queue": {"bogus": 1}}, "Extra inputs"),
         ({"accounts": [{"name": "a", "addresses": ["a@x"]}]}, "exactly one of password_hash"),
         ({"queue": {"backoff_base": "soon"}}, "invalid duration"),
+        (_account(outgoing_webhook={"url": "ftp://x"}), "scheme must be http or https"),
+        (_account(outgoing_webhook={"url": "http://x", "events": ["sent"]}), "unknown event 'sent'"),
+        (_account(fromid_login_addresses=["a@x.example"]), "needs a domain with a catch-all separator"),
+        (_account(fromid_login_addresses=["b@x.example"]), "is not one of its addresses"),
+        ({"domains": {"x.example": {"localpart_catchall_separator": "ab"}}}, "one character"),
     ],
 )
 def test_bad_config_is_rejected_with_a_reason(raw: dict, message: str) -> None:
