@@ -13,6 +13,7 @@ from temporalio import activity
 from activities.direct import DirectTransport
 from activities.dns import Resolver
 from activities.mtasts import MTASTSLookup
+from activities.suppressing import REFUSED as SUPPRESSION_REFUSED
 from activities.suppressing import suppress_after_failure
 from activities.transports import (
     Envelope,
@@ -189,6 +190,7 @@ class DeliveryActivities:
                 gone = [r for r in pending if r["id"] in suppressed]
                 errors = {i: RcptReply(False, True, 0, "", err) for i, err in suppressed.items()}
                 await self._notify(gone, DSNKind.FAILED, errors, body, end)
+                SUPPRESSION_REFUSED.inc(len(suppressed))
                 fates = {i: _Fate(error=err) for i, err in suppressed.items()}
                 await self._retire(entries, RetireEvent.SUPPRESSED, fates, end)
                 for i, err in suppressed.items():

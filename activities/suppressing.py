@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import Counter
+
 from domain.addresses import AddressError, parse_address
 from domain.suppression import base_address, block_reason, history_reason, immediate_block, original_address
 from store import suppressions
 from store.db import Conn
 
 log = logging.getLogger("tempost.suppression")
+
+ADDED = Counter(
+    "tempost_suppression_added_total",
+    "Addresses put on a suppression list automatically, by source (queue, DSN) and rule (block, history).",
+    ["source", "rule"],
+)
+REFUSED = Counter(
+    "tempost_suppression_refused_total",
+    "Deliveries refused because the recipient is on the suppression list.",
+)
 
 
 async def suppress_after_failure(
@@ -37,14 +49,17 @@ async def suppress_after_failure(
     except AddressError:
         return False
     base, original = base_address(addr), original_address(addr)
+    rule = "block"
     if permanent and immediate_block(code, secode):
         reason = block_reason(source, code, secode)
     else:
+        rule = "history"
         history = await suppressions.recent_failures(conn, history_address, msg_id)
         if len(history) < 2 or any(history):
             return False
         reason = history_reason(source)
     added = await suppressions.add_automatic(conn, account, base, original, reason)
     if added:
+        ADDED.labels(source, rule).inc()
         log.info("suppressing %s for account %s: %s", base, account, reason)
     return added
