@@ -6,6 +6,7 @@ the machine-readable delivery status and the original message's header section.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -141,6 +142,14 @@ def compose_dsn(inp: DSNInput, *, now: datetime, random_token: Callable[[], str]
             ("message/delivery-status", "7BIT", _status(inp, False).encode()),
             ("text/rfc822-headers", "7BIT", inp.original_headers),
         ]
+        if not inp.original_headers.isascii():
+            # UTF-8 headers to an ASCII-only path: base64, never raw 8-bit bytes in a 7BIT part (the third
+            # rendering of spec 03 §1.3, lines of 76 as at mox's HEAD).
+            encoded = base64.encodebytes(inp.original_headers).replace(b"\n", b"\r\n")
+            parts[2] = ("text/rfc822-headers; charset=utf-8", "BASE64", encoded)
+    if not inp.original_headers:
+        # Nothing of the original to show: the optional third part is left out (RFC 3464 §2).
+        parts = parts[:2]
     body = (
         b"\r\n".join(h.encode() for h in hdr)
         + b"\r\n\r\nThis is a MIME multipart delivery status report.\r\n"

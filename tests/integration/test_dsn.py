@@ -65,7 +65,7 @@ async def test_permanent_failure_sends_a_failure_dsn_to_the_sender(stack: Stack)
     assert raw == t.data
 
 
-async def test_delayed_dsn_after_the_fifth_attempt_then_failure_dsn(stack_factory) -> None:
+async def test_08_delayed_dsn_after_the_fifth_attempt_then_failure_dsn(stack_factory) -> None:
     stack = await stack_factory(max_attempts=6)
     stack.sink.behaviour.rcpt_replies["slow@example.com"] = "451 4.2.0 mailbox busy"
     resp = await stack.send_ok({"To": [{"Address": "slow@example.com"}], "Text": "x"})
@@ -82,7 +82,7 @@ async def test_delayed_dsn_after_the_fifth_attempt_then_failure_dsn(stack_factor
     assert final["Action"] == "failed" and final["Status"].startswith("5.2.0")
 
 
-async def test_admin_fail_sends_a_dsn_and_drop_does_not(stack: Stack) -> None:
+async def test_07_admin_fail_sends_a_dsn_and_drop_does_not(stack: Stack) -> None:
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     resp = await stack.send_ok(
         {

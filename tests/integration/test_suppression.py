@@ -17,7 +17,7 @@ async def call(
     return await stack.http.post(f"/webapi/v0/{method}", data={"request": json.dumps(req)}, auth=auth)
 
 
-async def test_webapi_add_present_list_remove_on_base_addresses(stack: Stack) -> None:
+async def test_53_54_55_webapi_add_present_list_remove_on_base_addresses(stack: Stack) -> None:
     r = await call(
         stack,
         "SuppressionAdd",

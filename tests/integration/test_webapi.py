@@ -18,19 +18,19 @@ async def api(stack_factory) -> Stack:
     return await stack_factory(worker=False)
 
 
-async def test_wrong_password_gets_401(api: Stack) -> None:
+async def test_47_wrong_password_gets_401(api: Stack) -> None:
     r = await api.send({"To": [{"Address": "bob@example.com"}], "Text": "x"}, auth=(SENDER, "wrong"))
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Basic realm=")
     assert "use http basic auth" in r.text
 
 
-async def test_missing_credentials_get_401(api: Stack) -> None:
+async def test_46_missing_credentials_get_401(api: Stack) -> None:
     r = await api.http.post("/webapi/v0/Send", data={"request": "{}"})
     assert r.status_code == 401
 
 
-async def test_repeated_bad_passwords_get_429_even_with_the_right_one(api: Stack) -> None:
+async def test_47_repeated_bad_passwords_get_429_even_with_the_right_one(api: Stack) -> None:
     req = {"To": [{"Address": "bob@example.com"}], "Text": "x"}
     for _ in range(10):
         assert (await api.send(req, auth=(SENDER, "guess"))).status_code == 401
@@ -89,7 +89,7 @@ async def test_unknown_address_gets_401(api: Stack) -> None:
         ),
     ],
 )
-async def test_send_validation_errors(api: Stack, request_obj: dict, code: str) -> None:
+async def test_52_send_validation_errors(api: Stack, request_obj: dict, code: str) -> None:
     r = await api.send(request_obj)
     assert r.status_code == 400, r.text
     assert r.json()["Code"] == code
@@ -98,7 +98,7 @@ async def test_send_validation_errors(api: Stack, request_obj: dict, code: str) 
     assert (await api.admin("GET", "/queue/count")).json() == {"Count": 0}
 
 
-async def test_missing_request_field_is_protocol_error(api: Stack) -> None:
+async def test_49_missing_request_field_is_protocol_error(api: Stack) -> None:
     r = await api.http.post("/webapi/v0/Send", data={"other": "x"}, auth=(SENDER, PASSWORD))
     assert r.status_code == 400 and r.json()["Code"] == "protocol"
 
@@ -157,7 +157,7 @@ async def test_multipart_upload_and_queue_row(api: Stack) -> None:
     assert att.get_filename() == "r.csv" and att.get_content() in ("a,b\n1,2\n", b"a,b\n1,2\n")
 
 
-async def test_webapi_index_and_unknown_method(api: Stack) -> None:
+async def test_46_webapi_index_and_unknown_method(api: Stack) -> None:
     r = await api.http.get("/webapi/")
     assert r.status_code == 303 and r.headers["location"] == "/webapi/v0/"
     r = await api.http.post("/webapi/v0/Nope", auth=(SENDER, PASSWORD))

@@ -122,14 +122,10 @@ class PostfixInstance:
             # under maillog_file_prefixes, which default to /var.
             "maillog_file": str(self.log_file),
             "maillog_file_prefixes": str(self.root),
-            # Retry quickly and give up at once on a temporary failure: tests wait seconds, not days.
+            # Retry deferred mail within a second or two: tests wait seconds, not minutes.
             "queue_run_delay": "1s",
             "minimal_backoff_time": "1s",
             "maximal_backoff_time": "2s",
-            "maximal_queue_lifetime": "0",
-            "bounce_queue_lifetime": "0",
-            # A DSN is sent right away; no delay warnings in between.
-            "delay_warning_time": "0",
         }
         (self.config_dir / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         listen = f"{host}:{port}"
@@ -149,19 +145,30 @@ class PostfixInstance:
         return r
 
     def start(self) -> PostfixInstance:
-        # `check` creates the queue and data directories with Postfix's owners and modes.
-        self._postfix("check")
-        self._postfix("start")
-        self._running = True
+        """Create the queue, start the master and wait until smtpd listens; cleans up if any step fails."""
+        try:
+            # `check` creates the queue's subdirectories and the data directory with Postfix's owners.
+            self._postfix("check")
+            # Before `start`: a start that fails half way may still leave a master to stop.
+            self._running = True
+            self._postfix("start")
+            self._wait_listening()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_listening(self) -> None:
         deadline = time.monotonic() + 10
         while True:
             try:
                 with socket.create_connection((self.host, self.port), timeout=1):
-                    return self
+                    return
             except OSError:
                 if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"Postfix does not listen on {self.host}:{self.port}:\n{self.maillog()}")
+                    raise RuntimeError(
+                        f"Postfix does not listen on {self.host}:{self.port}:\n{self.maillog()}"
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -171,7 +178,14 @@ class PostfixInstance:
             self._running = False
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def flush(self) -> None:
+        """Attempt delivery of all deferred mail now (postqueue -f) instead of at the next queue run."""
+        assert POSTFIX is not None
+        postqueue = Path(POSTFIX).with_name("postqueue")
+        subprocess.run([str(postqueue), "-c", str(self.config_dir), "-f"], check=True, timeout=30)
+
     def maillog(self) -> str:
+        """The instance's log so far (maillog_file), for assertions and failure messages."""
         try:
             return self.log_file.read_text(errors="replace")
         except FileNotFoundError:
