@@ -396,3 +396,10 @@ async def count_msgs(pool: Pool, f: QueueFilter, now: datetime) -> int:
         cur = await conn.execute(f"SELECT count(*) AS n FROM queue_msgs WHERE {where}", args)  # type: ignore[arg-type]
         r = await cur.fetchone()
         return int(r["n"]) if r else 0
+
+
+async def cleanup_retired(pool: Pool, now: datetime) -> int:
+    """Delete retired messages past their keep period (spec 01 §6.2); returns how many."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("DELETE FROM retired_msgs WHERE keep_until < %s", (now,))
+        return cur.rowcount

@@ -22,6 +22,8 @@ async def add(
     pool: Pool, account: str, base: str, original: str, *, manual: bool, reason: str
 ) -> dict[str, Any]:
     """Add an entry; DuplicateSuppression when the base address is already listed for the account."""
+    if not account:
+        raise ValueError("a suppression needs an account")
     try:
         async with pool.connection() as conn:
             cur = await conn.execute(

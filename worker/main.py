@@ -136,7 +136,8 @@ async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
             await sweep_hooks(client, pool, config, ORPHAN_AGE)
             for bounce_id in await bounces.unprocessed(pool, ORPHAN_AGE):
                 await start_bounce(client, config.temporal.task_queue, bounce_id)
-            # Retired hooks past their keep period go (spec 03 §3.8).
+            # Retired messages and hooks past their keep period go (spec 01 §6.2, spec 03 §3.8).
+            await q.cleanup_retired(pool, datetime.now(UTC))
             await hooks.cleanup_retired(pool, datetime.now(UTC))
         except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
             log.exception("sweeping orphaned submissions and hooks")
