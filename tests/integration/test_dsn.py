@@ -117,3 +117,16 @@ async def test_a_failing_dsn_gets_no_dsn_of_its_own(stack: Stack) -> None:
         await asyncio.sleep(0.05)
     # One DSN about the original; one stored about the DSN itself, never queued.
     assert sorted((d["Sender"], d["DeliveryBaseID"] is None) for d in listed) == [("", True), (SENDER, False)]
+
+
+async def test_09_requiretls_without_a_verified_path_fails_at_once_with_a_dsn(stack: Stack) -> None:
+    # The test relay speaks no TLS at all, so no hop can honour REQUIRETLS (RFC 8689): the message fails
+    # on its first attempt, and the sender learns why.
+    resp = await stack.send_ok({"To": [{"Address": "rcpt@example.com"}], "Text": "x", "RequireTLS": True})
+    status = await stack.finished(resp["Submissions"][0]["QueueMsgID"])
+    assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
+    [(t, dsn)] = await _wait_for_dsns(stack, 1)
+    _, status_part, _ = dsn.get_payload()  # type: ignore[misc]
+    per_rcpt = status_part.get_payload()[1]
+    assert per_rcpt["Action"] == "failed" and per_rcpt["Status"].startswith("5.7.30")
+    assert stack.sink.delivered_to() == []

@@ -389,3 +389,18 @@ async def test_admin_suppressions_for_any_account(stack: Stack) -> None:
     )
     assert webapi.json() == {"Suppressions": []}
     assert (await stack.http.get("/admin/v0/suppressions")).status_code == 401
+
+
+async def test_17_localserve_pseudo_delivery_gives_delivered_and_permerror_gives_failed(
+    stack_factory: Any, receiver: WebhookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tempost has no mailboxes, so mox's second (incoming) hook of this scenario has no counterpart.
+    stack = await hooked(stack_factory, receiver, monkeypatch, default_transport="localserve")
+    resp = await stack.send_ok(
+        {"To": [{"Address": "ok@example.com"}, {"Address": "userpermerror@example.com"}], "Text": "x"}
+    )
+    ok_id, bad_id = (s["QueueMsgID"] for s in resp["Submissions"])
+    await stack.finished(ok_id)
+    await until(lambda: len(receiver.events()) == 2)
+    by_id = {e["QueueMsgID"]: e["Event"] for e in receiver.events()}
+    assert by_id == {ok_id: "delivered", bad_id: "failed"}
