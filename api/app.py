@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from api import admin, admin_bounces, admin_hooks, admin_suppressions, webapi
+from api import admin, admin_bounces, admin_bulk, admin_hooks, admin_suppressions, webapi
 from api.auth import Authenticator
 from api.state import AppState
 from domain.config import Config
@@ -21,6 +21,7 @@ def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     app = FastAPI(title="Tempost", version="0.1.0")
     app.state.tempost = AppState(config=config, client=client, pool=pool, auth=Authenticator(config))
     app.include_router(webapi.router)
+    app.include_router(admin_bulk.router)
     app.include_router(admin.router)
     app.include_router(admin_hooks.router)
     app.include_router(admin_bounces.router)

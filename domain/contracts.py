@@ -220,3 +220,19 @@ class BounceResult(BaseModel):
     secode: str = ""
     suppressing: bool = False
     detail: str = ""
+
+
+class BulkOp(BaseModel):
+    """An admin operation over several messages of one submission, sent as a signal (DESIGN §3).
+
+    Signals are accepted even while no worker runs, so a bulk operation over thousands of workflows never
+    waits for each one to answer. The queue rows were already written by the API.
+    """
+
+    op: str  # hold, release, kick, set_next, add_next, fail, drop
+    msg_ids: list[int]
+    next_attempt: datetime | None = None  # set_next
+    add_s: float = 0.0  # add_next
+
+
+BULK_OPS = ("hold", "release", "kick", "set_next", "add_next", "fail", "drop")

@@ -403,3 +403,33 @@ async def cleanup_retired(pool: Pool, now: datetime) -> int:
     async with pool.connection() as conn:
         cur = await conn.execute("DELETE FROM retired_msgs WHERE keep_until < %s", (now,))
         return cur.rowcount
+
+
+async def matching(pool: Pool, f: QueueFilter, now: datetime) -> list[Row]:
+    """The (id, base_id) an admin operation applies to; Max caps them in id order (spec 01 §5.3)."""
+    where, args = _filter_sql(f, now)
+    sql = f"SELECT id, base_id FROM queue_msgs WHERE {where} ORDER BY id"
+    if f.max > 0:
+        sql += " LIMIT %s"
+        args.append(f.max)
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql, args)  # type: ignore[arg-type]
+        return list(await cur.fetchall())
+
+
+# Columns an admin operation may set on queued rows, with the SQL that sets them.
+_SETTABLE = {
+    "hold": "hold = %s",
+    "next_attempt": "next_attempt = %s",
+    "add_next_attempt": "next_attempt = next_attempt + %s",
+    "transport": "transport = %s",
+    "require_tls": "require_tls = %s",
+}
+
+
+async def update_rows(pool: Pool, ids: Sequence[int], column: str, value: Any) -> list[Row]:
+    """Set one admin-settable column on queued rows; returns (id, base_id, next_attempt) of rows written."""
+    sql = f"UPDATE queue_msgs SET {_SETTABLE[column]} WHERE id = ANY(%s) RETURNING id, base_id, next_attempt"
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql, (value, list(ids)))  # type: ignore[arg-type]
+        return list(await cur.fetchall())

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         AttemptMsg,
         AttemptRequest,
         AttemptResult,
+        BulkOp,
         DeliveryInput,
         DeliveryStatus,
         MsgState,
@@ -264,6 +265,39 @@ class Delivery:
             # Hook point: Fail sends a failure DSN here once DSNs exist (spec 01 §5.4); Drop sends none.
             await self._retire([m.id], event, ADMIN_CANCEL_ERROR)
         return self._status_of(m)
+
+    @workflow.signal
+    async def bulk(self, op: BulkOp) -> None:
+        """Apply a bulk admin operation to this submission's messages that are still queued."""
+        targets = [self._msgs[i] for i in op.msg_ids if i in self._msgs and self._msgs[i].done is None]
+        if not targets:
+            return
+        if op.op in ("fail", "drop"):
+            # As for one message: attempts in flight finish first, then the rest retire together.
+            await workflow.wait_condition(lambda: not any(m.busy for m in targets))
+            still = [m for m in targets if m.done is None]
+            state, event = (
+                (MsgState.FAILED, RetireEvent.FAILED)
+                if op.op == "fail"
+                else (MsgState.CANCELED, RetireEvent.CANCELED)
+            )
+            for m in still:
+                m.done = state
+            self._changes += 1
+            if still:
+                await self._retire([m.id for m in still], event, ADMIN_CANCEL_ERROR)
+            return
+        now = workflow.now()
+        for m in targets:
+            if op.op in ("hold", "release"):
+                m.hold = op.op == "hold"
+            elif op.op == "kick":
+                m.next_attempt = now
+            elif op.op == "set_next" and op.next_attempt is not None:
+                m.next_attempt = op.next_attempt
+            elif op.op == "add_next":
+                m.next_attempt += timedelta(seconds=op.add_s)
+        self._changes += 1
 
     @workflow.query
     def status(self) -> DeliveryStatus:
