@@ -42,6 +42,7 @@ from domain.contracts import (
     RetireRequest,
 )
 from domain.dsn import DSNError, DSNInput, DSNKind, compose_dsn, header_section
+from domain.holdrules import holds_new
 from domain.routes import select_transport
 from domain.suppression import (
     SUPPRESSED_ERROR,
@@ -49,7 +50,7 @@ from domain.suppression import (
 )
 from domain.tlsrpt import TLSResult
 from domain.webhooks import Event, Outgoing
-from store import dsns, suppressions, tlsresults
+from store import dsns, holdrules, suppressions, tlsresults
 from store import queue as q
 from store.db import Conn, Pool
 
@@ -267,6 +268,7 @@ class DeliveryActivities:
             return
         started: list[int] = []
         async with self._pool.connection() as conn, conn.transaction():
+            rules = await holdrules.list_rules(conn)
             for r in rows:
                 rep = replies[r["id"]]
                 secode = rep.secode
@@ -314,6 +316,10 @@ class DeliveryActivities:
                         subject=f"mail delivery {kind.value}",
                         has8bit=not data.isascii(),
                         smtputf8=r["smtputf8"],
+                        # Hold rules apply to DSNs as to any message queued (spec 01 §4.2).
+                        hold=any(
+                            holds_new(rule, r["sender_account"], "", r["sender_domain_str"]) for rule in rules
+                        ),
                     )
                 base_id = await dsns.store_and_queue(
                     conn,

@@ -14,7 +14,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import views
 from api.state import AppState
 from domain.contracts import AdminOp, MsgStatus, delivery_workflow_id
-from domain.filters import FilterError, QueueFilter, parse_sort, parse_time_condition
+from domain.filters import (
+    FilterError,
+    QueueFilter,
+    RetiredFilter,
+    parse_retired_sort,
+    parse_sort,
+    parse_time_condition,
+)
 from store import dsns, tlsresults
 from store import queue as q
 from workflows.delivery import Delivery
@@ -96,6 +103,48 @@ async def list_queue(request: Request) -> dict[str, Any]:
         raise AdminError(400, "badFilter", str(err)) from None
     rows = await q.list_msgs(st.pool, f, sort, datetime.now(UTC))
     return {"Messages": [views.queued_msg(r) for r in rows]}
+
+
+@router.get("/retired")
+async def list_retired(request: Request) -> dict[str, Any]:
+    """Retired messages (kept per the account's keep period), filtered and keyset paged (spec 01 §6.5)."""
+    st = _state(request)
+    p = request.query_params
+    now = datetime.now(UTC)
+    try:
+        ids = tuple(int(x) for x in p.get("ids", "").split(",") if x.strip())
+        f = RetiredFilter(
+            ids=ids,
+            account=p.get("account", ""),
+            from_=p.get("from", ""),
+            to=p.get("to", ""),
+            submitted=parse_time_condition("submitted", p["submitted"]) if p.get("submitted") else None,
+            last_activity=parse_time_condition("lastactivity", p["lastactivity"])
+            if p.get("lastactivity")
+            else None,
+            transport=p.get("transport"),
+            success=_bool("success", p.get("success")),
+            max=int(p.get("max", "0") or 0),
+        )
+        sort = parse_retired_sort(
+            p.get("sort", ""),
+            _bool("asc", p.get("asc")) or False,
+            int(p.get("lastid", "0") or 0),
+            p.get("last", ""),
+        )
+    except (FilterError, ValueError) as err:
+        raise AdminError(400, "badFilter", str(err)) from None
+    rows = await q.list_retired(st.pool, f, sort, now)
+    return {"Messages": [views.retired_msg(r) for r in rows]}
+
+
+@router.get("/retired/{msg_id}")
+async def get_retired(msg_id: int, request: Request) -> dict[str, Any]:
+    """One retired message with its Results."""
+    row = await q.get_retired(_state(request).pool, msg_id)
+    if row is None:
+        raise AdminError(404, "notFound", f"retired message {msg_id} not found")
+    return views.retired_msg(row)
 
 
 @router.get("/dsns")

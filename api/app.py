@@ -9,7 +9,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from api import admin, admin_bounces, admin_bulk, admin_hooks, admin_suppressions, webapi
+from api import (
+    admin,
+    admin_bounces,
+    admin_bulk,
+    admin_holdrules,
+    admin_hooks,
+    admin_suppressions,
+    webapi,
+)
 from api.auth import Authenticator
 from api.state import AppState
 from domain.config import Config
@@ -24,6 +32,7 @@ def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     app.include_router(admin_bulk.router)
     app.include_router(admin.router)
     app.include_router(admin_hooks.router)
+    app.include_router(admin_holdrules.router)
     app.include_router(admin_bounces.router)
     app.include_router(admin_suppressions.router)
 

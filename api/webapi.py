@@ -18,10 +18,11 @@ from api.state import AppState
 from domain.addresses import AddressError, parse_address
 from domain.errors import WebAPIError
 from domain.fromid import sender_localpart
+from domain.holdrules import holds_new
 from domain.send import AccountIdentity, UploadedFile, compose_send, decode_object, decode_send_request
 from domain.suppression import base_address, original_address
+from store import holdrules, suppressions
 from store import queue as q
-from store import suppressions
 from workflows.client import delivery_input, delivery_summary, start_delivery
 
 log = logging.getLogger("tempost.webapi")
@@ -220,6 +221,12 @@ async def _send(
     if use_fromid and not separator:
         raise WebAPIError("user", "from address domain has no catch-all separator for fromid")
     from_ids = [secrets.token_urlsafe(16) if use_fromid else "" for _ in msg.recipients]
+    async with st.pool.connection() as conn:
+        rules = await holdrules.list_rules(conn)
+    held = [
+        any(holds_new(r, acc.name, msg.sender.domain_unicode, rcpt.domain_unicode) for r in rules)
+        for _, rcpt in msg.recipients
+    ]
     new = [
         q.NewMsg(
             sender_localpart=(
@@ -240,8 +247,9 @@ async def _send(
             future_release_request=msg.future_release_request,
             extra=msg.extra,
             from_id=fid,
+            hold=h,
         )
-        for (_, rcpt), fid in zip(msg.recipients, from_ids, strict=True)
+        for (_, rcpt), fid, h in zip(msg.recipients, from_ids, held, strict=True)
     ]
     try:
         async with st.pool.connection() as conn, conn.transaction():
@@ -256,6 +264,7 @@ async def _send(
         st.config.queue,
         release_at=msg.future_release,
         separate=use_fromid,
+        held_ids=[mid for mid, h in zip(ids, held, strict=True) if h],
     )
     summary = delivery_summary(msg.sender.unicode, [r.unicode for _, r in msg.recipients])
     try:

@@ -115,3 +115,8 @@ def parse_address(s: str) -> Address:
         raise AddressError("localpart too long")
     d_ascii, d_unicode = _domain(domain)
     return Address(_localpart(local), d_ascii, d_unicode)
+
+
+def parse_domain(s: str) -> tuple[str, str]:
+    """A domain name (or address literal) as (ASCII, Unicode) forms; AddressError when it is not one."""
+    return _domain(s)

@@ -40,6 +40,8 @@ class DeliveryInput(BaseModel):
     # First attempt time for a future release (RFC 4865); None means now.
     release_at: datetime | None = None
     hold: bool = False
+    # Messages held from the start by hold rules (per message: rules match by recipient domain).
+    held_ids: list[int] = Field(default_factory=list)
     max_attempts: int = 8
     backoff_base_s: float = 450.0
     attempt_timeout_s: float = 600.0

@@ -79,3 +79,30 @@ def parse_sort(field_name: str, asc: bool, last_id: int, last: str) -> QueueSort
         except ValueError:
             raise FilterError(f"last: not an RFC 3339 time: {last!r}") from None
     return QueueSort(key, asc, last_id, last_dt)
+
+
+@dataclass(frozen=True)
+class RetiredFilter:
+    """Which retired messages a listing shows (spec 01 §6.5); unset fields do not restrict."""
+
+    ids: tuple[int, ...] = ()
+    account: str = ""
+    from_: str = ""
+    to: str = ""
+    submitted: TimeCondition | None = None
+    last_activity: TimeCondition | None = None
+    transport: str | None = None
+    success: bool | None = None
+    max: int = 0
+
+
+RETIRED_SORT_FIELDS = {"lastactivity": "last_activity", "queued": "queued"}
+
+
+def parse_retired_sort(field_name: str, asc: bool, last_id: int, last: str) -> QueueSort:
+    """Validate a retired-list sort: LastActivity (default) or Queued, with keyset continuation."""
+    key = (field_name or "lastactivity").lower()
+    if key not in RETIRED_SORT_FIELDS:
+        raise FilterError("unknown sort order field")
+    base = parse_sort("", asc, last_id, last)
+    return QueueSort(key, asc, base.last_id, base.last)

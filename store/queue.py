@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from domain.filters import SORT_FIELDS, QueueFilter, QueueSort
+from domain.filters import RETIRED_SORT_FIELDS, SORT_FIELDS, QueueFilter, QueueSort, RetiredFilter
 from store.db import Conn, Pool
 
 Row = dict[str, Any]
@@ -432,4 +432,51 @@ async def update_rows(pool: Pool, ids: Sequence[int], column: str, value: Any) -
     sql = f"UPDATE queue_msgs SET {_SETTABLE[column]} WHERE id = ANY(%s) RETURNING id, base_id, next_attempt"
     async with pool.connection() as conn:
         cur = await conn.execute(sql, (value, list(ids)))  # type: ignore[arg-type]
+        return list(await cur.fetchall())
+
+
+async def list_retired(pool: Pool, f: RetiredFilter, sort: QueueSort, now: datetime) -> list[Row]:
+    """Retired messages matching a filter, in (field, id) order with keyset continuation (spec 01 §6.5)."""
+    conds: list[str] = []
+    args: list[Any] = []
+    if f.ids:
+        conds.append("id = ANY(%s)")
+        args.append(list(f.ids))
+    if f.account:
+        conds.append("sender_account = %s")
+        args.append(f.account)
+    sender = "(sender_localpart || '@' || sender_domain_str)"
+    # mox ORs From and To when both are given (spec 01 §6.5 keeps §5.1's quirk).
+    if f.from_ and f.to:
+        conds.append(f"(strpos({sender}, %s) > 0 OR strpos(recipient_address, %s) > 0)")
+        args += [f.from_, f.to]
+    elif f.from_:
+        conds.append(f"strpos({sender}, %s) > 0")
+        args.append(f.from_)
+    elif f.to:
+        conds.append("strpos(recipient_address, %s) > 0")
+        args.append(f.to)
+    for col, tc in (("queued", f.submitted), ("last_activity", f.last_activity)):
+        if tc is not None:
+            conds.append(f"{col} {'<' if tc.before else '>'} %s")
+            args.append(tc.reference(now))
+    if f.transport is not None:
+        conds.append("transport = %s")
+        args.append(f.transport)
+    if f.success is not None:
+        conds.append("success = %s")
+        args.append(f.success)
+    col = RETIRED_SORT_FIELDS[sort.field]
+    if sort.last_id > 0 and sort.last is not None:
+        op = ">" if sort.asc else "<"
+        conds.append(f"id <> %s AND ({col}, id) {op} (%s, %s)")
+        args += [sort.last_id, sort.last, sort.last_id]
+    direction = "ASC" if sort.asc else "DESC"
+    where = " AND ".join(conds) or "true"
+    sql = f"SELECT * FROM retired_msgs WHERE {where} ORDER BY {col} {direction}, id {direction}"
+    if f.max > 0:
+        sql += " LIMIT %s"
+        args.append(f.max)
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql, args)  # type: ignore[arg-type]
         return list(await cur.fetchall())

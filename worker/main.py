@@ -94,7 +94,7 @@ async def start_submission(client: Client, pool: Pool, config: Config, base_id: 
             [(r["id"], r["recipient_domain_str"]) for r in rows],
             config.queue,
             release_at=min(r["next_attempt"] for r in rows),
-            hold=all(r["hold"] for r in rows),
+            held_ids=[r["id"] for r in rows if r["hold"]],
             separate=any(r["from_id"] for r in rows),
         )
         sender = (

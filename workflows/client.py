@@ -56,6 +56,7 @@ def delivery_input(
     release_at: datetime | None = None,
     hold: bool = False,
     separate: bool = False,
+    held_ids: list[int] | None = None,
 ) -> DeliveryInput:
     """Group a submission's (message id, recipient domain) pairs by domain into the workflow's input.
 
@@ -71,6 +72,7 @@ def delivery_input(
         groups=[RecipientGroup(domain=d, msg_ids=ids) for (d, _), ids in groups.items()],
         release_at=release_at,
         hold=hold,
+        held_ids=held_ids or [],
         max_attempts=queue.max_attempts,
         backoff_base_s=queue.backoff_base.total_seconds(),
         attempt_timeout_s=queue.attempt_timeout.total_seconds(),

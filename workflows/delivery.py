@@ -71,7 +71,7 @@ class Delivery:
         self._input: DeliveryInput | None = inp
         first = inp.release_at or workflow.now()
         self._msgs: dict[int, _Msg] = {
-            msg_id: _Msg(msg_id, group.domain, 0, first, inp.hold)
+            msg_id: _Msg(msg_id, group.domain, 0, first, inp.hold or msg_id in inp.held_ids)
             for group in inp.groups
             for msg_id in group.msg_ids
         }

@@ -1,0 +1,76 @@
+"""Admin API for hold rules (spec 01 §4, spec 04 §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from api.admin import AdminError, _state
+from api.admin_bulk import signal_all
+from domain.addresses import AddressError, parse_domain
+from domain.contracts import BulkOp
+from domain.holdrules import HoldRule
+from store import holdrules
+from store import queue as q
+
+router = APIRouter(prefix="/admin/v0")
+
+
+def rule_json(r: HoldRule) -> dict[str, Any]:
+    """A rule in mox's field names."""
+    return {
+        "ID": r.id,
+        "Account": r.account,
+        "SenderDomainStr": r.sender_domain_str,
+        "RecipientDomainStr": r.recipient_domain_str,
+    }
+
+
+def _domain(body: dict[str, Any], *names: str) -> tuple[str, str] | None:
+    for name in names:
+        value = body.get(name)
+        if value:
+            try:
+                return parse_domain(str(value))
+            except AddressError as err:
+                raise AdminError(400, "badDomain", f"{name}: {err}") from None
+    return None
+
+
+@router.get("/holdrules")
+async def list_holdrules(request: Request) -> dict[str, Any]:
+    """Every hold rule, in id order."""
+    st = _state(request)
+    async with st.pool.connection() as conn:
+        rules = await holdrules.list_rules(conn)
+    return {"HoldRules": [rule_json(r) for r in rules]}
+
+
+@router.post("/holdrules")
+async def add_holdrule(request: Request) -> dict[str, Any]:
+    """Add `{"Account", "SenderDomain", "RecipientDomain"}` (all empty: hold everything); the queued
+    messages it matches are held at once, and `Affected` says how many."""
+    st = _state(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AdminError(400, "badRequest", "body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise AdminError(400, "badRequest", "body must be a JSON object")
+    sender = _domain(body, "SenderDomain", "SenderDomainStr")
+    recipient = _domain(body, "RecipientDomain", "RecipientDomainStr")
+    rule = await holdrules.add(st.pool, str(body.get("Account") or ""), sender, recipient)
+    rows = await holdrules.queued_matches(st.pool, rule)
+    rows = await q.update_rows(st.pool, [r["id"] for r in rows], "hold", True)
+    affected = await signal_all(st, rows, lambda ids: BulkOp(op="hold", msg_ids=ids))
+    return {"HoldRule": rule_json(rule), "Affected": affected}
+
+
+@router.delete("/holdrules/{rule_id}")
+async def remove_holdrule(rule_id: int, request: Request) -> Response:
+    """Remove a rule; messages it held stay held until released."""
+    if not await holdrules.remove(_state(request).pool, rule_id):
+        raise AdminError(404, "notFound", f"hold rule {rule_id} not found")
+    return Response(status_code=204)
