@@ -4,7 +4,7 @@ it there, add a suppression on a permanent failure, and queue the outgoing event
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 
@@ -22,6 +22,8 @@ from store.db import Pool
 # The result recorded on the retired message before the bounce is understood (spec 03 §4.3).
 INCOMING = "incoming message"
 _SUCCESS_ACTIONS = ("delivered", "relayed", "expanded")
+# How long a bounce about a still-queued message waits for that message to be retired.
+PENDING_FOR = timedelta(hours=48)
 
 
 def _message_id(data: bytes) -> str:
@@ -62,6 +64,15 @@ class BounceActivities:
         queued = None
         async with self._pool.connection() as conn, conn.transaction():
             retired = await bounces.retired_by_from_id(conn, from_id) if from_id else None
+            fresh = now - row["received"] < PENDING_FOR
+            if retired is None and from_id and fresh and await bounces.queued_with_from_id(conn, from_id):
+                return BounceResult(
+                    bounce_id=bounce_id,
+                    from_id=from_id,
+                    matched=False,
+                    pending=True,
+                    detail="message still queued",
+                )
             if retired is None:
                 # Not about a message we still know: nothing to report (mox delivers it as ordinary mail).
                 detail = "no retired message with this fromid" if from_id else "recipient has no fromid"

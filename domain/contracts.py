@@ -222,6 +222,9 @@ class BounceResult(BaseModel):
     secode: str = ""
     suppressing: bool = False
     detail: str = ""
+    # The FromID belongs to a message still queued (a bounce can overtake the retirement of the message it
+    # is about): nothing was recorded, the workflow tries again a little later.
+    pending: bool = False
 
 
 class BulkOp(BaseModel):

@@ -56,6 +56,12 @@ async def retired_by_from_id(conn: Conn, from_id: str) -> Row | None:
     return await cur.fetchone()
 
 
+async def queued_with_from_id(conn: Conn, from_id: str) -> bool:
+    """Whether a message with this FromID is still in the queue."""
+    cur = await conn.execute("SELECT 1 FROM queue_msgs WHERE from_id = %s", (from_id,))
+    return await cur.fetchone() is not None
+
+
 async def record_on_retired(conn: Conn, msg_id: int, now: datetime, result: dict[str, Any]) -> None:
     """Append the bounce's result to the retired message and mark it active now (spec 03 §4.3)."""
     await conn.execute(
