@@ -50,7 +50,7 @@ from domain.suppression import (
 )
 from domain.tlsrpt import TLSResult
 from domain.webhooks import Event, Outgoing
-from store import dsns, holdrules, suppressions, tlsresults
+from store import dsns, holdrules, leases, suppressions, tlsresults
 from store import queue as q
 from store.db import Conn, Pool
 
@@ -102,8 +102,11 @@ class DeliveryActivities:
         config: Config,
         start_submission: Callable[[int], Awaitable[None]] | None = None,
         webhooks: WebhookQueue | None = None,
+        wake: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._webhooks = webhooks or WebhookQueue(pool, config, None)
+        # Signals a workflow waiting for a delivery lease; given by the worker, which owns the client.
+        self._wake = wake
         # Starts the delivery of a submission queued here (a DSN); given by the worker, which owns the
         # Temporal client. Without it the worker's sweeper starts the submission a little later.
         self._start_submission = start_submission
@@ -159,7 +162,46 @@ class DeliveryActivities:
 
     @activity.defn(name=ACTIVITY_DELIVER)
     async def deliver_attempt(self, req: AttemptRequest) -> AttemptResult:
-        """Deliver one recipient group in one SMTP transaction and record each recipient's outcome."""
+        """Deliver one recipient group in one SMTP transaction and record each recipient's outcome.
+
+        The domain's delivery lease comes first (spec 01 §3: one delivery per recipient domain, a global cap,
+        across every worker). Without it nothing is counted and the group comes back BUSY.
+        """
+        info = activity.info()
+        # Stable across retries of this attempt, so a retry after a crash takes over its own lease.
+        workflow_id = info.workflow_id or ""
+        holder = f"{workflow_id}/{info.activity_id}"
+        q_cfg = self._config.queue
+        per_minute = q_cfg.rate_limits.get(req.domain, 0)
+        grant = await leases.acquire(
+            self._pool,
+            req.domain,
+            holder,
+            workflow_id,
+            _now(),
+            cap=q_cfg.max_concurrent_deliveries,
+            ttl=q_cfg.attempt_timeout + timedelta(seconds=60),
+            min_interval=timedelta(minutes=1) / per_minute if per_minute > 0 else timedelta(0),
+        )
+        if not grant.granted:
+            return AttemptResult(
+                outcomes=[
+                    RecipientOutcome(msg_id=m.id, outcome=Outcome.BUSY, retry_at=grant.retry_at)
+                    for m in req.msgs
+                ]
+            )
+        try:
+            return await self._deliver_leased(req)
+        finally:
+            woken = await leases.release(self._pool, req.domain, holder, _now())
+            if self._wake is not None:
+                for workflow_id in woken:
+                    try:
+                        await self._wake(workflow_id)
+                    except Exception:  # noqa: BLE001 - a waiter not woken retries on its own timer
+                        activity.logger.warning("waking %s", workflow_id, exc_info=True)
+
+    async def _deliver_leased(self, req: AttemptRequest) -> AttemptResult:
         now = _now()
         plan = {m.id: m for m in req.msgs}
         rows, body = await q.begin_attempt(

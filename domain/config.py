@@ -82,6 +82,11 @@ class QueueConfig(_Strict):
     # Transport used when a message names none: "direct" delivers to the recipient domain's MX hosts,
     # "localserve" simulates delivery (spec 01 §8); any other value must name an entry of [transports].
     default_transport: str = DIRECT
+    # Deliveries (SMTP sessions) in flight at once over all workers; never more than one per recipient
+    # domain on top of that (spec 01 §3).
+    max_concurrent_deliveries: int = Field(default=10, ge=1)
+    # Optional rate limits: delivery attempts (SMTP transactions) per minute, by recipient domain.
+    rate_limits: dict[str, int] = {}
 
 
 class DirectConfig(_Strict):

@@ -73,6 +73,9 @@ class Outcome(StrEnum):
     DEFERRED = "deferred"
     # The row was no longer queued (retired by an earlier try of the same activity, or removed).
     GONE = "gone"
+    # Not attempted: another delivery to the domain runs, the global cap is reached or the domain's rate
+    # limit says wait. Nothing was counted; the workflow waits to be woken or until retry_at.
+    BUSY = "busy"
 
 
 class RecipientOutcome(BaseModel):
@@ -83,6 +86,7 @@ class RecipientOutcome(BaseModel):
     code: int = 0
     secode: str = ""
     error: str = ""
+    retry_at: datetime | None = None
 
 
 class AttemptResult(BaseModel):

@@ -65,8 +65,11 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     async def stop_hook(hook_id: int) -> None:
         await signal_webhook(client, hook_id, "stop")
 
+    async def wake(workflow_id: str) -> None:
+        await client.get_workflow_handle(workflow_id).signal(Delivery.lease_free)
+
     webhook_queue = WebhookQueue(pool, config, HookControl(start_hook, stop_hook))
-    acts = DeliveryActivities(pool, config, start, webhook_queue)
+    acts = DeliveryActivities(pool, config, start, webhook_queue, wake)
     hook_acts = WebhookActivities(pool, config, webhook_queue)
     bounce_acts = BounceActivities(pool, config, webhook_queue)
     return Worker(
@@ -79,6 +82,9 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
         # An SMTP transaction in flight at shutdown gets time to finish and record its outcome rather
         # than being cut off mid-DATA (which would cost a second send later).
         graceful_shutdown_timeout=config.worker.shutdown_grace,
+        # Deliveries go through the task queue to whichever worker polls, not eagerly to the one that ran
+        # the workflow task: load spreads over all worker processes.
+        disable_eager_activity_execution=True,
     )
 
 

@@ -44,6 +44,8 @@ _DELIVER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
 )
 _IO_TIMEOUT = timedelta(seconds=60)
+# Longest wait for a busy domain when no wake-up signal comes.
+_LEASE_FALLBACK = timedelta(seconds=60)
 ADMIN_CANCEL_ERROR = "delivery canceled by admin"
 # A timer may fire a hair before the instant the workflow computed; treat that as due.
 _DUE_SLACK = timedelta(milliseconds=5)
@@ -58,6 +60,8 @@ class _Msg:
     hold: bool
     busy: bool = False
     done: MsgState | None = None
+    # Waiting for the domain's delivery lease (another delivery runs): woken by the lease_free signal.
+    lease_wait: bool = False
 
 
 @workflow.defn(name=WORKFLOW_DELIVERY)
@@ -105,13 +109,39 @@ class Delivery:
                 m.next_attempt = now + backoff(m.attempts, base, jitter)
                 m.attempts += 1
                 m.busy = True
+                m.lease_wait = False
                 final = m.attempts >= self._input.max_attempts
                 batch.append(
                     AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final)
                 )
             outcomes = await self._attempt(domain, batch)
+            if outcomes and all(o.outcome == Outcome.BUSY for o in outcomes):
+                self._lease_busy(due, outcomes[0].retry_at)
+                continue
             for out in outcomes:
                 self._apply_outcome(out)
+
+    def _lease_busy(self, batch: list[_Msg], retry_at: datetime | None) -> None:
+        """The attempt did not happen (spec 01 §3 concurrency): undo its bookkeeping and wait."""
+        now = workflow.now()
+        # Woken by signal when the domain frees; the timer only covers a lost wake-up.
+        fallback = now + _LEASE_FALLBACK + timedelta(seconds=workflow.random().randint(0, 10))
+        for m in batch:
+            m.attempts -= 1
+            m.busy = False
+            m.lease_wait = retry_at is None
+            m.next_attempt = retry_at or fallback
+        self._changes += 1
+
+    @workflow.signal
+    def lease_free(self) -> None:
+        """A delivery slot this submission waits for was freed: its waiting messages are due now."""
+        now = workflow.now()
+        for m in self._msgs.values():
+            if m.lease_wait and m.done is None:
+                m.lease_wait = False
+                m.next_attempt = now
+        self._changes += 1
 
     async def _wait_for_due(self, pending: list[_Msg], now: datetime) -> None:
         seen = self._changes

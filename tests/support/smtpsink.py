@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -30,6 +31,8 @@ class Transaction:
     requiretls: bool = False
     # time.monotonic() when the sink accepted DATA (for latency in bench/).
     accepted_at: float = field(default_factory=time.monotonic)
+    # The EHLO name the client gave (which worker delivered, when workers have their own hostnames).
+    helo: str = ""
 
 
 @dataclass
@@ -53,6 +56,8 @@ class SinkBehaviour:
     ehlo_without: list[str] = field(default_factory=list)
     # Reply to EHLO instead of the capability list, e.g. "500 5.5.1 command unrecognized".
     ehlo_reply: str = ""
+    # Seconds DATA takes before the reply, so concurrent deliveries overlap visibly.
+    data_delay: float = 0.0
 
 
 class _SMTP(SMTP):
@@ -171,6 +176,17 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         b = self.sink.behaviour
+        if b.data_delay:
+            domains = {str(r).rpartition("@")[2].lower() for r in envelope.rcpt_tos}
+            with self.sink.lock:
+                for d in domains:
+                    self.sink.active[d] = self.sink.active.get(d, 0) + 1
+                    self.sink.max_overlap[d] = max(self.sink.max_overlap.get(d, 0), self.sink.active[d])
+                self.sink.max_overlap_total = max(self.sink.max_overlap_total, sum(self.sink.active.values()))
+            await asyncio.sleep(b.data_delay)
+            with self.sink.lock:
+                for d in domains:
+                    self.sink.active[d] -= 1
         with self.sink.lock:
             if envelope.mail_from not in ("", "<>"):
                 # DSNs (null reverse path) are left out, so tests count the messages they sent.
@@ -193,6 +209,7 @@ class _Handler:
                     bytes(data),
                     id(session),
                     getattr(session, "requiretls", False),
+                    helo=str(session.host_name or ""),
                 )
             )
         return "250 2.0.0 queued as sink"
@@ -220,6 +237,10 @@ class SMTPSink:
         self.data_commands = 0
         # Every RCPT TO address the sink was asked for, accepted or not.
         self.rcpts_seen: list[str] = []
+        # With behaviour.data_delay: DATA commands in progress per recipient domain, and the most seen.
+        self.active: dict[str, int] = {}
+        self.max_overlap: dict[str, int] = {}
+        self.max_overlap_total = 0
         self.lock = threading.Lock()
         extra: dict[str, object] = {"tls_context": tls_context} if tls_context is not None else {}
         if data_size_limit:

@@ -1,0 +1,100 @@
+"""Delivery leases in PostgreSQL: one delivery per recipient domain and a global cap, across workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from store.db import Conn, Pool
+
+# Serialises lease decisions across processes; any constant shared by every process works.
+_LEASE_LOCK = 7_314_161
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The answer to a lease request: granted, or when to ask again (None: when woken)."""
+
+    granted: bool
+    retry_at: datetime | None = None
+
+
+async def acquire(
+    pool: Pool,
+    domain: str,
+    holder: str,
+    workflow_id: str,
+    now: datetime,
+    *,
+    cap: int,
+    ttl: timedelta,
+    min_interval: timedelta = timedelta(0),
+) -> Grant:
+    """Take the domain's delivery slot if it is free, fewer than `cap` deliveries run anywhere and the
+    domain's rate limit allows a start now. The same holder (a retried attempt) may take its own lease
+    again. A refused caller is remembered as a waiter, to be woken when a slot frees."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEASE_LOCK,))
+        cur = await conn.execute(
+            "SELECT holder, expires, last_start FROM delivery_leases WHERE domain = %s", (domain,)
+        )
+        row = await cur.fetchone()
+        if row is not None and row["expires"] > now and row["holder"] != holder:
+            await _wait(conn, workflow_id, domain, now)
+            return Grant(False)
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM delivery_leases WHERE expires > %s AND domain <> %s", (now, domain)
+        )
+        active = await cur.fetchone()
+        if active is not None and active["n"] >= cap:
+            # Woken by whichever delivery finishes first.
+            await _wait(conn, workflow_id, "", now)
+            return Grant(False)
+        if row is not None and row["holder"] != holder and min_interval > timedelta(0):
+            allowed = row["last_start"] + min_interval
+            if allowed > now:
+                return Grant(False, allowed)
+        await conn.execute(
+            """INSERT INTO delivery_leases (domain, holder, expires, last_start) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (domain) DO UPDATE SET holder = excluded.holder, expires = excluded.expires,
+               last_start = excluded.last_start""",
+            (domain, holder, now + ttl, now),
+        )
+        await conn.execute(
+            "DELETE FROM delivery_waiters WHERE workflow_id = %s AND domain IN (%s, '')",
+            (workflow_id, domain),
+        )
+        return Grant(True)
+
+
+async def _wait(conn: Conn, workflow_id: str, domain: str, now: datetime) -> None:
+    # The first wait keeps its place in line (ON CONFLICT leaves `since` alone).
+    await conn.execute(
+        "INSERT INTO delivery_waiters (workflow_id, domain, since) VALUES (%s, %s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (workflow_id, domain, now),
+    )
+
+
+async def release(pool: Pool, domain: str, holder: str, now: datetime) -> list[str]:
+    """End the holder's lease; returns the workflow ids to wake: the domain's oldest waiter and the oldest
+    waiter for a global slot."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEASE_LOCK,))
+        cur = await conn.execute(
+            "UPDATE delivery_leases SET expires = %s WHERE domain = %s AND holder = %s RETURNING domain",
+            (now, domain, holder),
+        )
+        if await cur.fetchone() is None:
+            return []
+        woken = []
+        for d in (domain, ""):
+            cur = await conn.execute(
+                """DELETE FROM delivery_waiters WHERE (workflow_id, domain) IN
+                       (SELECT workflow_id, domain FROM delivery_waiters
+                        WHERE domain = %s ORDER BY since LIMIT 1)
+                   RETURNING workflow_id""",
+                (d,),
+            )
+            woken += [r["workflow_id"] for r in await cur.fetchall()]
+        return sorted(set(woken))

@@ -1,0 +1,129 @@
+"""Delivery concurrency across worker processes (spec 01 §3, DESIGN §4).
+
+Two real `tempost worker` processes share one task queue, one PostgreSQL and one SMTP sink that holds every
+DATA for a while and records how many deliveries to each recipient domain overlap. Never more than one per
+domain, never more than the global cap, and both processes do work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.contracts import MsgState
+from tests.conftest import Stack
+from tests.support.smtpsink import SMTPSink
+
+DOMAINS = ("one.example", "two.example", "three.example")
+PER_DOMAIN = 4
+
+
+def worker_config(stack: Stack, sink: SMTPSink, hostname: str, cap: int) -> str:
+    cfg = stack.config
+    return f"""
+hostname = "{hostname}"
+[database]
+url = "{cfg.database.url}"
+pool_max = 4
+[temporal]
+address = "{stack.client.service_client.config.target_host}"
+namespace = "{cfg.temporal.namespace}"
+task_queue = "{cfg.temporal.task_queue}"
+[worker]
+metrics_listen = ""
+shutdown_grace = "1s"
+[queue]
+backoff_base = "50ms"
+max_attempts = 3
+default_transport = "sink"
+max_concurrent_deliveries = {cap}
+[transports.sink]
+type = "smtp"
+host = "{sink.host}"
+port = {sink.port}
+starttls = "none"
+"""
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[Any]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(config_text: str, name: str) -> None:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(config_text)
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "deploy.cli", "worker", "--config", str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
+
+    holder: list[Any] = [start, tmp_path]
+    yield holder
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+async def test_two_worker_processes_keep_one_delivery_per_domain_and_the_global_cap(
+    stack_factory: Any, sink: SMTPSink, workers: list[Any]
+) -> None:
+    stack = await stack_factory(worker=False)
+    start, logs = workers
+    cap = 2
+    start(worker_config(stack, sink, "w1.test", cap), "w1")
+    start(worker_config(stack, sink, "w2.test", cap), "w2")
+    sink.behaviour.data_delay = 0.25
+    # Released a little later, so both workers are polling when the deliveries become due.
+    release = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    ids = []
+    for i in range(PER_DOMAIN):
+        for d in DOMAINS:
+            resp = await stack.send_ok(
+                {"To": [{"Address": f"r{i}@{d}"}], "Text": "x", "FutureRelease": release}
+            )
+            ids.append(resp["Submissions"][0]["QueueMsgID"])
+    try:
+        for msg_id in ids:
+            status = await stack.finished(msg_id, timeout=90)
+            assert status.msgs[0].state == MsgState.DELIVERED
+    except (TimeoutError, AssertionError):
+        for name in ("w1", "w2"):
+            print(name, (logs / f"{name}.log").read_text()[-3000:])
+        raise
+    assert len(sink.messages()) == len(DOMAINS) * PER_DOMAIN
+    assert sink.max_overlap == {d: 1 for d in DOMAINS}
+    assert 1 <= sink.max_overlap_total <= cap
+    # Both processes delivered: the exclusion held across processes, not inside one.
+    helos = {t.helo for t in sink.messages()}
+    assert helos == {"w1.test", "w2.test"}, [(logs / f"{n}.log").read_text()[-2000:] for n in ("w1", "w2")]
+
+
+async def test_rate_limit_spaces_deliveries_to_a_domain(stack_factory: Any, sink: SMTPSink) -> None:
+    # 120 per minute is one start every 0.5 s.
+    stack = await stack_factory(rate_limits={"slow.example": 120})
+    ids = []
+    for i in range(3):
+        resp = await stack.send_ok({"To": [{"Address": f"r{i}@slow.example"}], "Text": "x"})
+        ids.append(resp["Submissions"][0]["QueueMsgID"])
+    await asyncio.gather(*(stack.finished(i, timeout=60) for i in ids))
+    times = sorted(t.accepted_at for t in sink.messages())
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) == 3 and all(g >= 0.45 for g in gaps), gaps
