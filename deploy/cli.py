@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from deploy.admincli import CLIError, add_commands
 from domain.config import load_config
 from domain.passwords import hash_password
 
@@ -110,10 +111,16 @@ def main(argv: list[str] | None = None) -> None:
     pw = sub.add_parser("passwd", help="print a password hash for an account's password_hash")
     pw.set_defaults(func=_cmd_passwd)
 
+    add_commands(sub)
+
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    args.func(args)
+    try:
+        args.func(args)
+    except CLIError as err:
+        print(f"tempost: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ class Delivery:
         }
         # Bumped whenever an admin operation changes state, so waiting groups re-evaluate.
         self._changes = 0
+        # Bumped by each lease_free signal (a delivery slot this submission waited for was freed).
+        self._lease_frees = 0
 
     @workflow.run
     async def run(self, inp: DeliveryInput) -> DeliveryStatus:
@@ -114,9 +116,12 @@ class Delivery:
                 batch.append(
                     AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final)
                 )
+            frees = self._lease_frees
             outcomes = await self._attempt(domain, batch)
             if outcomes and all(o.outcome == Outcome.BUSY for o in outcomes):
-                self._lease_busy(due, outcomes[0].retry_at)
+                # A wake-up that came while the attempt was out was meant for it: try again at once.
+                woken = self._lease_frees != frees
+                self._lease_busy(due, workflow.now() if woken else outcomes[0].retry_at)
                 continue
             for out in outcomes:
                 self._apply_outcome(out)
@@ -137,6 +142,7 @@ class Delivery:
     def lease_free(self) -> None:
         """A delivery slot this submission waits for was freed: its waiting messages are due now."""
         now = workflow.now()
+        self._lease_frees += 1
         for m in self._msgs.values():
             if m.lease_wait and m.done is None:
                 m.lease_wait = False
