@@ -16,6 +16,7 @@ from pathlib import Path
 from deploy.embedded import EmbeddedPostgres, TemporalDevServer, free_port
 from deploy.serve import install_stop_signals, serve_all
 from domain.config import Config, load_config
+from workflows.searchattrs import CLI_TYPES
 
 DEV_ACCOUNT = "dev"
 DEV_ADDRESS = "dev@localhost"
@@ -97,6 +98,8 @@ def run_dev(data_dir: Path, api_port: int | None) -> None:
         port=_port(config.temporal.address),
         ui_port=_port(config.temporal.address) + UI_PORT_OFFSET,
         log_file=data_dir / "temporal.log",
+        # Registered at start so the UI can filter on them from the first workflow.
+        search_attributes=sorted(CLI_TYPES.items()),
     )
     try:
         print("starting PostgreSQL ...", flush=True)

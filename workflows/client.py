@@ -5,7 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.service import RPCError
 
 from domain.config import QueueConfig
@@ -17,6 +22,7 @@ from domain.contracts import (
     delivery_workflow_id,
     webhook_workflow_id,
 )
+from workflows import searchattrs
 from workflows.bounce import Bounce
 from workflows.delivery import Delivery
 from workflows.webhook import Webhook
@@ -44,6 +50,13 @@ async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, su
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=summary,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(searchattrs.ACCOUNT, inp.account),
+                SearchAttributePair(searchattrs.STATE, "held" if inp.hold else "queued"),
+                SearchAttributePair(searchattrs.RCPT_DOMAINS, sorted({g.domain for g in inp.groups})),
+            ]
+        ),
     )
 
 

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from workflows import searchattrs
+
 with workflow.unsafe.imports_passed_through():
     from domain.backoff import DELAYED_DSN_ATTEMPT, JITTER_MAX, JITTER_MIN, backoff
     from domain.contracts import (
@@ -83,10 +85,13 @@ class Delivery:
         self._changes = 0
         # Bumped by each lease_free signal (a delivery slot this submission waited for was freed).
         self._lease_frees = 0
+        # The search attribute values last upserted, to upsert only on change.
+        self._published: tuple | None = None
 
     @workflow.run
     async def run(self, inp: DeliveryInput) -> DeliveryStatus:
         await asyncio.gather(*(self._deliver_group(g.domain, g.msg_ids) for g in inp.groups))
+        self._publish()
         # Let an admin update that retired the last message finish its reply before completing.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
@@ -95,6 +100,7 @@ class Delivery:
         assert self._input is not None
         base = timedelta(seconds=self._input.backoff_base_s)
         while True:
+            self._publish()
             pending = [self._msgs[i] for i in msg_ids if self._msgs[i].done is None]
             if not pending:
                 return
@@ -117,6 +123,7 @@ class Delivery:
                     AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final)
                 )
             frees = self._lease_frees
+            self._publish()
             outcomes = await self._attempt(domain, batch)
             if outcomes and all(o.outcome == Outcome.BUSY for o in outcomes):
                 # A wake-up that came while the attempt was out was meant for it: try again at once.
@@ -125,6 +132,46 @@ class Delivery:
                 continue
             for out in outcomes:
                 self._apply_outcome(out)
+
+    def _publish(self) -> None:
+        """Upsert the search attributes operators filter on, when they changed (DESIGN §3)."""
+        # Released histories have no upserts: replaying them must not produce any.
+        if not workflow.patched("search-attributes"):
+            return
+        pending = [m for m in self._msgs.values() if m.done is None]
+        waiting = [m.next_attempt for m in pending if not m.hold and not m.busy]
+        if not pending:
+            state = "finished"
+        elif any(m.busy for m in pending):
+            state = "delivering"
+        elif all(m.hold for m in pending):
+            state = "held"
+        elif any(m.attempts for m in pending):
+            state = "deferred"
+        else:
+            state = "queued"
+        values = (
+            state,
+            sorted({m.domain for m in pending}),
+            any(m.hold for m in pending),
+            min(waiting) if waiting else None,
+            max((m.attempts for m in self._msgs.values()), default=0),
+        )
+        if values == self._published:
+            return
+        self._published = values
+        next_attempt = values[3]
+        workflow.upsert_search_attributes(
+            [
+                searchattrs.STATE.value_set(state),
+                searchattrs.RCPT_DOMAINS.value_set(values[1]),
+                searchattrs.HELD.value_set(values[2]),
+                searchattrs.NEXT_ATTEMPT.value_set(next_attempt)
+                if next_attempt is not None
+                else searchattrs.NEXT_ATTEMPT.value_unset(),
+                searchattrs.ATTEMPTS.value_set(values[4]),
+            ]
+        )
 
     def _lease_busy(self, batch: list[_Msg], retry_at: datetime | None) -> None:
         """The attempt did not happen (spec 01 §3 concurrency): undo its bookkeeping and wait."""
