@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -18,10 +19,13 @@ from api import (
     admin_suppressions,
     webapi,
 )
+from api import metrics as queue_metrics
 from api.auth import Authenticator
 from api.state import AppState
 from domain.config import Config
 from store.db import Pool
+
+log = logging.getLogger("tempost.api")
 
 
 def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
@@ -65,6 +69,10 @@ def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        try:
+            await queue_metrics.refresh(pool)
+        except Exception:  # noqa: BLE001 - the process metrics still answer while PostgreSQL is away
+            log.warning("refreshing queue gauges", exc_info=True)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

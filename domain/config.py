@@ -63,6 +63,9 @@ class WorkerConfig(_Strict):
     """The worker process."""
 
     metrics_listen: str = "127.0.0.1:9464"
+    # The Temporal SDK's own metrics (workflow/activity task latencies, poller counts, ...) in Prometheus
+    # format on this address ("" leaves them off).
+    sdk_metrics_listen: str = ""
     max_concurrent_activities: int = 100
     # On shutdown, how long running activities (an SMTP transaction mid-DATA) may take to finish before
     # they are cancelled; a cancelled attempt is retried by the next worker.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -46,10 +48,22 @@ SANDBOX = SandboxedWorkflowRunner(
 ORPHAN_AGE = timedelta(seconds=30)
 
 
+@functools.cache
+def _runtime(sdk_metrics_listen: str) -> Runtime:
+    # One runtime per process and address: its Prometheus exporter binds the port once.
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=sdk_metrics_listen)))
+
+
 async def connect_temporal(config: Config) -> Client:
     """A Temporal client with the data converter every Tempost process must share."""
+    extra = {}
+    if config.worker.sdk_metrics_listen:
+        extra["runtime"] = _runtime(config.worker.sdk_metrics_listen)
     return await Client.connect(
-        config.temporal.address, namespace=config.temporal.namespace, data_converter=pydantic_data_converter
+        config.temporal.address,
+        namespace=config.temporal.namespace,
+        data_converter=pydantic_data_converter,
+        **extra,  # type: ignore[arg-type]
     )
 
 

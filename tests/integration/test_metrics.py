@@ -1,0 +1,58 @@
+"""Metrics an operator scrapes: queue gauges on the API, delivery and webhook counters, the SDK's own."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from deploy.embedded import free_port
+from tests.conftest import Stack
+from worker.main import connect_temporal
+
+
+def sample(text: str, name: str) -> float | None:
+    """The value of one sample line (name with labels) in Prometheus text format."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_queue_gauges_by_state_and_delivery_counters(stack: Stack) -> None:
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    resp = await stack.send_ok({"To": [{"Address": "a@example.com"}], "Text": "x", "FutureRelease": tomorrow})
+    later_id = resp["Submissions"][0]["QueueMsgID"]
+    await stack.admin("POST", f"/queue/{later_id}/hold")
+    resp = await stack.send_ok({"To": [{"Address": "b@example.com"}], "Text": "x"})
+    await stack.finished(resp["Submissions"][0]["QueueMsgID"])
+    text = (await stack.http.get("/metrics")).text
+    assert sample(text, 'tempost_queue_messages{state="held"}') == 1
+    assert sample(text, "tempost_queue_hold") == 1
+    assert sample(text, 'tempost_queue_messages{state="due"}') == 0
+    assert (sample(text, 'tempost_queue_oldest_seconds{state="held"}') or 0) > 0
+    assert sample(text, "tempost_webhook_queue_messages") == 0
+    # The worker runs in this process in tests, so its delivery metrics are in the same registry.
+    assert "tempost_queue_delivery_duration_seconds_bucket" in text
+    assert 'result="ok"' in text
+
+
+async def test_temporal_sdk_metrics_on_their_own_port(stack: Stack) -> None:
+    port = free_port()
+    cfg = stack.config.model_copy(
+        update={
+            "temporal": stack.config.temporal.model_copy(
+                update={"address": stack.client.service_client.config.target_host}
+            ),
+            "worker": stack.config.worker.model_copy(update={"sdk_metrics_listen": f"127.0.0.1:{port}"}),
+        }
+    )
+    client = await connect_temporal(cfg)
+    await client.count_workflows()
+    async with asyncio.timeout(10), httpx.AsyncClient() as http:
+        while True:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            if "temporal_request" in text:
+                break
+            await asyncio.sleep(0.2)
