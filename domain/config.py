@@ -66,6 +66,9 @@ class WorkerConfig(_Strict):
     # The Temporal SDK's own metrics (workflow/activity task latencies, poller counts, ...) in Prometheus
     # format on this address ("" leaves them off).
     sdk_metrics_listen: str = ""
+    # How often the retention schedule deletes retired messages and hooks past their keep period; the
+    # first run comes at worker start. "0s" creates no schedule.
+    retention_interval: Duration = timedelta(hours=1)
     max_concurrent_activities: int = 100
     # On shutdown, how long running activities (an SMTP transaction mid-DATA) may take to finish before
     # they are cancelled; a cancelled attempt is retried by the next worker.

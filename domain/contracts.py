@@ -245,3 +245,22 @@ class BulkOp(BaseModel):
 
 
 BULK_OPS = ("hold", "release", "kick", "set_next", "add_next", "fail", "drop")
+
+
+# --- Retention (spec 01 §6.4, spec 03 §3.8) ---
+
+WORKFLOW_RETENTION = "Retention"
+ACTIVITY_CLEANUP = "cleanup_retired"
+
+
+def retention_schedule_id(task_queue: str) -> str:
+    """Id of the Temporal schedule that runs the retention cleanup for one task queue."""
+    return f"retention-{task_queue}"
+
+
+class CleanupResult(BaseModel):
+    """What one retention run deleted."""
+
+    messages: int = 0
+    hooks: int = 0
+    bounces: int = 0

@@ -68,3 +68,10 @@ async def record_on_retired(conn: Conn, msg_id: int, now: datetime, result: dict
         "UPDATE retired_msgs SET last_activity = %s, results = results || %s WHERE id = %s",
         (now, Jsonb([result]), msg_id),
     )
+
+
+async def cleanup_processed(pool: Pool, before: datetime) -> int:
+    """Delete bounces processed before the given time."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("DELETE FROM bounces WHERE processed < %s", (before,))
+        return cur.rowcount

@@ -6,10 +6,19 @@ import asyncio
 import contextlib
 import functools
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from prometheus_client import start_http_server
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -18,8 +27,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.bounces import BounceActivities
 from activities.delivery import DeliveryActivities
+from activities.retention import RetentionActivities
 from activities.webhooks import HookControl, WebhookActivities, WebhookQueue
 from domain.config import Config
+from domain.contracts import retention_schedule_id
 from store import bounces, db, hooks
 from store import queue as q
 from store.db import Pool
@@ -35,6 +46,7 @@ from workflows.client import (
 )
 from workflows.delivery import Delivery
 from workflows.registry import ensure_search_attributes
+from workflows.retention import Retention
 from workflows.webhook import Webhook
 
 log = logging.getLogger("tempost.worker")
@@ -90,8 +102,8 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     return Worker(
         client,
         task_queue=config.temporal.task_queue,
-        workflows=[Delivery, Webhook, Bounce],
-        activities=[*acts.all(), *hook_acts.all(), *bounce_acts.all()],
+        workflows=[Delivery, Webhook, Bounce, Retention],
+        activities=[*acts.all(), *hook_acts.all(), *bounce_acts.all(), *RetentionActivities(pool).all()],
         workflow_runner=SANDBOX,
         max_concurrent_activities=config.worker.max_concurrent_activities,
         # An SMTP transaction in flight at shutdown gets time to finish and record its outcome rather
@@ -139,6 +151,28 @@ async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: 
     return started
 
 
+async def ensure_retention_schedule(client: Client, config: Config) -> bool:
+    """Create the schedule of the Retention workflow unless it exists; True when created.
+
+    A Temporal schedule rather than a timer in some process: it runs once per interval however many
+    workers there are, and operators see, pause or trigger it in the UI.
+    """
+    every = config.worker.retention_interval
+    if every <= timedelta(0):
+        return False
+    tq = config.temporal.task_queue
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(Retention.run, id=f"retention-{tq}", task_queue=tq),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(retention_schedule_id(tq), schedule, trigger_immediately=True)
+    except ScheduleAlreadyRunningError:
+        return False
+    return True
+
+
 async def sweep_hooks(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
     """Start the workflow of every hook committed without one; returns how many."""
     rows = await hooks.unstarted(pool, older_than)
@@ -157,9 +191,6 @@ async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
             await sweep_hooks(client, pool, config, ORPHAN_AGE)
             for bounce_id in await bounces.unprocessed(pool, ORPHAN_AGE):
                 await start_bounce(client, config.temporal.task_queue, bounce_id)
-            # Retired messages and hooks past their keep period go (spec 01 §6.2, spec 03 §3.8).
-            await q.cleanup_retired(pool, datetime.now(UTC))
-            await hooks.cleanup_retired(pool, datetime.now(UTC))
         except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
             log.exception("sweeping orphaned submissions and hooks")
         await asyncio.sleep(ORPHAN_AGE.total_seconds())
@@ -184,6 +215,10 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
     try:
         worker = build_worker(client, pool, config)
         sweeper = asyncio.create_task(_sweeper(client, pool, config))
+        try:
+            await ensure_retention_schedule(client, config)
+        except Exception:  # noqa: BLE001 - deletion waits; nothing queued depends on it
+            log.exception("creating the retention schedule")
         listener = None
         if config.worker.bounces_listen:
             host, port = _listen(config.worker.bounces_listen)

@@ -7,9 +7,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from domain.contracts import MsgState
+from domain.contracts import MsgState, retention_schedule_id
 from store import queue as q
 from tests.conftest import SENDER, Stack
+from worker.main import ensure_retention_schedule
 
 
 async def insert(stack: Stack, n: int, *, queued: datetime, next_attempt: datetime) -> list[int]:
@@ -193,3 +194,25 @@ async def test_new_rule_holds_matching_queued_mail_by_all_its_fields(stack: Stac
     assert (await stack.admin("GET", f"/queue/{b}")).json()["State"] == "queued"
     bad = await stack.admin("POST", "/holdrules", json={"SenderDomain": "not a domain!"})
     assert bad.status_code == 400 and bad.json()["Code"] == "badDomain"
+
+
+async def test_36_retention_schedule_deletes_retired_records_past_keep_until(stack: Stack) -> None:
+    now = datetime.now(UTC)
+    ids = await insert(stack, 2, queued=now, next_attempt=now)
+    await q.retire(stack.pool, {ids[0]: None}, "delivered", {"alice": timedelta(microseconds=1)}, now)
+    await q.retire(stack.pool, {ids[1]: None}, "delivered", {"alice": timedelta(hours=1)}, now)
+    config = stack.config.model_copy(
+        update={"worker": stack.config.worker.model_copy(update={"retention_interval": timedelta(hours=1)})}
+    )
+    assert await ensure_retention_schedule(stack.client, config)
+    # Created once: a second worker starting finds it.
+    assert not await ensure_retention_schedule(stack.client, config)
+    handle = stack.client.get_schedule_handle(retention_schedule_id(config.temporal.task_queue))
+    try:
+        # The first run comes at once, on this stack's worker.
+        async with asyncio.timeout(20):
+            while await q.get_retired(stack.pool, ids[0]) is not None:
+                await asyncio.sleep(0.1)
+        assert await q.get_retired(stack.pool, ids[1]) is not None
+    finally:
+        await handle.delete()
