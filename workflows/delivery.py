@@ -100,7 +100,6 @@ class Delivery:
         assert self._input is not None
         base = timedelta(seconds=self._input.backoff_base_s)
         while True:
-            self._publish()
             pending = [self._msgs[i] for i in msg_ids if self._msgs[i].done is None]
             if not pending:
                 return
@@ -197,6 +196,8 @@ class Delivery:
         self._changes += 1
 
     async def _wait_for_due(self, pending: list[_Msg], now: datetime) -> None:
+        # Attributes are published only where the workflow blocks, so one workflow task upserts once.
+        self._publish()
         seen = self._changes
         waiting = [m.next_attempt for m in pending if not m.hold and not m.busy]
         if not waiting:
