@@ -47,7 +47,7 @@ async def test_hold_release_and_kick_over_a_filter(stack: Stack) -> None:
     assert sorted(stack.sink.delivered_to()) == ["a@example.com", "b@example.com", "c@other.example"]
 
 
-async def test_nextattempt_set_and_add(stack: Stack) -> None:
+async def test_10_nextattempt_set_and_add(stack: Stack) -> None:
     a, b = await queue_later(stack, "a@example.com", "b@example.com")
     soon = datetime.now(UTC) + timedelta(hours=2)
     assert await post(stack, "nextattempt", {"Filter": {"IDs": [a]}, "Set": soon.isoformat()}) == {
@@ -61,7 +61,7 @@ async def test_nextattempt_set_and_add(stack: Stack) -> None:
         assert (await stack.finished(i)).msgs[0].state == MsgState.DELIVERED
 
 
-async def test_fail_and_drop_over_a_filter_retire_with_dsn_only_for_fail(stack: Stack) -> None:
+async def test_04_05_35_fail_and_drop_over_a_filter_retire_with_dsn_only_for_fail(stack: Stack) -> None:
     a, b, c = await queue_later(stack, "a@example.com", "b@example.com", "c@example.com")
     assert await post(stack, "fail", {"Filter": {"IDs": [a, b]}}) == {"Affected": 2}
     assert await post(stack, "drop", {"Filter": {"To": "c@"}}) == {"Affected": 1}
@@ -76,7 +76,7 @@ async def test_fail_and_drop_over_a_filter_retire_with_dsn_only_for_fail(stack: 
     assert await listed(stack, to="@example.com") == []
 
 
-async def test_transport_and_requiretls_change_rows_for_the_next_attempt(stack: Stack) -> None:
+async def test_03_18_transport_and_requiretls_change_rows_for_the_next_attempt(stack: Stack) -> None:
     a, b = await queue_later(stack, "a@example.com", "b@example.com")
     assert await post(stack, "transport", {"Filter": {"IDs": [a]}, "Transport": "localserve"}) == {
         "Affected": 1
