@@ -196,10 +196,14 @@ class DirectTransport:
         try:
             mx = await self._resolver.mx(domain)
             records: list[tuple[int, str]] | None = [(r.preference, r.host) for r in mx.records]
-            authentic = mx.authentic
+            # DANE needs the whole way to the MX names authentic, CNAMEs included (spec 02 §1.2).
+            authentic = mx.authentic and mx.authentic_expanded
         except DNSNotFound as err:
             records = None
             authentic = err.authentic
+            # No MX: the name the CNAMEs led to is the implicit MX (spec 02 §1.2).
+            if err.expanded and not domain.startswith("["):
+                domain = err.expanded
         except DNSTemporary as err:
             raise NextHopError(f"looking up mx records: {err}", permanent=False) from None
         if domain.startswith("["):

@@ -17,6 +17,9 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+# CNAMEs followed for one name at most (spec 02 §1.2: the 16th is an error).
+MAX_CNAMES = 16
+
 
 class DNSError(Exception):
     """A lookup that did not produce records."""
@@ -25,9 +28,11 @@ class DNSError(Exception):
 class DNSNotFound(DNSError):
     """The name or the record type does not exist (NXDOMAIN or NODATA)."""
 
-    def __init__(self, message: str, authentic: bool = False) -> None:
+    def __init__(self, message: str, authentic: bool = False, expanded: str = "") -> None:
         super().__init__(message)
         self.authentic = authentic
+        # For MX lookups: the name after CNAMEs, which is the implicit MX (spec 02 §1.2).
+        self.expanded = expanded
 
 
 class DNSTemporary(DNSError):
@@ -112,14 +117,53 @@ class Resolver:
         authentic = bool(ans.response.flags & dns.flags.AD)
         return [r.to_text() for r in ans], authentic, ans.canonical_name.to_text().rstrip(".")
 
+    async def _cname(self, name: str) -> tuple[str | None, bool]:
+        """The CNAME target of name (None when it has none) and whether the answer was authentic."""
+        try:
+            texts, ad, _ = await self._query(name, "CNAME")
+        except DNSNotFound as err:
+            return None, err.authentic
+        return (texts[0].rstrip(".").lower() if texts else None), ad
+
     async def mx(self, domain: str) -> MXResult:
-        """MX records of domain; raises DNSNotFound when there are none (implicit MX, RFC 5321 §5.1)."""
-        texts, authentic, canonical = await self._query(domain, "MX")
+        """MX records of domain after following CNAMEs explicitly (spec 02 §1.2).
+
+        Raises DNSNotFound (carrying the expanded name, the implicit MX of RFC 5321 §5.1) when there are
+        none, DNSTemporary on a CNAME loop or a chain of 16 CNAMEs. `authentic` is the AD bit of the
+        first name's answers; `authentic_expanded` that of every answer along the chain.
+        """
+        expanded = domain.rstrip(".").lower()
+        seen: set[str] = set()
+        authentic_orig = authentic_expanded = True
+        first = True
+        hops = 0
+        while True:
+            if expanded in seen:
+                raise DNSTemporary(f"{domain}: cname loop")
+            if hops >= MAX_CNAMES:
+                raise DNSTemporary(f"{domain}: too many cname records")
+            seen.add(expanded)
+            target, ad = await self._cname(expanded)
+            if first:
+                authentic_orig = authentic_orig and ad
+            authentic_expanded = authentic_expanded and ad
+            if target is None or target == expanded:
+                break
+            expanded, first, hops = target, False, hops + 1
+        try:
+            texts, ad, _ = await self._query(expanded, "MX")
+        except DNSNotFound as err:
+            # Authentic only when every answer on the way was.
+            authentic = authentic_orig and authentic_expanded and err.authentic
+            raise DNSNotFound(str(err), authentic, expanded) from None
+        if first:
+            authentic_orig = authentic_orig and ad
+        authentic_expanded = authentic_expanded and ad
         records: list[MX] = []
         for t in texts:
             pref, _, host = t.partition(" ")
             records.append(MX(int(pref), host.rstrip(".").lower()))
-        return MXResult(canonical.lower(), records, authentic, authentic)
+        return MXResult(expanded, records, authentic_orig, authentic_expanded)
 
     async def ips(self, host: str, *, ipv4: bool = True, ipv6: bool = True) -> IPResult:
         """A and AAAA addresses of host; raises DNSNotFound when it has neither."""

@@ -139,6 +139,16 @@ async def test_46_implicit_mx_uses_the_domains_own_address(
     assert status.msgs[0].state == MsgState.DELIVERED and mx1.delivered_to() == ["bob@implicit.example"]
 
 
+async def test_46_cname_to_a_name_without_mx_makes_the_final_name_the_implicit_mx(
+    direct_stack, dns: DNSServer, mx1: SMTPSink
+) -> None:
+    # alias.example has no address of its own: only the name the CNAME leads to has one.
+    dns.add("alias.example", "CNAME", "host.example.").add("host.example", "A", MX1)
+    stack = await direct_stack()
+    status, _ = await _deliver(stack, "bob@alias.example")
+    assert status.msgs[0].state == MsgState.DELIVERED and mx1.delivered_to() == ["bob@alias.example"]
+
+
 async def test_46_cname_to_an_mx_domain_uses_its_mx(direct_stack, dns: DNSServer, mx2: SMTPSink) -> None:
     dns.add("alias.example", "CNAME", "real.example.").add("real.example", "MX", "10 mx2.example.com.")
     stack = await direct_stack()

@@ -131,11 +131,6 @@ async def test_46_absent_domain_and_dangling_cname_are_not_found(server: DNSServ
             await r.mx(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec 02 §1.2/§10.46: a dangling CNAME makes the *final* name the implicit MX; "
-    "DNSNotFound does not carry the expanded name",
-)
 async def test_46_dangling_cname_reports_the_final_name(server: DNSServer) -> None:
     server.add("dangling.example", "CNAME", "gone.example.")
     with pytest.raises(DNSNotFound) as err:
@@ -222,11 +217,6 @@ async def test_47_negative_answers_carry_the_ad_bit(server: DNSServer) -> None:
         assert err.value.authentic is authentic, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec 02 §1.2/§10.47: authentic_orig/authentic_expanded need explicit CNAME chasing; the resolver "
-    "lets dnspython follow CNAMEs and the test server derives AD from the query name only",
-)
 async def test_47_authentic_cname_to_inauthentic_name_original_true_expanded_false(server: DNSServer) -> None:
     server.add("alias.signed.example", "CNAME", "plain.example.")
     server.add("plain.example", "MX", "10 mx.plain.example.")
