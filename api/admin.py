@@ -52,6 +52,17 @@ def _state(request: Request) -> AppState:
     return st
 
 
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or a 400 badRequest."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AdminError(400, "badRequest", "body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise AdminError(400, "badRequest", "body must be a JSON object")
+    return body
+
+
 def _bool(name: str, v: str | None) -> bool | None:
     if v is None or v == "":
         return None

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.admin import AdminError, _state
+from api.admin import AdminError, _state, json_body
 from api.state import AppState
 from domain.contracts import BulkOp, delivery_workflow_id
 from domain.durations import parse_duration
@@ -66,16 +66,6 @@ def filter_from_json(raw: Any) -> QueueFilter:
         raise AdminError(400, "badFilter", str(err)) from None
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise AdminError(400, "badRequest", "body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise AdminError(400, "badRequest", "body must be a JSON object")
-    return body
-
-
 async def signal_all(st: AppState, rows: Sequence[dict[str, Any]], make: Any) -> int:
     """Send one BulkOp signal per submission; returns how many messages were reached."""
     by_base: dict[int, list[int]] = defaultdict(list)
@@ -102,7 +92,7 @@ async def signal_all(st: AppState, rows: Sequence[dict[str, Any]], make: Any) ->
 
 async def _op(request: Request, op: str) -> dict[str, Any]:
     st = _state(request)
-    body = await _body(request)
+    body = await json_body(request)
     f = filter_from_json(body.get("Filter"))
     now = datetime.now(UTC)
     rows = await q.matching(st.pool, f, now)

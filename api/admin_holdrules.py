@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.admin import AdminError, _state
+from api.admin import AdminError, _state, json_body
 from api.admin_bulk import signal_all
 from domain.addresses import AddressError, parse_domain
 from domain.contracts import BulkOp
@@ -53,12 +53,7 @@ async def add_holdrule(request: Request) -> dict[str, Any]:
     """Add `{"Account", "SenderDomain", "RecipientDomain"}` (all empty: hold everything); the queued
     messages it matches are held at once, and `Affected` says how many."""
     st = _state(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise AdminError(400, "badRequest", "body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise AdminError(400, "badRequest", "body must be a JSON object")
+    body = await json_body(request)
     sender = _domain(body, "SenderDomain", "SenderDomainStr")
     recipient = _domain(body, "RecipientDomain", "RecipientDomainStr")
     rule = await holdrules.add(st.pool, str(body.get("Account") or ""), sender, recipient)

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from api.admin import AdminError, _bool, _state
+from api.admin import AdminError, _bool, _state, json_body
 from domain.durations import parse_duration
 from domain.filters import FilterError, parse_time_condition
 from store import hooks
@@ -137,19 +137,9 @@ async def get_hook(hook_id: int, request: Request) -> dict[str, Any]:
     raise AdminError(404, "notFound", f"hook {hook_id} not found")
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise AdminError(400, "badRequest", "body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise AdminError(400, "badRequest", "body must be a JSON object")
-    return body
-
-
 async def _reschedule(request: Request, at: datetime | None, add: timedelta | None) -> dict[str, Any]:
     st = _state(request)
-    body = await _body(request)
+    body = await json_body(request)
     now = datetime.now(UTC)
     f = _filter(body.get("Filter") or {}, now)
     if at is None and add is None:
@@ -187,7 +177,7 @@ async def schedule_hooks(request: Request) -> dict[str, Any]:
 async def cancel_hooks(request: Request) -> dict[str, Any]:
     """Remove matching hooks from the queue; kept as retired with "canceled by admin" where retained."""
     st = _state(request)
-    body = await _body(request)
+    body = await json_body(request)
     now = datetime.now(UTC)
     f = _filter(body.get("Filter") or {}, now)
     keep = {a.name: a.keep_retired_webhook_period for a in st.config.accounts}

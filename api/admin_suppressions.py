@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.admin import AdminError, _state
+from api.admin import AdminError, _state, json_body
 from api.webapi import suppression_json
 from domain.addresses import AddressError, parse_address
 from domain.suppression import base_address, original_address
@@ -51,12 +51,7 @@ async def list_suppressions(request: Request) -> dict[str, Any]:
 async def add_suppression(request: Request) -> dict[str, Any]:
     """Add `{"Account", "EmailAddress", "Manual", "Reason"}`; 409 when the base address is listed."""
     st = _state(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise AdminError(400, "badRequest", "body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise AdminError(400, "badRequest", "body must be a JSON object")
+    body = await json_body(request)
     account = _account(body.get("Account"))
     base, original = _base(str(body.get("EmailAddress", "")))
     try:

@@ -9,7 +9,14 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from domain.filters import RETIRED_SORT_FIELDS, SORT_FIELDS, QueueFilter, QueueSort, RetiredFilter
+from domain.filters import (
+    RETIRED_SORT_FIELDS,
+    SORT_FIELDS,
+    QueueFilter,
+    QueueSort,
+    RetiredFilter,
+    TimeCondition,
+)
 from store.db import Conn, Pool
 
 Row = dict[str, Any]
@@ -337,7 +344,17 @@ async def raw_message(pool: Pool, msg_id: int) -> bytes | None:
         return bytes(r["data"]) if r else None
 
 
-def _filter_sql(f: QueueFilter, now: datetime) -> tuple[str, list[Any]]:
+_SENDER = "(sender_localpart || '@' || sender_domain_str)"
+_RCPT = "(recipient_localpart || '@' || trim(both '[]' from recipient_domain_str))"
+
+
+def _common_conditions(
+    f: QueueFilter | RetiredFilter,
+    now: datetime,
+    rcpt: str,
+    times: Sequence[tuple[str, TimeCondition | None]],
+) -> tuple[list[str], list[Any]]:
+    """The filter fields queued and retired listings share (spec 01 §5.1, §6.5)."""
     conds: list[str] = []
     args: list[Any] = []
     if f.ids:
@@ -346,28 +363,33 @@ def _filter_sql(f: QueueFilter, now: datetime) -> tuple[str, list[Any]]:
     if f.account:
         conds.append("sender_account = %s")
         args.append(f.account)
-    sender = "(sender_localpart || '@' || sender_domain_str)"
-    rcpt = "(recipient_localpart || '@' || trim(both '[]' from recipient_domain_str))"
     # mox ORs From and To when both are given (spec 01 §5.1 QUIRK, kept).
     if f.from_ and f.to:
-        conds.append(f"(strpos({sender}, %s) > 0 OR strpos({rcpt}, %s) > 0)")
+        conds.append(f"(strpos({_SENDER}, %s) > 0 OR strpos({rcpt}, %s) > 0)")
         args += [f.from_, f.to]
     elif f.from_:
-        conds.append(f"strpos({sender}, %s) > 0")
+        conds.append(f"strpos({_SENDER}, %s) > 0")
         args.append(f.from_)
     elif f.to:
         conds.append(f"strpos({rcpt}, %s) > 0")
         args.append(f.to)
-    if f.hold is not None:
-        conds.append("hold = %s")
-        args.append(f.hold)
-    for col, tc in (("queued", f.submitted), ("next_attempt", f.next_attempt)):
+    for col, tc in times:
         if tc is not None:
             conds.append(f"{col} {'<' if tc.before else '>'} %s")
             args.append(tc.reference(now))
     if f.transport is not None:
         conds.append("transport = %s")
         args.append(f.transport)
+    return conds, args
+
+
+def _filter_sql(f: QueueFilter, now: datetime) -> tuple[str, list[Any]]:
+    conds, args = _common_conditions(
+        f, now, _RCPT, (("queued", f.submitted), ("next_attempt", f.next_attempt))
+    )
+    if f.hold is not None:
+        conds.append("hold = %s")
+        args.append(f.hold)
     return (" AND ".join(conds) or "true"), args
 
 
@@ -437,32 +459,8 @@ async def update_rows(pool: Pool, ids: Sequence[int], column: str, value: Any) -
 
 async def list_retired(pool: Pool, f: RetiredFilter, sort: QueueSort, now: datetime) -> list[Row]:
     """Retired messages matching a filter, in (field, id) order with keyset continuation (spec 01 §6.5)."""
-    conds: list[str] = []
-    args: list[Any] = []
-    if f.ids:
-        conds.append("id = ANY(%s)")
-        args.append(list(f.ids))
-    if f.account:
-        conds.append("sender_account = %s")
-        args.append(f.account)
-    sender = "(sender_localpart || '@' || sender_domain_str)"
-    # mox ORs From and To when both are given (spec 01 §6.5 keeps §5.1's quirk).
-    if f.from_ and f.to:
-        conds.append(f"(strpos({sender}, %s) > 0 OR strpos(recipient_address, %s) > 0)")
-        args += [f.from_, f.to]
-    elif f.from_:
-        conds.append(f"strpos({sender}, %s) > 0")
-        args.append(f.from_)
-    elif f.to:
-        conds.append("strpos(recipient_address, %s) > 0")
-        args.append(f.to)
-    for col, tc in (("queued", f.submitted), ("last_activity", f.last_activity)):
-        if tc is not None:
-            conds.append(f"{col} {'<' if tc.before else '>'} %s")
-            args.append(tc.reference(now))
-    if f.transport is not None:
-        conds.append("transport = %s")
-        args.append(f.transport)
+    times = (("queued", f.submitted), ("last_activity", f.last_activity))
+    conds, args = _common_conditions(f, now, "recipient_address", times)
     if f.success is not None:
         conds.append("success = %s")
         args.append(f.success)
