@@ -23,8 +23,12 @@ from python_socks.async_.asyncio import Proxy as SocksProxy
 from activities.dns import DNSNotFound, DNSTemporary, Resolver
 from activities.metrics import (
     CONNECTIONS,
+    DANE_GATHER_ERRORS,
+    DANE_REQUIRED,
+    DANE_STARTTLS_UNVERIFIED,
     DELIVERY_DURATION,
     DESTINATIONS,
+    DESTINATIONS_AUTHENTIC,
     PLAINTEXT_FALLBACK,
     REQUIRETLS_UNSUPPORTED,
     TLSREQUIREDNO_IGNORED,
@@ -217,6 +221,7 @@ class DirectTransport:
         except DNSNotFound:
             return None
         except DNSTemporary as err:
+            DANE_GATHER_ERRORS.inc()
             if env.require_tls is False:
                 TLSREQUIREDNO_IGNORED.labels("badtlsa").inc()
                 return None
@@ -252,9 +257,13 @@ class DirectTransport:
             ips, dualstack, ip_authentic = await self._addresses(host)
             dane: list[TLSARecord] | None = None
             if mx_authentic and ip_authentic and not host.is_ip and mode != "skip":
+                DESTINATIONS_AUTHENTIC.inc()
                 dane = await self._tlsa(host.name, env)
             usable_dane = [r for r in dane or [] if usable(r)]
             if dane is not None:
+                DANE_REQUIRED.inc()
+                if not usable_dane:
+                    DANE_STARTTLS_UNVERIFIED.inc()
                 # Any TLSA record makes STARTTLS mandatory; only usable ones can verify (RFC 7672 §2.2).
                 mode = "requiredstarttls"
             label = mode + ("+mtasts" if pkix else "") + ("+dane" if dane is not None else "")

@@ -14,6 +14,18 @@ DELIVERY_DURATION = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 20, 30, 60, 120),
 )
 DESTINATIONS = Counter("tempost_queue_destinations_total", "Hosts tried in direct delivery.")
+DESTINATIONS_AUTHENTIC = Counter(
+    "tempost_queue_destinations_authentic_total",
+    "Hosts tried whose DNS chain was DNSSEC-authentic (DANE candidates).",
+)
+DANE_REQUIRED = Counter(
+    "tempost_queue_destination_dane_required_total", "Hosts with TLSA records: DANE required."
+)
+DANE_STARTTLS_UNVERIFIED = Counter(
+    "tempost_queue_destination_dane_starttlsunverified_total",
+    "DANE required but every TLSA record unusable: STARTTLS without verification.",
+)
+DANE_GATHER_ERRORS = Counter("tempost_queue_destination_dane_gathertlsa_errors_total", "TLSA lookup errors.")
 TLSREQUIREDNO_IGNORED = Counter(
     "tempost_queue_tlsrequiredno_ignored_total",
     "TLS policy findings ignored because the message has TLS-Required: No.",

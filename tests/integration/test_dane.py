@@ -16,6 +16,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from prometheus_client import REGISTRY
 
 from domain.contracts import MsgState
 from tests.conftest import Stack
@@ -111,13 +112,23 @@ async def test_15_tlsa_without_dnssec_is_ignored_and_tls_stays_opportunistic(
     assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
 
 
+DANE_COUNTERS = (
+    "tempost_queue_destinations_authentic_total",
+    "tempost_queue_destination_dane_required_total",
+    "tempost_queue_destination_dane_starttlsunverified_total",
+)
+
+
 async def test_14_only_unusable_tlsa_records_require_starttls_without_verification(
     dane_stack, dns: DNSServer, mx: SMTPSink
 ) -> None:
     dns.add(TLSA_NAME, "TLSA", "1 1 1 " + "00" * 32)  # PKIX-EE: not usable for SMTP
     stack = await dane_stack()
+    before = {n: REGISTRY.get_sample_value(n) or 0 for n in DANE_COUNTERS}
     msg, _ = await _send(stack)
     assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+    # Counted as DANE-required with STARTTLS left unverified (spec 01 §9).
+    assert all((REGISTRY.get_sample_value(n) or 0) == before[n] + 1 for n in DANE_COUNTERS)
 
 
 async def test_tlsa_lookup_failure_is_temporary_and_sends_nothing(
