@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,8 +209,16 @@ def _bulk(args: argparse.Namespace, op: str, body: dict[str, Any], done: str) ->
     body = {"Filter": _filter(args), **body}
     if not body["Filter"] and not args.all:
         raise CLIError(f"{op} without a filter applies to every queued message: add --all to confirm")
-    print(f"{op} ...", file=sys.stderr, flush=True) if not args.json else None
+    if not args.json:
+        # Progress for large operations: how many messages match, and the time it took.
+        matching = _call(args, "GET", "/queue/count", params=_query(args)).json()["Count"]
+        if args.max:
+            matching = min(matching, args.max)
+        print(f"{op}: {matching} matching message(s) ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
     result = _call(args, "POST", f"/queue/{op}", json=body).json()
+    if not args.json:
+        print(f"{op}: done in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
     _print(args, result, f"{result['Affected']} message(s) {done}")
 
 

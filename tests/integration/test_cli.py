@@ -82,6 +82,8 @@ async def test_list_hold_release_and_dump(served: tuple[Stack, str]) -> None:
     assert refused.returncode == 1 and "--all" in refused.stderr
     released = await tempost(url, "queue", "release", "--ids", str(msg_id))
     assert released.stdout.strip() == "1 message(s) released"
+    # Progress goes to stderr, so stdout stays clean for scripts.
+    assert "release: 1 matching message(s)" in released.stderr and "done in" in released.stderr
     assert (await stack.finished(msg_id)).msgs[0].state == MsgState.DELIVERED
     retired = (await tempost(url, "queue", "retired", "list")).stdout
     assert str(msg_id) in retired and "success" in retired
