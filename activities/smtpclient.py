@@ -161,6 +161,10 @@ async def open_session(
             _close(client)
             raise reply_error(err2.code, err2.message) from None
     if mode == "requiredstarttls" or (mode == "opportunistic" and client.supports_extension("starttls")):
+        if not client.supports_extension("starttls"):
+            # Required TLS is asked for even when not announced, as mox does (spec 02 §10 scenario 40): a
+            # server may support it without saying so, and a refusal is then a clear reply.
+            client.esmtp_extensions["starttls"] = ""
         try:
             await client.starttls(tls_context=tls_context, server_hostname=server_name)
         except aiosmtplib.SMTPResponseException as err:

@@ -68,6 +68,32 @@ async def test_required_starttls_not_offered_sends_nothing(stack_factory, sink: 
     assert status.msgs[0].state == MsgState.FAILED and sink.messages() == []
 
 
+async def test_40_required_starttls_is_sent_even_when_not_announced(
+    stack_factory, tls_sink: SMTPSink, ca: trustme.CA, tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls_sink.behaviour.ehlo_without = ["STARTTLS"]
+    stack = await stack_factory(transports={"tls": _relay(tls_sink, str(ca_file))}, default_transport="tls")
+    resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
+    status = await stack.finished(resp["Submissions"][0]["QueueMsgID"])
+    assert status.msgs[0].state == MsgState.DELIVERED and tls_sink.tls_sessions == 1
+
+
+async def test_40_required_starttls_refused_with_502_is_permanent(stack_factory, sink: SMTPSink) -> None:
+    sink.behaviour.ehlo_without = ["STARTTLS"]
+    sink.behaviour.starttls_reply = "502 5.5.1 command not implemented"
+    stack = await stack_factory(transports={"tls": _relay(sink, "")}, default_transport="tls", max_attempts=3)
+    resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    status = await stack.finished(msg_id)
+    # One attempt: a 5xx refusal of required TLS is final, and nothing went in the clear.
+    assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1
+    assert sink.messages() == []
+    last = (await stack.admin("GET", f"/queue/{msg_id}")).json()["Results"][-1]
+    assert last["Code"] == 502 and "not implemented" in last["Error"]
+
+
 async def test_opportunistic_starttls_uses_tls_when_offered(
     stack_factory, tls_sink: SMTPSink, ca: trustme.CA, tmp_path: Path
 ) -> None:

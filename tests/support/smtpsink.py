@@ -58,6 +58,8 @@ class SinkBehaviour:
     ehlo_reply: str = ""
     # Seconds DATA takes before the reply, so concurrent deliveries overlap visibly.
     data_delay: float = 0.0
+    # Reply to STARTTLS instead of starting TLS, e.g. "502 5.5.1 command not implemented".
+    starttls_reply: str = ""
 
 
 class _SMTP(SMTP):
@@ -70,6 +72,13 @@ class _SMTP(SMTP):
             self.session.requiretls = True  # type: ignore[attr-defined]
             arg = " ".join(w for w in words if w.upper() != "REQUIRETLS")
         await super().smtp_MAIL(arg)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802
+        reply = self.event_handler.sink.behaviour.starttls_reply
+        if reply:
+            await self.push(reply)
+            return
+        await super().smtp_STARTTLS(arg)
 
 
 class _Controller(Controller):
