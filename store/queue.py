@@ -393,22 +393,28 @@ def _filter_sql(f: QueueFilter, now: datetime) -> tuple[str, list[Any]]:
     return (" AND ".join(conds) or "true"), args
 
 
-async def list_msgs(pool: Pool, f: QueueFilter, sort: QueueSort, now: datetime) -> list[Row]:
-    """Queued messages matching a filter, in (field, id) order with keyset continuation."""
-    where, args = _filter_sql(f, now)
-    col = SORT_FIELDS[sort.field]
+async def _page(
+    pool: Pool, table: str, where: str, args: list[Any], col: str, sort: QueueSort, limit: int
+) -> list[Row]:
+    """Rows in (col, id) order, strictly after the keyset position of `sort` (spec 01 §5.2)."""
     if sort.last_id > 0 and sort.last is not None:
         op = ">" if sort.asc else "<"
         where += f" AND id <> %s AND ({col}, id) {op} (%s, %s)"
-        args += [sort.last_id, sort.last, sort.last_id]
+        args = [*args, sort.last_id, sort.last, sort.last_id]
     direction = "ASC" if sort.asc else "DESC"
-    sql = f"SELECT * FROM queue_msgs WHERE {where} ORDER BY {col} {direction}, id {direction}"
-    if f.max > 0:
+    sql = f"SELECT * FROM {table} WHERE {where} ORDER BY {col} {direction}, id {direction}"
+    if limit > 0:
         sql += " LIMIT %s"
-        args.append(f.max)
+        args = [*args, limit]
     async with pool.connection() as conn:
         cur = await conn.execute(sql, args)  # type: ignore[arg-type]
         return list(await cur.fetchall())
+
+
+async def list_msgs(pool: Pool, f: QueueFilter, sort: QueueSort, now: datetime) -> list[Row]:
+    """Queued messages matching a filter, in (field, id) order with keyset continuation."""
+    where, args = _filter_sql(f, now)
+    return await _page(pool, "queue_msgs", where, args, SORT_FIELDS[sort.field], sort, f.max)
 
 
 async def count_msgs(pool: Pool, f: QueueFilter, now: datetime) -> int:
@@ -464,17 +470,5 @@ async def list_retired(pool: Pool, f: RetiredFilter, sort: QueueSort, now: datet
     if f.success is not None:
         conds.append("success = %s")
         args.append(f.success)
-    col = RETIRED_SORT_FIELDS[sort.field]
-    if sort.last_id > 0 and sort.last is not None:
-        op = ">" if sort.asc else "<"
-        conds.append(f"id <> %s AND ({col}, id) {op} (%s, %s)")
-        args += [sort.last_id, sort.last, sort.last_id]
-    direction = "ASC" if sort.asc else "DESC"
     where = " AND ".join(conds) or "true"
-    sql = f"SELECT * FROM retired_msgs WHERE {where} ORDER BY {col} {direction}, id {direction}"
-    if f.max > 0:
-        sql += " LIMIT %s"
-        args.append(f.max)
-    async with pool.connection() as conn:
-        cur = await conn.execute(sql, args)  # type: ignore[arg-type]
-        return list(await cur.fetchall())
+    return await _page(pool, "retired_msgs", where, args, RETIRED_SORT_FIELDS[sort.field], sort, f.max)
