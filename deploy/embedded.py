@@ -113,7 +113,7 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         as_user = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            init = subprocess.run(
                 [
                     self._bin("initdb"),
                     "-D",
@@ -126,10 +126,13 @@ class EmbeddedPostgres:
                     "--locale=C",
                     "--no-instructions",
                 ],
-                check=True,
                 capture_output=True,
                 **as_user,
             )
+            if init.returncode != 0:
+                # initdb says why (permissions of a parent directory, usually): pass it on.
+                output = (init.stderr or init.stdout or b"").decode(errors="replace").strip()
+                raise RuntimeError(f"initdb {self.data_dir} failed: {output}")
         self._remove_stale_pid()
         args = [
             self._bin("postgres"),
