@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import ssl
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aiosmtplib
+from cryptography import x509
 from python_socks import ProxyError
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
@@ -43,6 +45,7 @@ from activities.smtpclient import (
     TLSMode,
     close_session,
     open_session,
+    peer_chain,
     transact,
 )
 from domain.config import DirectConfig
@@ -51,6 +54,8 @@ from domain.dane import parse_tlsa, usable
 from domain.dane import verify as dane_verify
 from domain.mtasts import Mode, Policy
 from domain.nexthop import Host, NextHopError, destination_hosts, order_ips
+from domain.pkix import finding as pkix_finding
+from domain.pkix import load_anchors
 from domain.tlsrpt import NO_POLICY, STS, TLSA, FailureDetail, TLSResult, classify_tls_error
 
 log = logging.getLogger("tempost.direct")
@@ -104,6 +109,27 @@ class DirectTransport:
         self._resolver = resolver or Resolver(cfg.resolvers)
         self._mtasts = mtasts
         self._random = random.SystemRandom()
+        self._anchor_cache: list[x509.Certificate] | None = None
+
+    def _anchors(self) -> list[x509.Certificate]:
+        """The system's trust anchors plus the configured ones, read once."""
+        if self._anchor_cache is None:
+            blobs: list[bytes] = []
+            paths = ssl.get_default_verify_paths()
+            files = [p for p in (paths.cafile, paths.openssl_cafile) if p and os.path.isfile(p)]
+            capath = paths.capath
+            if not files and capath and os.path.isdir(capath):
+                files = [os.path.join(capath, n) for n in os.listdir(capath) if n.endswith(".pem")]
+            if self._cfg.ca_file:
+                files.append(self._cfg.ca_file)
+            for f in dict.fromkeys(os.path.realpath(x) for x in files):
+                try:
+                    with open(f, "rb") as fh:
+                        blobs.append(fh.read())
+                except OSError:
+                    continue
+            self._anchor_cache = load_anchors(blobs)
+        return self._anchor_cache
 
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
@@ -391,6 +417,13 @@ class DirectTransport:
             if client.get_transport_info("ssl_object") is not None:
                 for r in sessions:
                     r.success += 1
+                if not pkix and check is None and not host.is_ip:
+                    # PKIX is always evaluated and reported, even when not enforced (spec 02 §2.4).
+                    found = pkix_finding(peer_chain(client), host.name, self._anchors(), datetime.now(UTC))
+                    if found is not None:
+                        for r in sessions:
+                            if not r.is_host:
+                                r.add_failure(FailureDetail(found[0], host.name, ip, found[1], 0))
             elif mode == "opportunistic":
                 for r in sessions:
                     r.add_failure(FailureDetail("starttls-not-supported", host.name, ip, "", 0))

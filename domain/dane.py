@@ -74,7 +74,7 @@ def _matches(cert: x509.Certificate, r: TLSA) -> bool:
     return data == r.data
 
 
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     if cert.issuer != issuer.subject:
         return False
     key = issuer.public_key()
@@ -96,7 +96,7 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _name_matches(cert: x509.Certificate, names: Sequence[str]) -> bool:
+def name_matches(cert: x509.Certificate, names: Sequence[str]) -> bool:
     """RFC 6125 DNS-ID matching with one left-most wildcard label, as RFC 7672 §3.2.3 asks for DANE-TA."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -149,11 +149,11 @@ def verify(
             if not _matches(anchor, r):
                 continue
             path = candidates[: i + 1]
-            if not all(_signed_by(path[k], path[k + 1]) for k in range(len(path) - 1)):
+            if not all(signed_by(path[k], path[k + 1]) for k in range(len(path) - 1)):
                 continue
             if not (leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc):
                 return DANEResult(False, reason="certificate expired or not yet valid")
-            if not _name_matches(leaf, names):
+            if not name_matches(leaf, names):
                 return DANEResult(False, reason="certificate name does not match")
             return DANEResult(True, r)
     return DANEResult(False, reason="no tlsa record matches the certificate chain")

@@ -264,6 +264,21 @@ async def test_10_opportunistic_starttls_with_untrusted_certificate_delivers(
         stack = await direct_stack()
         status, _ = await _deliver(stack, "bob@example.com")
         assert status.msgs[0].state == MsgState.DELIVERED and sink.tls_sessions == 1
+        # PKIX is evaluated anyway and reported (spec 01 scenario 20): no policy, one successful session,
+        # and a certificate-not-trusted detail on the recipient domain's result.
+        results = (await stack.admin("GET", "/tlsresults")).json()["Results"]
+        results = [r for r in results if r["RecipientDomain"] == "example.com"]
+        [rcpt] = [r["Result"] for r in results if not r["IsHost"]]
+        assert rcpt["policy"]["policy-type"] == "no-policy-found"
+        assert rcpt["summary"]["total-successful-session-count"] == 1
+        details = rcpt["failure-details"]
+        assert [d["result-type"] for d in details] == ["certificate-not-trusted"]
+        assert (
+            details[0]["failed-session-count"] == 0
+            and details[0]["receiving-mx-hostname"] == "mx1.example.com"
+        )
+        [host] = [r["Result"] for r in results if r["IsHost"]]
+        assert host["summary"]["total-successful-session-count"] == 1 and not host.get("failure-details")
     finally:
         sink.stop()
 
