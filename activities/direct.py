@@ -163,7 +163,13 @@ class DirectTransport:
         policy: Policy | None = None
         if self._mtasts is not None and not hosts[0].is_ip:
             try:
-                policy = (await self._mtasts.lookup(env.domain, datetime.now(UTC))).policy
+                found = await self._mtasts.lookup(env.domain, datetime.now(UTC))
+                policy = found.policy
+                if found.result_type:
+                    # A policy that could not be had is still reported, as an STS result with what went
+                    # wrong (spec 02 §2.3 items 2–5).
+                    track.rcpt.policy_type = STS
+                    track.rcpt.add_failure(FailureDetail(found.result_type, failure_reason_code=found.reason))
             except MTASTSDNSError as err:
                 # Spec 02 §1.3: without knowing the policy, only a TLS-Required: No message may go on.
                 if env.require_tls is not False:

@@ -25,11 +25,15 @@ from domain.mtasts import (
     parse_policy,
     parse_record,
 )
+from domain.tlsrpt import classify_tls_error
 from store import mtasts as cache
 from store.db import Pool
 
 BACKOFF_SECONDS = 300
 FETCH_TIMEOUT = 60.0
+# A refetch after the record's id changed has less time: a cached policy stands by (spec 02 §2.3 item 4).
+REFETCH_TIMEOUT = 30.0
+FALLBACK = "+fallback-to-cached-policy"
 
 
 class MTASTSDNSError(Exception):
@@ -42,11 +46,30 @@ class _FetchError(Exception):
 
 @dataclass(frozen=True)
 class PolicyLookup:
-    """The policy to apply (None: none), whether it is fresh, and what went wrong on the way."""
+    """The policy to apply (None: none), whether it is fresh, and what went wrong on the way.
+
+    result_type and reason are the TLS-report failure detail of what went wrong (spec 02 §2.3 item 5).
+    """
 
     policy: Policy | None
     fresh: bool
     error: str = ""
+    result_type: str = ""
+    reason: str = ""
+
+
+def _failed(policy: Policy | None, error: str) -> PolicyLookup:
+    """A lookup that went wrong; with a cached policy (not mode none) that policy stands in."""
+    if error.startswith("sts-webpki-invalid"):
+        tls_type, tls_reason = classify_tls_error(error)
+        result_type, reason = "sts-webpki-invalid", tls_type + (f"+{tls_reason}" if tls_reason else "")
+    elif error.startswith("policy-syntax-error"):
+        result_type, reason = "sts-policy-invalid", "policy-syntax-error"
+    else:
+        result_type, reason = "sts-policy-fetch-error", error.split(":", 1)[0]
+    if policy is not None and policy.mode != Mode.NONE:
+        error, reason = error + FALLBACK, reason + FALLBACK
+    return PolicyLookup(policy, False, error, result_type, reason)
 
 
 class MTASTSLookup:
@@ -64,30 +87,30 @@ class MTASTSLookup:
         """The policy for domain (RFC 8461 §5)."""
         row = await cache.get(self._pool, domain, now)
         if row is not None and row["backoff"]:
-            return PolicyLookup(None, False, "back-off-after-recent-fetch-error")
+            return _failed(None, "back-off-after-recent-fetch-error")
         if row is not None:
             cached = Policy(Mode(row["mode"]), tuple(row["mx"]), row["max_age"])
             try:
                 record = await self._record(domain)
             except (MTASTSDNSError, RecordSyntaxError) as err:
-                return PolicyLookup(cached, False, f"{err}+fallback-to-cached-policy")
+                return _failed(cached, str(err))
             if record is None:
-                return PolicyLookup(cached, False, "no-mta-sts-dns-txt-record+fallback-to-cached-policy")
+                return _failed(cached, "no-mta-sts-dns-txt-record")
             if record.id == row["record_id"]:
                 return PolicyLookup(cached, True)
             try:
-                policy, text = await self._fetch(domain)
+                policy, text = await self._fetch(domain, REFETCH_TIMEOUT)
             except (_FetchError, PolicySyntaxError) as err:
-                return PolicyLookup(cached, False, f"{err}+fallback-to-cached-policy")
+                return _failed(cached, str(err))
             if policy is None:
-                return PolicyLookup(cached, False, "no-policy-served+fallback-to-cached-policy")
+                return _failed(cached, "no-policy-served")
             await self._store(domain, now, record, policy, text)
             return PolicyLookup(policy, True)
 
         try:
             record = await self._record(domain)
         except RecordSyntaxError as err:
-            return PolicyLookup(None, False, f"record-syntax-error: {err}")
+            return _failed(None, str(err))
         if record is None:
             return PolicyLookup(None, True)
         try:
@@ -106,7 +129,7 @@ class MTASTSLookup:
                 policy_text="",
                 backoff=True,
             )
-            return PolicyLookup(None, False, str(err))
+            return _failed(None, str(err))
         await self._store(domain, now, record, policy, text)
         return PolicyLookup(policy, True)
 
@@ -135,9 +158,12 @@ class MTASTSLookup:
             return None
         if len(sts) > 1:
             raise RecordSyntaxError("multiple-mta-sts-records")
-        return parse_record(sts[0])
+        try:
+            return parse_record(sts[0])
+        except RecordSyntaxError as err:
+            raise RecordSyntaxError(f"record-syntax-error: {err}") from None
 
-    async def _fetch(self, domain: str) -> tuple[Policy | None, str]:
+    async def _fetch(self, domain: str, timeout: float = FETCH_TIMEOUT) -> tuple[Policy | None, str]:
         """GET the policy over HTTPS with WebPKI checks, no redirects (RFC 8461 §3.3); None: none served."""
         host = f"mta-sts.{domain}"
         try:
@@ -153,9 +179,7 @@ class MTASTSLookup:
         try:
             # Connect to the address our resolver gave, while TLS (SNI, certificate name) and the Host
             # header use the policy host's name.
-            async with httpx.AsyncClient(
-                verify=self._ctx, timeout=FETCH_TIMEOUT, follow_redirects=False
-            ) as http:
+            async with httpx.AsyncClient(verify=self._ctx, timeout=timeout, follow_redirects=False) as http:
                 async with http.stream(
                     "GET", url, headers={"Host": host + port}, extensions={"sni_hostname": host}
                 ) as resp:
@@ -176,4 +200,7 @@ class MTASTSLookup:
         except httpx.HTTPError as err:
             raise _FetchError(f"cannot-fetch-policy: {type(err).__name__}: {err}") from None
         text = body.decode("utf-8", "replace")
-        return parse_policy(text), text
+        try:
+            return parse_policy(text), text
+        except PolicySyntaxError as err:
+            raise PolicySyntaxError(f"policy-syntax-error: {err}") from None

@@ -166,6 +166,13 @@ async def test_policy_fetch_failure_is_backed_off_and_mail_goes_without_policy(
         msg, _ = await _send(stack)
         # The failed fetch is remembered for five minutes: one request for two messages.
         assert policies.requests == ["mta-sts.example.com"]
+        # Both attempts are reported under an STS result with what went wrong (spec 02 §2.3 item 5).
+        results = (await stack.admin("GET", "/tlsresults")).json()["Results"]
+        [rcpt] = [r["Result"] for r in results if not r["IsHost"] and r["RecipientDomain"] == "example.com"]
+        assert rcpt["policy"]["policy-type"] == "sts"
+        reasons = {(d["result-type"], d.get("failure-reason-code", "")) for d in rcpt["failure-details"]}
+        assert ("sts-policy-fetch-error", "cannot-fetch-policy") in reasons
+        assert ("sts-policy-fetch-error", "back-off-after-recent-fetch-error") in reasons
     finally:
         mx.stop()
 

@@ -349,8 +349,10 @@ async def test_55_bogus_policy_is_a_syntax_error(
     with pytest.raises(PolicySyntaxError) as syntax:
         parse_policy("bogus")
     result = await sts.lookup(DOMAIN, now)
-    # Tempost passes the parser's message on as the error (not a "cannot-fetch-policy" fetch error).
-    assert result == PolicyLookup(None, False, str(syntax.value))
+    # A syntax error, not a fetch error: reported as sts-policy-invalid (spec 02 §2.3 item 5).
+    assert result == PolicyLookup(
+        None, False, f"policy-syntax-error: {syntax.value}", "sts-policy-invalid", "policy-syntax-error"
+    )
     assert policies.requests == [POLICY_HOST]
     _assert_backoff_row(await _row(pool), now)
 
@@ -397,7 +399,9 @@ async def test_55_not_found_is_no_policy(
 ) -> None:
     _publish(dns_server, RECORD)  # and the policy server has nothing for the host: 404
     result = await sts.lookup(DOMAIN, now)
-    assert result == PolicyLookup(None, False, "no-policy-served")
+    assert result == PolicyLookup(
+        None, False, "no-policy-served", "sts-policy-fetch-error", "no-policy-served"
+    )
     assert policies.requests == [POLICY_HOST]
     # Unlike "no record", a record without a policy is cached as a back-off (spec 02 §2.3 item 2).
     _assert_backoff_row(await _row(pool), now)
@@ -409,7 +413,9 @@ async def test_55_unresolvable_policy_host_is_no_policy(
     dns_server.remove(POLICY_HOST, "A")
     _publish(dns_server, RECORD)
     policies.policies[POLICY_HOST] = ENFORCE
-    assert await sts.lookup(DOMAIN, now) == PolicyLookup(None, False, "no-policy-served")
+    assert await sts.lookup(DOMAIN, now) == PolicyLookup(
+        None, False, "no-policy-served", "sts-policy-fetch-error", "no-policy-served"
+    )
     assert policies.requests == []
     _assert_backoff_row(await _row(pool), now)
 
@@ -436,7 +442,9 @@ async def test_55_server_error_is_a_fetch_error(
     policies.policies[POLICY_HOST] = ENFORCE
     policies.status = 500
     result = await sts.lookup(DOMAIN, now)
-    assert result == PolicyLookup(None, False, "cannot-fetch-policy: http status 500")
+    assert result == PolicyLookup(
+        None, False, "cannot-fetch-policy: http status 500", "sts-policy-fetch-error", "cannot-fetch-policy"
+    )
     _assert_backoff_row(await _row(pool), now)
 
 
@@ -534,7 +542,13 @@ async def test_56_failed_fetch_stores_a_backoff_row_and_lookup_backs_off(
     _assert_backoff_row(await _row(pool), now)
     # Within the five minutes the broken policy host is not asked again.
     soon = now + timedelta(minutes=4)
-    assert await sts.lookup(DOMAIN, soon) == PolicyLookup(None, False, "back-off-after-recent-fetch-error")
+    assert await sts.lookup(DOMAIN, soon) == PolicyLookup(
+        None,
+        False,
+        "back-off-after-recent-fetch-error",
+        "sts-policy-fetch-error",
+        "back-off-after-recent-fetch-error",
+    )
     assert policies.requests == [POLICY_HOST]
     # After them the row has expired and the (now working) host is asked again.
     policies.status = 200
@@ -627,7 +641,11 @@ async def test_56_get_with_changed_id_and_failing_refetch_keeps_the_old_policy(
     later = now + timedelta(minutes=1)
     result = await sts.lookup(DOMAIN, later)
     assert result == PolicyLookup(
-        parse_policy(ENFORCE), False, "cannot-fetch-policy: http status 500+fallback-to-cached-policy"
+        parse_policy(ENFORCE),
+        False,
+        "cannot-fetch-policy: http status 500+fallback-to-cached-policy",
+        "sts-policy-fetch-error",
+        "cannot-fetch-policy+fallback-to-cached-policy",
     )
     assert policies.requests == [POLICY_HOST, POLICY_HOST]
     # The cached policy is kept as it was: no back-off row replaces a good policy.
@@ -655,7 +673,11 @@ async def test_56_get_after_the_txt_record_was_removed_keeps_the_old_policy(
     dns_server.remove(f"_mta-sts.{DOMAIN}", "TXT")
     result = await sts.lookup(DOMAIN, now + timedelta(minutes=1))
     assert result == PolicyLookup(
-        parse_policy(ENFORCE), False, "no-mta-sts-dns-txt-record+fallback-to-cached-policy"
+        parse_policy(ENFORCE),
+        False,
+        "no-mta-sts-dns-txt-record+fallback-to-cached-policy",
+        "sts-policy-fetch-error",
+        "no-mta-sts-dns-txt-record+fallback-to-cached-policy",
     )
     # Only the background refresher deletes rows; a lookup leaves the cached policy in place.
     assert policies.requests == [POLICY_HOST]
