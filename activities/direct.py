@@ -50,7 +50,7 @@ from activities.smtpclient import (
 )
 from domain.config import DirectConfig
 from domain.dane import TLSA as TLSARecord
-from domain.dane import parse_tlsa, usable
+from domain.dane import allowed_names, parse_tlsa, usable
 from domain.dane import verify as dane_verify
 from domain.mtasts import Mode, Policy
 from domain.nexthop import Host, NextHopError, destination_hosts, order_ips
@@ -62,6 +62,19 @@ log = logging.getLogger("tempost.direct")
 
 # Per host: address lookup and all dials share one budget (spec 02 §1.6).
 _HOST_BUDGET = 30.0
+
+
+@dataclass(frozen=True)
+class _NextHop:
+    """The recipient domain's destination hosts and what DANE needs to know about how they were found."""
+
+    hosts: list[Host]
+    # Every answer on the way to the MX names was DNSSEC-authentic (DANE may apply).
+    authentic: bool
+    have_mx: bool
+    # The name the recipient domain's CNAMEs led to, and whether that chain was authentic.
+    expanded: str
+    expanded_authentic: bool
 
 
 @dataclass
@@ -157,7 +170,8 @@ class DirectTransport:
     async def _deliver(self, env: Envelope, on_accepted: OnAccepted, track: _TLSTrack) -> list[RcptReply]:
         fail = len(env.recipients)
         try:
-            hosts, authentic = await self._hosts(env.domain)
+            hop = await self._hosts(env.domain)
+            hosts = hop.hosts
         except NextHopError as err:
             return [RcptReply(False, err.permanent, 0, "", str(err))] * fail
         policy: Policy | None = None
@@ -202,7 +216,7 @@ class DirectTransport:
             pkix = enforced and env.require_tls is not False
             mode: TLSMode = "requiredstarttls" if enforced or env.require_tls else "opportunistic"
             try:
-                return await self._deliver_to_host(host, env, on_accepted, mode, pkix, authentic, track)
+                return await self._deliver_to_host(host, env, on_accepted, mode, pkix, hop, track)
             except SessionError as err:
                 # Spec 02 §1.4 step 5: a TLS-class failure under opportunistic TLS without DANE (or for a
                 # TLS-Required: No message) retries the same host once in plaintext.
@@ -211,7 +225,7 @@ class DirectTransport:
                 ):
                     PLAINTEXT_FALLBACK.inc()
                     try:
-                        return await self._deliver_to_host(host, env, on_accepted, "skip", False, False, None)
+                        return await self._deliver_to_host(host, env, on_accepted, "skip", False, None, None)
                     except SessionError as err2:
                         err = err2
                 last = err
@@ -226,25 +240,26 @@ class DirectTransport:
         assert last is not None
         return [last.reply()] * fail
 
-    async def _hosts(self, domain: str) -> tuple[list[Host], bool]:
-        """Destination hosts, and whether the answers were DNSSEC-authentic (needed for DANE)."""
-        authentic = False
+    async def _hosts(self, domain: str) -> _NextHop:
+        """Destination hosts, and how authentic the answers were (needed for DANE)."""
+        if domain.startswith("["):
+            return _NextHop(
+                destination_hosts(domain, None, self._random.shuffle), False, False, domain, False
+            )
         try:
             mx = await self._resolver.mx(domain)
-            records: list[tuple[int, str]] | None = [(r.preference, r.host) for r in mx.records]
-            # DANE needs the whole way to the MX names authentic, CNAMEs included (spec 02 §1.2).
-            authentic = mx.authentic and mx.authentic_expanded
         except DNSNotFound as err:
-            records = None
-            authentic = err.authentic
             # No MX: the name the CNAMEs led to is the implicit MX (spec 02 §1.2).
-            if err.expanded and not domain.startswith("["):
-                domain = err.expanded
+            expanded = err.expanded or domain
+            hosts = destination_hosts(expanded, None, self._random.shuffle)
+            return _NextHop(hosts, err.authentic, False, expanded, err.authentic)
         except DNSTemporary as err:
             raise NextHopError(f"looking up mx records: {err}", permanent=False) from None
-        if domain.startswith("["):
-            records = None
-        return destination_hosts(domain, records, self._random.shuffle), authentic
+        records = [(r.preference, r.host) for r in mx.records]
+        hosts = destination_hosts(domain, records, self._random.shuffle)
+        # DANE needs the whole way to the MX names authentic, CNAMEs included (spec 02 §1.2).
+        authentic = mx.authentic and mx.authentic_expanded
+        return _NextHop(hosts, authentic, True, mx.expanded, mx.authentic_expanded)
 
     async def _tlsa(self, host: str, env: Envelope) -> list[TLSARecord] | None:
         """TLSA records for host when DNSSEC says so (spec 02 §2.4); None: DANE does not apply."""
@@ -276,7 +291,7 @@ class DirectTransport:
         on_accepted: OnAccepted,
         mode: TLSMode,
         pkix: bool,
-        mx_authentic: bool,
+        hop: _NextHop | None,
         track: _TLSTrack | None,
     ) -> list[RcptReply]:
         """One host: addresses, DANE, the REQUIRETLS gate, dialing, then the transactions (spec 02 §1.5)."""
@@ -286,11 +301,19 @@ class DirectTransport:
         replies: list[RcptReply] | None = None
         try:
             DESTINATIONS.inc()
-            ips, dualstack, ip_authentic = await self._addresses(host)
+            ips, dualstack, ip_authentic, host_expanded, host_expanded_authentic = await self._addresses(host)
             dane: list[TLSARecord] | None = None
-            if mx_authentic and ip_authentic and not host.is_ip and mode != "skip":
+            base = host.name
+            if hop is not None and hop.authentic and ip_authentic and not host.is_ip and mode != "skip":
                 DESTINATIONS_AUTHENTIC.inc()
-                dane = await self._tlsa(host.name, env)
+                # A host reached through secure CNAMEs is looked up under its final name first (spec 02 §2.4).
+                secure = hop.expanded_authentic and host_expanded_authentic
+                if secure and host_expanded != host.name:
+                    dane = await self._tlsa(host_expanded, env)
+                    if dane is not None:
+                        base = host_expanded
+                if dane is None:
+                    dane = await self._tlsa(host.name, env)
             usable_dane = [r for r in dane or [] if usable(r)]
             if dane is not None:
                 DANE_REQUIRED.inc()
@@ -317,7 +340,17 @@ class DirectTransport:
                 # RFC 8689 §4.1: REQUIRETLS needs an authenticated TLS policy for the next hop.
                 REQUIRETLS_UNSUPPORTED.labels("nopolicy").inc()
                 raise SessionError("missing required tls verification mechanism", code=554, secode="7.30")
-            names = [host.name, env.domain]
+            names = [host.name]
+            if hop is not None:
+                names = allowed_names(
+                    have_mx=hop.have_mx,
+                    next_hop_authentic=hop.expanded_authentic,
+                    host_authentic=host_expanded_authentic,
+                    recipient=env.domain,
+                    next_hop_expanded=hop.expanded,
+                    host=host.name,
+                    base=base,
+                )
             check = None
             if usable_dane:
 
@@ -350,17 +383,18 @@ class DirectTransport:
                 time.monotonic() - start
             )
 
-    async def _addresses(self, host: Host) -> tuple[list[str], bool, bool]:
-        """The host's IPs, whether it is dual-stack, and whether the answer was DNSSEC-authentic."""
+    async def _addresses(self, host: Host) -> tuple[list[str], bool, bool, str, bool]:
+        """The host's IPs, whether it is dual-stack, whether the answer was DNSSEC-authentic, and the name
+        its CNAMEs led to with whether that chain was authentic."""
         if host.is_ip:
-            return [host.name], False, False
+            return [host.name], False, False, host.name, False
         try:
             res = await asyncio.wait_for(
                 self._resolver.ips(host.name, ipv4=self._ipv4, ipv6=self._ipv6), _HOST_BUDGET
             )
         except (DNSNotFound, DNSTemporary, TimeoutError) as err:
             raise SessionError(f"dialing smtp server: looking up {host.name}: {err}") from None
-        return res.ips, res.dualstack, res.authentic
+        return res.ips, res.dualstack, res.authentic, res.expanded, res.authentic_expanded
 
     async def _dial(
         self,

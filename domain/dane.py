@@ -157,3 +157,31 @@ def verify(
                 return DANEResult(False, reason="certificate name does not match")
             return DANEResult(True, r)
     return DANEResult(False, reason="no tlsa record matches the certificate chain")
+
+
+def allowed_names(
+    *,
+    have_mx: bool,
+    next_hop_authentic: bool,
+    host_authentic: bool,
+    recipient: str,
+    next_hop_expanded: str,
+    host: str,
+    base: str,
+) -> list[str]:
+    """Names a DANE-TA certificate may carry, the first being the TLS server name (spec 02 §2.5).
+
+    recipient (R) is the recipient domain, next_hop_expanded (E) the name its CNAMEs led to, host (H) the
+    MX host and base (B) the TLSA base domain (H or the name H's CNAMEs led to).
+    """
+    if not have_mx:
+        return [host] if not host_authentic or base == host else [base, host]
+    if not next_hop_authentic:
+        return [recipient]
+    names = [base] if host_authentic else []
+    if base != host or not host_authentic:
+        names.append(host)
+    names.append(recipient)
+    if next_hop_expanded != recipient:
+        names.append(next_hop_expanded)
+    return names

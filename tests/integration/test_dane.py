@@ -92,6 +92,28 @@ async def test_12_dane_ee_match_delivers_over_tls_the_ca_would_not_verify(
     assert _sample(after, name, result="ok", **labels) == _sample(before, name, result="ok", **labels) + 1
 
 
+async def test_50_host_behind_a_secure_cname_uses_the_tlsa_records_of_its_final_name(
+    stack_factory, port: int, mx: SMTPSink, cert: trustme.LeafCert
+) -> None:
+    # The MX name is a CNAME to host1; only host1's records match the certificate, while the MX name itself
+    # publishes a record that matches nothing. Delivery succeeds only if host1's records are used (spec 02
+    # §2.4: the expanded name first, when the expansion is secure).
+    dns = DNSServer().start()
+    try:
+        dns.add("example.com", "MX", "10 mx1.example.com.")
+        dns.add("mx1.example.com", "CNAME", "host1.example.com.").add("host1.example.com", "A", MX1)
+        dns.add("_25._tcp.host1.example.com", "TLSA", f"3 1 1 {_spki_sha256(cert)}")
+        dns.add(TLSA_NAME, "TLSA", "3 1 1 " + "00" * 32)
+        dns.sign("example.com")
+        stack = await stack_factory(
+            direct={"resolvers": [dns.address], "smtp_port": port}, default_transport="direct"
+        )
+        msg, _ = await _send(stack)
+        assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+    finally:
+        dns.stop()
+
+
 async def test_20_dane_mismatch_fails_without_plaintext_fallback(
     dane_stack, dns: DNSServer, mx: SMTPSink
 ) -> None:

@@ -10,7 +10,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from domain.dane import TLSA, parse_tlsa, usable, verify
+from domain.dane import TLSA, allowed_names, parse_tlsa, usable, verify
 
 NOW = datetime.now(UTC)
 # Past the end of trustme certificates' validity.
@@ -86,3 +86,35 @@ def test_usable_records() -> None:
     assert not usable(TLSA(3, 1, 1, b"\1" * 31))
     assert not usable(TLSA(3, 0, 0, b"not a certificate"))
     assert parse_tlsa("3 1 1 0A0b") == TLSA(3, 1, 1, b"\x0a\x0b")
+
+
+def test_51_allowed_names_follow_the_mx_and_cname_authenticity_table() -> None:
+    """R = recipient, E = its expansion, H = MX host, B = TLSA base domain (spec 02 §2.5)."""
+
+    def names(have_mx: bool, na: bool, ha: bool) -> list[str]:
+        return allowed_names(
+            have_mx=have_mx,
+            next_hop_authentic=na,
+            host_authentic=ha,
+            recipient="r.example",
+            next_hop_expanded="e.example",
+            host="h.example",
+            base="b.example",
+        )
+
+    assert names(False, False, False) == ["h.example"]
+    assert names(False, True, True) == ["b.example", "h.example"]
+    assert names(True, True, True) == ["b.example", "h.example", "r.example", "e.example"]
+    assert names(True, True, False) == ["h.example", "r.example", "e.example"]
+    assert names(True, False, True) == ["r.example"]
+    # Without a CNAME anywhere the list has no repeats.
+    plain = allowed_names(
+        have_mx=True,
+        next_hop_authentic=True,
+        host_authentic=True,
+        recipient="r.example",
+        next_hop_expanded="r.example",
+        host="mx.r.example",
+        base="mx.r.example",
+    )
+    assert plain == ["mx.r.example", "r.example"]
