@@ -3,7 +3,6 @@ it there, add a suppression on a permanent failure, and queue the outgoing event
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
@@ -12,6 +11,7 @@ from activities.suppressing import suppress_after_failure
 from activities.webhooks import WebhookQueue
 from domain.config import Config
 from domain.contracts import ACTIVITY_INGEST_BOUNCE, BounceResult
+from domain.dsn import message_id_of
 from domain.dsnparse import classify
 from domain.fromid import from_id_of
 from domain.webhooks import Event, Outgoing
@@ -24,11 +24,6 @@ INCOMING = "incoming message"
 _SUCCESS_ACTIONS = ("delivered", "relayed", "expanded")
 # How long a bounce about a still-queued message waits for that message to be retired.
 PENDING_FOR = timedelta(hours=48)
-
-
-def _message_id(data: bytes) -> str:
-    m = re.search(rb"(?im)^message-id:[ \t]*(<[^>\r\n]*>)", data.split(b"\r\n\r\n", 1)[0])
-    return m.group(1).decode(errors="replace") if m else ""
 
 
 class BounceActivities:
@@ -115,7 +110,7 @@ class BounceActivities:
                 extra=retired["extra"] or {},
             )
             queued = await self._webhooks.queue(
-                conn, retired["sender_account"], out, incoming_msg_id=_message_id(data)
+                conn, retired["sender_account"], out, incoming_msg_id=message_id_of(data)
             )
             await bounces.mark(conn, bounce_id, now, c.event, retired["id"], c.error)
         await self._webhooks.started([queued])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from domain.contracts import (
     RetireEvent,
     RetireRequest,
 )
-from domain.dsn import DSNError, DSNInput, DSNKind, compose_dsn, header_section
+from domain.dsn import DSNError, DSNInput, DSNKind, compose_dsn, header_section, message_id_of
 from domain.holdrules import holds_new
 from domain.routes import select_transport
 from domain.suppression import (
@@ -53,11 +52,6 @@ from domain.webhooks import Event, Outgoing
 from store import dsns, holdrules, leases, suppressions, tlsresults
 from store import queue as q
 from store.db import Conn, Pool
-
-
-def _message_id(data: bytes) -> str:
-    m = re.search(rb"\r\nMessage-Id: (<[^>\r\n]*>)", data)
-    return m.group(1).decode() if m else ""
 
 
 def _now() -> datetime:
@@ -354,7 +348,7 @@ class DeliveryActivities:
                         recipient_domain_str=r["sender_domain_str"],
                         next_attempt=now,
                         size=len(data),
-                        message_id=_message_id(data),
+                        message_id=message_id_of(data),
                         subject=f"mail delivery {kind.value}",
                         has8bit=not data.isascii(),
                         smtputf8=r["smtputf8"],

@@ -44,8 +44,6 @@ RESULTS = Counter(
 QUEUED = Counter("tempost_webhook_queued_total", "Webhooks queued, by event.", ["event"])
 SUPERSEDED = Counter("tempost_webhook_superseded_total", "Pending webhooks replaced by a newer event.")
 
-# An account that no longer exists keeps its retired hooks this long (spec 03 §3.1).
-_ORPHAN_KEEP = timedelta(hours=168)
 
 try:
     _VERSION = version("tempost")
@@ -85,8 +83,7 @@ class WebhookQueue:
 
     def keep(self, account: str) -> timedelta:
         """How long the account keeps retired hooks."""
-        acc = self._config.account(account)
-        return acc.keep_retired_webhook_period if acc is not None else _ORPHAN_KEEP
+        return self._config.retired_webhook_keep(account)
 
     def wants(self, account: str, event: Event) -> bool:
         """Whether the account has a webhook subscribed to the event."""
@@ -163,12 +160,6 @@ class WebhookActivities:
                 limits=httpx.Limits(max_keepalive_connections=2, keepalive_expiry=5),
             )
         return self._http
-
-    async def close(self) -> None:
-        """Close idle HTTP connections."""
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
 
     @activity.defn(name=ACTIVITY_CALL_WEBHOOK)
     async def call_webhook(self, hook_id: int) -> HookAttemptResult:

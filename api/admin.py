@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import views
 from api.state import AppState
 from domain.contracts import AdminOp, MsgStatus, delivery_workflow_id
+from domain.durations import parse_duration
 from domain.filters import (
     FilterError,
     QueueFilter,
@@ -73,35 +75,68 @@ def _bool(name: str, v: str | None) -> bool | None:
     raise AdminError(400, "badFilter", f"{name}: not a boolean: {v!r}")
 
 
-def queue_filter(request: Request) -> QueueFilter:
-    """The queue filter of a GET request's query parameters."""
-    p = request.query_params
+def parse_queue_filter(raw: Mapping[str, Any] | None) -> QueueFilter:
+    """A queue filter from query parameters or a POST body's `Filter`, in mox's field names (any case).
+
+    Values may be strings (query parameters) or JSON values (`"Hold": true`, `"IDs": [1, 2]`).
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise AdminError(400, "badFilter", "Filter must be an object")
+    f = {k.lower(): v for k, v in raw.items() if v is not None}
+
+    def cond(name: str) -> Any:
+        v = f.get(name)
+        return parse_time_condition(name, str(v)) if v not in (None, "") else None
+
     try:
-        ids = tuple(int(x) for x in p.get("ids", "").split(",") if x.strip())
+        ids = f.get("ids") or []
+        if isinstance(ids, str):
+            ids = [x for x in ids.split(",") if x.strip()]
+        hold = f.get("hold")
+        if isinstance(hold, str):
+            hold = _bool("hold", hold)
+        elif hold is not None and not isinstance(hold, bool):
+            raise FilterError("Hold: must be true, false or null")
         return QueueFilter(
-            ids=ids,
-            account=p.get("account", ""),
-            from_=p.get("from", ""),
-            to=p.get("to", ""),
-            hold=_bool("hold", p.get("hold")),
-            submitted=parse_time_condition("submitted", p["submitted"]) if p.get("submitted") else None,
-            next_attempt=parse_time_condition("nextattempt", p["nextattempt"])
-            if p.get("nextattempt")
-            else None,
-            transport=p.get("transport"),
-            max=int(p.get("max", "0") or 0),
+            ids=tuple(int(x) for x in ids),
+            account=str(f.get("account", "")),
+            from_=str(f.get("from", "")),
+            to=str(f.get("to", "")),
+            hold=hold,
+            submitted=cond("submitted"),
+            next_attempt=cond("nextattempt"),
+            transport=None if f.get("transport") is None else str(f["transport"]),
+            max=int(f.get("max", 0) or 0),
         )
-    except FilterError as err:
+    except (FilterError, ValueError, TypeError) as err:
         raise AdminError(400, "badFilter", str(err)) from None
-    except ValueError as err:
-        raise AdminError(400, "badFilter", str(err)) from None
+
+
+def parse_reschedule(body: Mapping[str, Any]) -> tuple[datetime | None, timedelta | None]:
+    """`{"Set": time}` or `{"Add": duration}` of a next-attempt change: (time, None) or (None, duration)."""
+    if "Set" in body:
+        try:
+            at = datetime.fromisoformat(str(body["Set"]).replace("Z", "+00:00"))
+        except ValueError:
+            raise AdminError(400, "badRequest", "Set: not an RFC 3339 time") from None
+        if at.tzinfo is None:
+            raise AdminError(400, "badRequest", "Set: needs a time zone")
+        return at, None
+    if "Add" in body:
+        try:
+            return None, parse_duration(str(body["Add"]))
+        except ValueError as err:
+            raise AdminError(400, "badRequest", f"Add: {err}") from None
+    raise AdminError(400, "badRequest", "need Set (a time) or Add (a duration)")
 
 
 @router.get("/queue")
 async def list_queue(request: Request) -> dict[str, Any]:
     """Queued messages matching the filter, sorted, with keyset paging."""
     st = _state(request)
-    f = queue_filter(request)
+    f = parse_queue_filter(request.query_params)
     p = request.query_params
     try:
         sort = parse_sort(
@@ -214,7 +249,7 @@ async def tls_results(request: Request) -> dict[str, Any]:
 async def count_queue(request: Request) -> dict[str, Any]:
     """Number of queued messages matching the filter."""
     st = _state(request)
-    return {"Count": await q.count_msgs(st.pool, queue_filter(request), datetime.now(UTC))}
+    return {"Count": await q.count_msgs(st.pool, parse_queue_filter(request.query_params), datetime.now(UTC))}
 
 
 async def _live(st: AppState, base_id: int, msg_id: int) -> MsgStatus | None:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from api.admin import AdminError, _state
 from domain.addresses import AddressError, parse_address
 from domain.contracts import BounceResult
+from domain.webhooks import enhanced_code
 from store import bounces
 from workflows.client import start_bounce
 
@@ -35,7 +36,7 @@ def result_json(r: BounceResult) -> dict[str, Any]:
         "FromID": r.from_id,
         "DSN": r.dsn,
         "SMTPCode": r.code,
-        "SMTPEnhancedCode": f"{r.code // 100}.{r.secode}" if r.secode and r.code else "",
+        "SMTPEnhancedCode": enhanced_code(r.code, r.secode),
         "Suppressing": r.suppressing,
         "Detail": r.detail,
     }
@@ -58,6 +59,6 @@ async def post_bounce(request: Request) -> Any:
         handle = await start_bounce(st.client, st.config.temporal.task_queue, bounce_id)
         async with asyncio.timeout(_WAIT.total_seconds()):
             result = await handle.result()
-    except (TimeoutError, Exception):  # noqa: BLE001 - stored; the worker's sweeper finishes it
+    except Exception:  # noqa: BLE001 - a timeout or Temporal away: stored, the worker's sweeper finishes it
         return JSONResponse({"ID": bounce_id, "Matched": None}, status_code=202)
     return result_json(result)

@@ -59,7 +59,7 @@ async def add_holdrule(request: Request) -> dict[str, Any]:
     rule = await holdrules.add(st.pool, str(body.get("Account") or ""), sender, recipient)
     rows = await holdrules.queued_matches(st.pool, rule)
     rows = await q.update_rows(st.pool, [r["id"] for r in rows], "hold", True)
-    affected = await signal_all(st, rows, lambda ids: BulkOp(op="hold", msg_ids=ids))
+    affected = await signal_all(st, rows, BulkOp(op="hold"))
     return {"HoldRule": rule_json(rule), "Affected": affected}
 
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from api.admin import AdminError, _bool, _state, json_body
-from domain.durations import parse_duration
+from api.admin import AdminError, _bool, _state, json_body, parse_reschedule
 from domain.filters import FilterError, parse_time_condition
 from store import hooks
 from workflows.client import signal_webhook
@@ -143,18 +142,7 @@ async def _reschedule(request: Request, at: datetime | None, add: timedelta | No
     now = datetime.now(UTC)
     f = _filter(body.get("Filter") or {}, now)
     if at is None and add is None:
-        if "Set" in body:
-            try:
-                at = datetime.fromisoformat(str(body["Set"]).replace("Z", "+00:00"))
-            except ValueError:
-                raise AdminError(400, "badRequest", "Set: not an RFC 3339 time") from None
-        elif "Add" in body:
-            try:
-                add = parse_duration(str(body["Add"]))
-            except ValueError as err:
-                raise AdminError(400, "badRequest", f"Add: {err}") from None
-        else:
-            raise AdminError(400, "badRequest", "need Set (a time) or Add (a duration)")
+        at, add = parse_reschedule(body)
     rows = await hooks.schedule(st.pool, f, at=at, add=add)
     for r in rows:
         await signal_webhook(st.client, r["id"], "reschedule", r["next_attempt"])
@@ -180,8 +168,7 @@ async def cancel_hooks(request: Request) -> dict[str, Any]:
     body = await json_body(request)
     now = datetime.now(UTC)
     f = _filter(body.get("Filter") or {}, now)
-    keep = {a.name: a.keep_retired_webhook_period for a in st.config.accounts}
-    ids = await hooks.cancel(st.pool, f, now, keep)
+    ids = await hooks.cancel(st.pool, f, now, st.config.retired_webhook_keep)
     for i in ids:
         await signal_webhook(st.client, i, "stop")
     return {"Affected": len(ids)}

@@ -221,38 +221,40 @@ async def _send(
     if use_fromid and not separator:
         raise WebAPIError("user", "from address domain has no catch-all separator for fromid")
     from_ids = [secrets.token_urlsafe(16) if use_fromid else "" for _ in msg.recipients]
-    async with st.pool.connection() as conn:
-        rules = await holdrules.list_rules(conn)
-    held = [
-        any(holds_new(r, acc.name, msg.sender.domain_unicode, rcpt.domain_unicode) for r in rules)
-        for _, rcpt in msg.recipients
-    ]
-    new = [
-        q.NewMsg(
-            sender_localpart=(
-                sender_localpart(msg.sender.localpart, separator, fid) if fid else msg.sender.localpart
-            ),
-            sender_domain=msg.sender.domain,
-            sender_domain_str=msg.sender.domain_unicode,
-            recipient_localpart=rcpt.localpart,
-            recipient_domain=rcpt.domain,
-            recipient_domain_str=rcpt.domain_unicode,
-            next_attempt=next_attempt,
-            size=len(msg.data),
-            message_id=msg.message_id,
-            subject=msg.subject,
-            has8bit=msg.has8bit,
-            smtputf8=msg.smtputf8,
-            require_tls=msg.require_tls,
-            future_release_request=msg.future_release_request,
-            extra=msg.extra,
-            from_id=fid,
-            hold=h,
-        )
-        for (_, rcpt), fid, h in zip(msg.recipients, from_ids, held, strict=True)
-    ]
     try:
+        # One connection for the hold rules and the insert: this is the hot path of every Send.
         async with st.pool.connection() as conn, conn.transaction():
+            rules = await holdrules.list_rules(conn)
+            held = [
+                any(holds_new(r, acc.name, msg.sender.domain_unicode, rcpt.domain_unicode) for r in rules)
+                for _, rcpt in msg.recipients
+            ]
+            new = [
+                q.NewMsg(
+                    sender_localpart=(
+                        sender_localpart(msg.sender.localpart, separator, fid)
+                        if fid
+                        else msg.sender.localpart
+                    ),
+                    sender_domain=msg.sender.domain,
+                    sender_domain_str=msg.sender.domain_unicode,
+                    recipient_localpart=rcpt.localpart,
+                    recipient_domain=rcpt.domain,
+                    recipient_domain_str=rcpt.domain_unicode,
+                    next_attempt=next_attempt,
+                    size=len(msg.data),
+                    message_id=msg.message_id,
+                    subject=msg.subject,
+                    has8bit=msg.has8bit,
+                    smtputf8=msg.smtputf8,
+                    require_tls=msg.require_tls,
+                    future_release_request=msg.future_release_request,
+                    extra=msg.extra,
+                    from_id=fid,
+                    hold=h,
+                )
+                for (_, rcpt), fid, h in zip(msg.recipients, from_ids, held, strict=True)
+            ]
             base_id, ids = await q.insert_submission(conn, acc.name, msg.data, now, new)
     except Exception as err:
         log.exception("queueing submission")

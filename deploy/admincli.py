@@ -18,6 +18,9 @@ from typing import Any
 
 import httpx
 
+from domain.durations import parse_duration
+from domain.holdrules import HoldRule, describe
+
 DEFAULT_API = "http://127.0.0.1:8025"
 
 
@@ -233,14 +236,19 @@ def cmd_op(args: argparse.Namespace) -> None:
     _bulk(args, args.op, {}, done[args.op])
 
 
-def cmd_schedule(args: argparse.Namespace) -> None:
+def _reschedule(args: argparse.Namespace) -> dict[str, str]:
+    """`schedule [--now] DURATION` as the API's change: relative to now, or added to each next attempt."""
     if args.now:
-        from domain.durations import parse_duration
+        try:
+            at = datetime.now(UTC) + parse_duration(args.duration)
+        except ValueError as err:
+            raise CLIError(f"duration: {err}") from None
+        return {"Set": at.isoformat()}
+    return {"Add": args.duration}
 
-        at = datetime.now(UTC) + parse_duration(args.duration)
-        _bulk(args, "nextattempt", {"Set": at.isoformat()}, "rescheduled")
-    else:
-        _bulk(args, "nextattempt", {"Add": args.duration}, "rescheduled")
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    _bulk(args, "nextattempt", _reschedule(args), "rescheduled")
 
 
 def cmd_transport(args: argparse.Namespace) -> None:
@@ -262,10 +270,7 @@ def cmd_holdrules(args: argparse.Namespace) -> None:
     if args.action == "list":
         rules = _call(args, "GET", "/holdrules").json()["HoldRules"]
         lines = [
-            f"id {r['ID']}: all messages"
-            if not (r["Account"] or r["SenderDomainStr"] or r["RecipientDomainStr"])
-            else f'id {r["ID"]}: account "{r["Account"]}", sender domain "{r["SenderDomainStr"]}", '
-            f'recipient domain "{r["RecipientDomainStr"]}"'
+            describe(HoldRule(r["ID"], r["Account"], r["SenderDomainStr"], r["RecipientDomainStr"]))
             for r in rules
         ]
         _print(args, rules, "\n".join(lines) or "(none)")
@@ -328,6 +333,10 @@ def cmd_suppress(args: argparse.Namespace) -> None:
         _print(args, {"Present": present}, "present" if present else "not present")
 
 
+def _hook_filter(args: argparse.Namespace) -> dict[str, str]:
+    return {k: v for k, v in {"Account": args.account, "Event": args.event}.items() if v}
+
+
 def cmd_webhook(args: argparse.Namespace) -> None:
     action = args.action
     if action in ("list", "retired"):
@@ -352,21 +361,11 @@ def cmd_webhook(args: argparse.Namespace) -> None:
     elif action == "print":
         _print(args, h := _call(args, "GET", f"/hooks/{args.id}").json(), json.dumps(h, indent=2))
     elif action == "schedule":
-        f = {k: v for k, v in {"Account": args.account, "Event": args.event}.items() if v}
-        if args.now:
-            from domain.durations import parse_duration
-
-            body: dict[str, Any] = {
-                "Filter": f,
-                "Set": (datetime.now(UTC) + parse_duration(args.duration)).isoformat(),
-            }
-        else:
-            body = {"Filter": f, "Add": args.duration}
+        body = {"Filter": _hook_filter(args), **_reschedule(args)}
         out = _call(args, "POST", "/hooks/nextattempt", json=body).json()
         _print(args, out, f"{out['Affected']} webhook(s) rescheduled")
     else:
-        f = {k: v for k, v in {"Account": args.account, "Event": args.event}.items() if v}
-        out = _call(args, "POST", "/hooks/cancel", json={"Filter": f}).json()
+        out = _call(args, "POST", "/hooks/cancel", json={"Filter": _hook_filter(args)}).json()
         _print(args, out, f"{out['Affected']} webhook(s) canceled")
 
 

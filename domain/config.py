@@ -414,6 +414,12 @@ class Config(_Strict):
                 return acc
         return None
 
+    def retired_webhook_keep(self, name: str) -> timedelta:
+        """How long an account keeps retired hooks; a week for an account no longer configured (spec 03
+        §3.1)."""
+        acc = self.account(name)
+        return acc.keep_retired_webhook_period if acc is not None else timedelta(hours=168)
+
     def separator(self, domain: str) -> str:
         """The catch-all separator of a configured domain ("" when none), by Unicode or ASCII name."""
         key = domain.lower().rstrip(".")

@@ -239,7 +239,7 @@ class BulkOp(BaseModel):
     """
 
     op: str  # hold, release, kick, set_next, add_next, fail, drop
-    msg_ids: list[int]
+    msg_ids: list[int] = Field(default_factory=list)
     next_attempt: datetime | None = None  # set_next
     add_s: float = 0.0  # add_next
 

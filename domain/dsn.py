@@ -7,6 +7,7 @@ the machine-readable delivery status and the original message's header section.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,6 +58,13 @@ def header_section(message: bytes) -> bytes:
     if end < 0:
         raise DSNError("message has no header/body separator")
     return message[: end + 2]
+
+
+def message_id_of(message: bytes) -> str:
+    """The Message-ID (with <>) in a message's header section, "" when it has none."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    m = re.search(rb"(?im)^message-id:[ \t]*(<[^>\r\n]*>)", head)
+    return m.group(1).decode(errors="replace") if m else ""
 
 
 def xtext_address(addr: str) -> str:

@@ -36,15 +36,6 @@ def holds_new(rule: HoldRule, account: str, sender_domain_str: str, recipient_do
     )
 
 
-def holds_queued(rule: HoldRule, account: str, sender_domain_str: str, recipient_domain_str: str) -> bool:
-    """Whether a newly added rule holds an already queued message (spec 01 §4.3: AND of the set fields)."""
-    return (
-        (not rule.account or rule.account == account)
-        and (not rule.sender_domain_str or rule.sender_domain_str == sender_domain_str)
-        and (not rule.recipient_domain_str or rule.recipient_domain_str == recipient_domain_str)
-    )
-
-
 def describe(rule: HoldRule) -> str:
     """One line for listings (the CLI prints it)."""
     if rule.is_all:

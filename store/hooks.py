@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from domain.webhooks import CANCELED_BY_ADMIN, IN_PROGRESS
 from store.db import Conn, Pool
 
 Row = dict[str, Any]
@@ -173,7 +174,7 @@ async def finish_attempt(
             )
             return "gone"
         results = list(row["results"])
-        if results and results[-1].get("Error") == "delivering..." and results[-1].get("Duration") == 0:
+        if results and results[-1].get("Error") == IN_PROGRESS and results[-1].get("Duration") == 0:
             results[-1] = result
         else:
             results.append(result)
@@ -306,19 +307,19 @@ async def schedule(pool: Pool, f: HookFilter, *, at: datetime | None, add: timed
         return list(await cur.fetchall())
 
 
-async def cancel(pool: Pool, f: HookFilter, now: datetime, keep: dict[str, timedelta]) -> list[int]:
+async def cancel(pool: Pool, f: HookFilter, now: datetime, keep: Callable[[str], timedelta]) -> list[int]:
     """Remove matching hooks; retired with a "canceled by admin" result when their account keeps them."""
     where, args = _where(f, retired=False)
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(f"DELETE FROM hooks{where} RETURNING *", args)  # type: ignore[arg-type]
         rows = list(await cur.fetchall())
         for r in rows:
-            period = keep.get(r["account"], timedelta(0))
+            period = keep(r["account"])
             if period > timedelta(0):
                 r["results"] = [
                     *r["results"],
                     result_entry(
-                        now, now, url=r["url"], success=False, code=0, error="canceled by admin", response=""
+                        now, now, url=r["url"], success=False, code=0, error=CANCELED_BY_ADMIN, response=""
                     ),
                 ]
                 await _insert_retired(conn, r, success=False, last_activity=now, keep=period)

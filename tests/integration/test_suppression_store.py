@@ -103,7 +103,7 @@ async def test_16_40_cleanup_removes_retired_messages_and_hooks_past_keep_until(
     # A keep period of a nanosecond (spec scenarios use 1ns): gone at the next cleanup.
     await q.retire(pool, {ids[0]: None}, "delivered", {"mjl": timedelta(microseconds=1)}, now)
     await q.retire(pool, {ids[1]: None}, "delivered", {"mjl": timedelta(hours=1)}, now)
-    await hooks.cancel(pool, hooks.HookFilter(ids=(queued.id,)), now, {"mjl": timedelta(microseconds=1)})
+    await hooks.cancel(pool, hooks.HookFilter(ids=(queued.id,)), now, lambda _: timedelta(microseconds=1))
     assert (
         await q.get_retired(pool, ids[0]) is not None and await hooks.get_retired(pool, queued.id) is not None
     )
