@@ -56,3 +56,5 @@ async def test_temporal_sdk_metrics_on_their_own_port(stack: Stack) -> None:
             if "temporal_request" in text:
                 break
             await asyncio.sleep(0.2)
+    # The SDK's own series, in Prometheus text format, apart from Tempost's metrics.
+    assert "temporal_request" in text and "tempost_queue" not in text

@@ -13,7 +13,8 @@ from tests.conftest import Stack
 
 
 async def workflow_ids(stack: Stack, query: str, want: set[str], timeout: float = 15) -> set[str]:
-    """Workflows matching a visibility query, polled until they equal `want` (visibility lags a little)."""
+    """Workflows matching a visibility query, polled until they equal `want` (visibility lags a little);
+    a TimeoutError fails the test when they never do."""
     async with asyncio.timeout(timeout):
         while True:
             got = {w.id async for w in stack.client.list_workflows(query)}
@@ -39,5 +40,5 @@ async def test_held_mail_to_a_domain_is_found_by_query_and_state_follows(stack: 
     await stack.admin("POST", f"/queue/{held_id}/release")
     await stack.admin("POST", f"/queue/{held_id}/kick")
     await stack.finished(held_id)
-    await workflow_ids(stack, f"{tq} AND TempostState = 'finished'", {wid})
-    await workflow_ids(stack, f"{tq} AND TempostAttempts = 1", {wid})
+    assert await workflow_ids(stack, f"{tq} AND TempostState = 'finished'", {wid}) == {wid}
+    assert await workflow_ids(stack, f"{tq} AND TempostAttempts = 1", {wid}) == {wid}
