@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import aiosmtplib
 from cryptography import x509
 from python_socks import ProxyError
 from python_socks.async_.asyncio import Proxy as SocksProxy
@@ -42,6 +41,7 @@ from activities.smtpclient import (
     OnAccepted,
     RcptReply,
     SessionError,
+    SMTPConnection,
     TLSMode,
     close_session,
     open_session,
@@ -406,7 +406,7 @@ class DirectTransport:
         pkix: bool,
         check: Callable[[list[bytes]], str | None] | None,
         sessions: list[TLSResult],
-    ) -> aiosmtplib.SMTP:
+    ) -> SMTPConnection:
         deadline = time.monotonic() + _HOST_BUDGET
         ordered = order_ips(ips, env.dialed.get(host.name, []))
         errors: list[str] = []
@@ -429,11 +429,11 @@ class DirectTransport:
                     verify_chain=check,
                     sock=sock,
                 )
-            except (TimeoutError, aiosmtplib.SMTPTimeoutError) as err:
+            except TimeoutError as err:
                 CONNECTIONS.labels("timeout").inc()
                 errors.append(f"{ip}: {type(err).__name__}: {err}")
                 continue
-            except (aiosmtplib.SMTPConnectError, OSError, ProxyError) as err:
+            except (OSError, ProxyError) as err:
                 CONNECTIONS.labels("error").inc()
                 errors.append(f"{ip}: {err}")
                 continue
@@ -454,7 +454,7 @@ class DirectTransport:
                 raise
             CONNECTIONS.labels("ok").inc()
             env.dialed.setdefault(host.name, []).append(ip)
-            if client.get_transport_info("ssl_object") is not None:
+            if client.ssl_object is not None:
                 for r in sessions:
                     r.success += 1
                 if not pkix and check is None and not host.is_ip:

@@ -10,8 +10,6 @@ import ssl
 import time
 from typing import Protocol
 
-import aiosmtplib
-
 from activities.metrics import CONNECTIONS, DELIVERY_DURATION, delivery_result
 from activities.smtpclient import (
     Envelope,
@@ -104,7 +102,7 @@ class SMTPRelayTransport:
         except SessionError as err:
             CONNECTIONS.labels("error").inc()
             return [err.reply()] * len(env.recipients)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+        except (OSError, TimeoutError) as err:
             CONNECTIONS.labels("timeout" if isinstance(err, TimeoutError) else "error").inc()
             # Connection trouble is never permanent: the next attempt may find the relay back.
             return [RcptReply(False, False, 0, "", f"{type(err).__name__}: {err}")] * len(env.recipients)
@@ -113,8 +111,6 @@ class SMTPRelayTransport:
             if cfg.auth is not None:
                 await authenticate(client, cfg.auth.username, cfg.auth.password(), cfg.auth.mechanisms)
             return await transact(client, env, on_accepted)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
-            return [RcptReply(False, False, 0, "", f"{type(err).__name__}: {err}")] * len(env.recipients)
         except SessionError as err:
             return [err.reply()] * len(env.recipients)
         finally:

@@ -1,6 +1,7 @@
 """A bare SMTP-ish server on loopback that answers with scripted lines, for malformed and hostile peers.
 
-aiosmtpd speaks correct SMTP; this one says whatever the test tells it to, including nothing at all.
+aiosmtpd speaks correct SMTP; this one says whatever the test tells it to, including nothing at all, and
+shows exactly which commands arrived together (a pipelined burst) and in which order.
 """
 
 from __future__ import annotations
@@ -13,40 +14,108 @@ from deploy.embedded import free_port
 
 @dataclass
 class Script:
-    """The greeting ("" closes at once), then replies by command verb; unknown verbs get 250."""
+    """The greeting ("" closes at once), then replies by command verb; DATA gets 354, anything else 250.
+
+    A reply may be a list: the n-th use of the verb in a session gets the n-th reply, the last one
+    repeating. A DATA reply starting with 354 makes the server read the message up to "." and answer that
+    with the "." entry. An empty reply hangs up. `extensions` are announced in the EHLO reply (unless
+    EHLO itself is scripted); with "PIPELINING" among them the server holds its replies from MAIL on until
+    DATA arrives, so only a client that really pipelines gets them without a wait.
+    """
 
     greeting: str = "220 scripted ESMTP"
-    replies: dict[str, str] = field(default_factory=dict)
+    replies: dict[str, str | list[str]] = field(default_factory=dict)
+    extensions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Received:
+    """What one connection sent: every command line, the bursts, and the messages after DATA."""
+
+    commands: list[str] = field(default_factory=list)
+    # The verbs that arrived before the server answered the first of them, from MAIL on.
+    bursts: list[list[str]] = field(default_factory=list)
+    messages: list[bytes] = field(default_factory=list)
+
+
+# How long the server waits for the rest of a pipelined burst before answering what it has.
+_BURST_WAIT = 1.0
 
 
 class ScriptedSMTP:
-    """Start with `await start()`, stop with `await stop()`; `commands` lists what clients sent."""
+    """Start with `await start()`, stop with `await stop()`; `sessions` lists what each connection sent."""
 
     def __init__(self, script: Script) -> None:
         self.script = script
         self.port = free_port()
-        self.commands: list[str] = []
+        self.sessions: list[Received] = []
         self._server: asyncio.Server | None = None
 
+    @property
+    def commands(self) -> list[str]:
+        """Every command line of every session, in order."""
+        return [c for s in self.sessions for c in s.commands]
+
+    def _reply(self, verb: str, uses: dict[str, int]) -> str:
+        n = uses.get(verb, 0)
+        uses[verb] = n + 1
+        if verb == "EHLO" and verb not in self.script.replies:
+            lines = ["250-scripted", *(f"250-{e}" for e in self.script.extensions)]
+            return "\n".join(lines[:-1] + ["250 " + lines[-1][4:]])
+        default = {"QUIT": "221 bye", "DATA": "354 go ahead", ".": "250 ok queued"}.get(verb, "250 ok")
+        reply = self.script.replies.get(verb, default)
+        if isinstance(reply, list):
+            reply = reply[min(n, len(reply) - 1)]
+        return reply
+
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = Received()
+        self.sessions.append(got)
+        uses: dict[str, int] = {}
+        pipelining = "PIPELINING" in (e.upper() for e in self.script.extensions)
+
+        async def answer(verb: str) -> bool:
+            reply = self._reply(verb, uses)
+            if reply == "":
+                return False  # hang up
+            writer.write(reply.replace("\n", "\r\n").encode() + b"\r\n")
+            await writer.drain()
+            if verb == "DATA" and reply.startswith("354"):
+                body = b""
+                while (line := await reader.readline()) not in (b".\r\n", b""):
+                    body += line
+                got.messages.append(body)
+                return await answer(".")
+            return verb != "QUIT"
+
         try:
             if not self.script.greeting:
                 return
             writer.write(self.script.greeting.encode() + b"\r\n")
             await writer.drain()
             while line := await reader.readline():
-                cmd = line.decode(errors="replace").strip()
-                self.commands.append(cmd)
-                verb = cmd.split(" ", 1)[0].upper()
-                reply = self.script.replies.get(verb, "221 bye" if verb == "QUIT" else "250 ok")
-                if reply == "":
-                    return  # hang up
-                writer.write(reply.replace("\n", "\r\n").encode() + b"\r\n")
-                await writer.drain()
-                if verb == "QUIT":
-                    return
+                verbs = [self._verb(line, got)]
+                if pipelining and verbs[0] == "MAIL":
+                    while verbs[-1] != "DATA":
+                        try:
+                            more = await asyncio.wait_for(reader.readline(), _BURST_WAIT)
+                        except TimeoutError:
+                            break
+                        if not more:
+                            break
+                        verbs.append(self._verb(more, got))
+                    got.bursts.append(verbs)
+                for verb in verbs:
+                    if not await answer(verb):
+                        return
         finally:
             writer.close()
+
+    @staticmethod
+    def _verb(line: bytes, got: Received) -> str:
+        cmd = line.decode(errors="replace").strip()
+        got.commands.append(cmd)
+        return cmd.split(" ", 1)[0].upper()
 
     async def start(self) -> ScriptedSMTP:
         self._server = await asyncio.start_server(self._session, "127.0.0.1", self.port)

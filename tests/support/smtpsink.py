@@ -154,7 +154,8 @@ class _Handler:
         if b.ehlo_reply:
             return [b.ehlo_reply]
         session.host_name = hostname
-        extra = [f"250-{x}" for x in b.ehlo_extra]
+        # Like most receiving servers, announce pipelining and enhanced status codes unless told not to.
+        extra = [f"250-{x}" for x in ["PIPELINING", "ENHANCEDSTATUSCODES", *b.ehlo_extra]]
         lines = responses[:-1] + extra + responses[-1:]
         drop = {w.upper() for w in b.ehlo_without}
         kept = [line for line in lines if line[4:].split(" ")[0].upper() not in drop]
