@@ -44,6 +44,10 @@ class _FetchError(Exception):
     pass
 
 
+class PolicyFetchError(Exception):
+    """The policy could not be fetched or does not parse; the message starts with the spec's reason."""
+
+
 @dataclass(frozen=True)
 class PolicyLookup:
     """The policy to apply (None: none), whether it is fresh, and what went wrong on the way.
@@ -132,6 +136,23 @@ class MTASTSLookup:
             return _failed(None, str(err))
         await self._store(domain, now, record, policy, text)
         return PolicyLookup(policy, True)
+
+    async def published_record(self, domain: str) -> Record | None:
+        """The STS record published now, None when there is none, bypassing the cache (for the refresher).
+
+        Raises MTASTSDNSError when the lookup failed and RecordSyntaxError for a broken or doubled record.
+        """
+        return await self._record(domain)
+
+    async def served_policy(self, domain: str) -> tuple[Policy | None, str]:
+        """The policy served now and its text (None: none served), bypassing the cache (for the refresher).
+
+        Raises PolicyFetchError.
+        """
+        try:
+            return await self._fetch(domain)
+        except (_FetchError, PolicySyntaxError) as err:
+            raise PolicyFetchError(str(err)) from None
 
     async def _store(self, domain: str, now: datetime, record: Record, policy: Policy, text: str) -> None:
         await cache.put(

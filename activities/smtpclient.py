@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from activities.tlsbinding import channel_binding
 from domain.sasl import SASLError, Scram, choose_mechanism, make_client
 
 TLSMode = Literal["immediate", "requiredstarttls", "opportunistic", "skip"]
@@ -394,18 +395,9 @@ async def close_session(conn: SMTPConnection) -> None:
     await conn.close()
 
 
-def _channel_binding(conn: SMTPConnection) -> tuple[str, bytes] | None:
-    """tls-unique data for SCRAM -PLUS on TLS 1.2; TLS 1.3's tls-exporter is not reachable from Python."""
-    ssl_object = conn.ssl_object
-    if ssl_object is None:
-        return None
-    data = ssl_object.get_channel_binding("tls-unique") if ssl_object.version() != "TLSv1.3" else None
-    return ("tls-unique", data) if data else None
-
-
 async def authenticate(conn: SMTPConnection, username: str, password: str, mechanisms: list[str]) -> None:
     """AUTH with the first configured mechanism the server offers (spec 02 §5.2, RFC 4954)."""
-    binding = _channel_binding(conn)
+    binding = channel_binding(conn.ssl_object)
     offered = conn.extensions.get("AUTH", "").split()
     chosen = choose_mechanism(mechanisms, offered, tls=conn.ssl_object is not None, binding=binding)
     if chosen is None:

@@ -69,6 +69,10 @@ class WorkerConfig(_Strict):
     # How often the retention schedule deletes retired messages and hooks past their keep period; the
     # first run comes at worker start. "0s" creates no schedule.
     retention_interval: Duration = timedelta(hours=1)
+    # How often the MTA-STS refresh schedule deletes cached policies unused for 180 days and refreshes
+    # those not updated for 12 hours (spread over 3 hours); the first run comes at worker start. "0s"
+    # creates no schedule.
+    mtasts_refresh_interval: Duration = timedelta(hours=24)
     max_concurrent_activities: int = 100
     # On shutdown, how long running activities (an SMTP transaction mid-DATA) may take to finish before
     # they are cancelled; a cancelled attempt is retried by the next worker.

@@ -264,3 +264,31 @@ class CleanupResult(BaseModel):
     messages: int = 0
     hooks: int = 0
     bounces: int = 0
+
+
+# --- MTA-STS policy cache refresh (spec 02 §2.3 item 6) ---
+
+WORKFLOW_MTASTS_REFRESH = "MTASTSRefresh"
+ACTIVITY_REFRESH_MTASTS = "refresh_mtasts_policies"
+
+
+def mtasts_refresh_schedule_id(task_queue: str) -> str:
+    """Id of the Temporal schedule that refreshes the MTA-STS policy cache for one task queue."""
+    return f"mtasts-refresh-{task_queue}"
+
+
+class MTASTSRefreshResult(BaseModel):
+    """What one refresh run of the MTA-STS policy cache did, counted by rows."""
+
+    # Deleted because no lookup used them for 180 days.
+    unused_deleted: int = 0
+    # Record id unchanged: only valid-until was extended.
+    extended: int = 0
+    # Policy fetched again and stored (back-off cleared).
+    updated: int = 0
+    # Mode-none policies whose record is gone.
+    deleted: int = 0
+    # The fetch failed; the row was kept as it was and the error logged.
+    failed: int = 0
+    # Left alone: a mode-none row whose record lookup failed, or a row a lookup updated meanwhile.
+    skipped: int = 0

@@ -134,7 +134,12 @@ def make_config(
             "temporal": {"task_queue": "tq-" + uuid.uuid4().hex[:8]},
             "api": {"admin_token_file": ""},
             # Background deliveries (DSNs) may outlive a test's servers; do not wait for them at teardown.
-            "worker": {"metrics_listen": "", "shutdown_grace": "1s", "retention_interval": "0s"},
+            "worker": {
+                "metrics_listen": "",
+                "shutdown_grace": "1s",
+                "retention_interval": "0s",
+                "mtasts_refresh_interval": "0s",
+            },
             "queue": q,
             "direct": direct or {},
             "routes": routes or [],

@@ -27,10 +27,16 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.bounces import BounceActivities
 from activities.delivery import DeliveryActivities
+from activities.mtastsrefresh import MTASTSRefresher
 from activities.retention import RetentionActivities
 from activities.webhooks import HookControl, WebhookActivities, WebhookQueue
 from domain.config import Config
-from domain.contracts import retention_schedule_id
+from domain.contracts import (
+    WORKFLOW_MTASTS_REFRESH,
+    WORKFLOW_RETENTION,
+    mtasts_refresh_schedule_id,
+    retention_schedule_id,
+)
 from store import bounces, db, hooks
 from store import queue as q
 from store.db import Pool
@@ -45,6 +51,7 @@ from workflows.client import (
     start_webhook,
 )
 from workflows.delivery import Delivery
+from workflows.mtastsrefresh import MTASTSRefresh
 from workflows.registry import ensure_search_attributes
 from workflows.retention import Retention
 from workflows.webhook import Webhook
@@ -102,8 +109,14 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     return Worker(
         client,
         task_queue=config.temporal.task_queue,
-        workflows=[Delivery, Webhook, Bounce, Retention],
-        activities=[*acts.all(), *hook_acts.all(), *bounce_acts.all(), *RetentionActivities(pool).all()],
+        workflows=[Delivery, Webhook, Bounce, Retention, MTASTSRefresh],
+        activities=[
+            *acts.all(),
+            *hook_acts.all(),
+            *bounce_acts.all(),
+            *RetentionActivities(pool).all(),
+            *MTASTSRefresher(pool, config.direct).all(),
+        ],
         workflow_runner=SANDBOX,
         max_concurrent_activities=config.worker.max_concurrent_activities,
         # An SMTP transaction in flight at shutdown gets time to finish and record its outcome rather
@@ -151,26 +164,41 @@ async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: 
     return started
 
 
-async def ensure_retention_schedule(client: Client, config: Config) -> bool:
-    """Create the schedule of the Retention workflow unless it exists; True when created.
+async def _ensure_schedule(
+    client: Client, schedule_id: str, workflow: str, every: timedelta, tq: str
+) -> bool:
+    """Create a schedule starting the named workflow every `every` unless it exists; True when created.
 
     A Temporal schedule rather than a timer in some process: it runs once per interval however many
-    workers there are, and operators see, pause or trigger it in the UI.
+    workers there are, and operators see, pause or trigger it in the UI. A zero interval creates none.
     """
-    every = config.worker.retention_interval
     if every <= timedelta(0):
         return False
-    tq = config.temporal.task_queue
     schedule = Schedule(
-        action=ScheduleActionStartWorkflow(Retention.run, id=f"retention-{tq}", task_queue=tq),
+        action=ScheduleActionStartWorkflow(workflow, id=schedule_id, task_queue=tq),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
     try:
-        await client.create_schedule(retention_schedule_id(tq), schedule, trigger_immediately=True)
+        await client.create_schedule(schedule_id, schedule, trigger_immediately=True)
     except ScheduleAlreadyRunningError:
         return False
     return True
+
+
+async def ensure_retention_schedule(client: Client, config: Config) -> bool:
+    """Create the schedule of the Retention workflow unless it exists; True when created."""
+    tq = config.temporal.task_queue
+    return await _ensure_schedule(
+        client, retention_schedule_id(tq), WORKFLOW_RETENTION, config.worker.retention_interval, tq
+    )
+
+
+async def ensure_mtasts_refresh_schedule(client: Client, config: Config) -> bool:
+    """Create the schedule of the MTASTSRefresh workflow unless it exists; True when created."""
+    tq = config.temporal.task_queue
+    every = config.worker.mtasts_refresh_interval
+    return await _ensure_schedule(client, mtasts_refresh_schedule_id(tq), WORKFLOW_MTASTS_REFRESH, every, tq)
 
 
 async def sweep_hooks(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
@@ -215,10 +243,11 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
     try:
         worker = build_worker(client, pool, config)
         sweeper = asyncio.create_task(_sweeper(client, pool, config))
-        try:
-            await ensure_retention_schedule(client, config)
-        except Exception:  # noqa: BLE001 - deletion waits; nothing queued depends on it
-            log.exception("creating the retention schedule")
+        for ensure_schedule in (ensure_retention_schedule, ensure_mtasts_refresh_schedule):
+            try:
+                await ensure_schedule(client, config)
+            except Exception:  # noqa: BLE001 - the periodic job waits; nothing queued depends on it
+                log.exception("creating a schedule: %s failed", ensure_schedule.__name__)
         listener = None
         if config.worker.bounces_listen:
             host, port = _listen(config.worker.bounces_listen)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from domain.contracts import MsgState
 from tests.conftest import Stack
@@ -122,3 +124,54 @@ async def test_requiretls_over_an_unverified_relay_fails_permanently(stack_facto
     assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 1 and sink.messages() == []
     row = (await stack.admin("GET", f"/queue/{resp['Submissions'][0]['QueueMsgID']}")).json()
     assert row["Results"][-1]["Secode"] == "7.30"
+
+
+@pytest.mark.parametrize("tls_version", ["TLSv1_2", "TLSv1_3"])
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"])
+async def test_35_scram_plus_binds_authentication_to_the_tls_channel(
+    stack_factory, secret: str, tmp_path: Path, mech: str, tls_version: str
+) -> None:
+    # Channel binding: tls-unique up to TLS 1.2, tls-exporter on TLS 1.3 (RFC 9266); the server checks the
+    # client's binding data against its own view of the connection, so a relaying attacker would fail.
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    version = getattr(ssl.TLSVersion, tls_version)
+    ctx.minimum_version = ctx.maximum_version = version
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = SMTPSink(auth_users=USERS, tls_context=ctx).start()
+    try:
+        relay = _submission(server, secret, [mech, "SCRAM-SHA-256"])
+        relay.update(starttls="required", ca_file=str(ca_file))
+        stack = await stack_factory(transports={"submit": relay}, default_transport="submit")
+        status, _ = await _send(stack, ["a@x.example"])
+        assert status.msgs[0].state == MsgState.DELIVERED
+        assert server.authenticated == [(mech, "relayuser")]
+        binding = "tls-exporter" if tls_version == "TLSv1_3" else "tls-unique"
+        assert server.scram_flags == [f"p={binding}"]
+    finally:
+        server.stop()
+
+
+async def test_scram_plus_offered_but_not_configured_says_the_client_could_bind(
+    stack_factory, secret: str, tmp_path: Path
+) -> None:
+    # RFC 5802 §6: with TLS and a -PLUS mechanism configured but not offered, "y" lets a server that did offer
+    # it notice the offer was stripped on the way.
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    plus = ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS")
+    server = SMTPSink(auth_users=USERS, tls_context=ctx, auth_exclude=plus).start()
+    try:
+        relay = _submission(server, secret, ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])
+        relay.update(starttls="required", ca_file=str(ca_file))
+        stack = await stack_factory(transports={"submit": relay}, default_transport="submit")
+        status, _ = await _send(stack, ["a@x.example"])
+        assert status.msgs[0].state == MsgState.DELIVERED
+        assert server.scram_flags == ["y"]
+    finally:
+        server.stop()

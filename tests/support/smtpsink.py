@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from activities.tlsbinding import channel_binding
 from deploy.embedded import free_port
 
 
@@ -109,11 +110,31 @@ class _Handler:
     async def auth_SCRAM__SHA__1(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
         return await self._scram(server, args, "sha1", "SCRAM-SHA-1")
 
+    async def auth_SCRAM__SHA__256__PLUS(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._scram(server, args, "sha256", "SCRAM-SHA-256-PLUS")
+
+    async def auth_SCRAM__SHA__1__PLUS(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._scram(server, args, "sha1", "SCRAM-SHA-1-PLUS")
+
+    @staticmethod
+    def _binding(server: SMTP, session: Session) -> tuple[str, bytes] | None:
+        """The server's own view of the channel binding, to compare with what the client sent."""
+        obj = (session.ssl or {}).get("ssl_object") if isinstance(session.ssl, dict) else None
+        if obj is None and server.transport is not None:
+            obj = server.transport.get_extra_info("ssl_object")
+        return channel_binding(obj)
+
     async def _scram(self, server: SMTP, args: list[str], hash_name: str, mech: str) -> AuthResult:
         first = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
         if not isinstance(first, bytes):
             return AuthResult(success=False)
         flag, _authz, bare = first.decode().split(",", 2)
+        # RFC 5802 §6: the client repeats its GS2 header and, for -PLUS, the binding data in "c=".
+        assert server.session is not None
+        binding = self._binding(server, server.session) if mech.endswith("-PLUS") else None
+        if mech.endswith("-PLUS") and (binding is None or flag != f"p={binding[0]}"):
+            return self._result(mech, "", False)
+        expected_cbind = f"{flag},{_authz},".encode() + (binding[1] if binding else b"")
         attrs = dict(a.split("=", 1) for a in bare.split(","))
         user, cnonce = attrs["n"], attrs["r"]
         password = self.sink.auth_users.get(user, "")
@@ -123,6 +144,9 @@ class _Handler:
         if not isinstance(final, bytes):
             return AuthResult(success=False)
         without_proof, _, proof = final.decode().rpartition(",p=")
+        final_attrs = dict(a.split("=", 1) for a in without_proof.split(","))
+        if base64.b64decode(final_attrs.get("c", "")) != expected_cbind:
+            return self._result(mech, user, False)
         salted = hashlib.pbkdf2_hmac(hash_name, password.encode(), salt, iterations)
         client_key = hmac.new(salted, b"Client Key", hash_name).digest()
         auth = f"{bare},{server_first},{without_proof}".encode()
@@ -237,6 +261,7 @@ class SMTPSink:
         data_size_limit: int = 0,
         auth_users: dict[str, str] | None = None,
         implicit_tls: ssl.SSLContext | None = None,
+        auth_exclude: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -262,7 +287,7 @@ class SMTPSink:
         if auth_users:
             extra["authenticator"] = self._authenticate
             extra["auth_require_tls"] = False
-            extra["auth_exclude_mechanism"] = ["LOGIN"]
+            extra["auth_exclude_mechanism"] = ["LOGIN", *auth_exclude]
         if implicit_tls is not None:
             # TLS from the first byte (submissions, RFC 8314 §3.3).
             extra["ssl_context"] = implicit_tls
