@@ -175,6 +175,7 @@ class DeliveryActivities:
             _now(),
             cap=q_cfg.max_concurrent_deliveries,
             ttl=q_cfg.attempt_timeout + timedelta(seconds=60),
+            per_domain=q_cfg.domain_concurrency.get(req.domain, 1),
             min_interval=timedelta(minutes=1) / per_minute if per_minute > 0 else timedelta(0),
         )
         if not grant.granted:

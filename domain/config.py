@@ -93,8 +93,11 @@ class QueueConfig(_Strict):
     # "localserve" simulates delivery (spec 01 §8); any other value must name an entry of [transports].
     default_transport: str = DIRECT
     # Deliveries (SMTP sessions) in flight at once over all workers; never more than one per recipient
-    # domain on top of that (spec 01 §3).
+    # domain on top of that (spec 01 §3) unless domain_concurrency allows more.
     max_concurrent_deliveries: int = Field(default=10, ge=1)
+    # Deliveries in flight at once to a recipient domain, for the few big destinations that take several
+    # connections; unlisted domains get one, as in mox.
+    domain_concurrency: dict[str, Annotated[int, Field(ge=1)]] = {}
     # Optional rate limits: delivery attempts (SMTP transactions) per minute, by recipient domain.
     rate_limits: dict[str, int] = {}
 

@@ -1,4 +1,5 @@
-"""Delivery leases in PostgreSQL: one delivery per recipient domain and a global cap, across workers."""
+"""Delivery leases in PostgreSQL: a few deliveries per recipient domain (one unless configured) and a global
+cap, across workers."""
 
 from __future__ import annotations
 
@@ -28,37 +29,43 @@ async def acquire(
     *,
     cap: int,
     ttl: timedelta,
+    per_domain: int = 1,
     min_interval: timedelta = timedelta(0),
 ) -> Grant:
-    """Take the domain's delivery slot if it is free, fewer than `cap` deliveries run anywhere and the
-    domain's rate limit allows a start now. The same holder (a retried attempt) may take its own lease
-    again. A refused caller is remembered as a waiter, to be woken when a slot frees."""
+    """Take one of the domain's `per_domain` delivery slots if one is free, fewer than `cap` deliveries run
+    anywhere and the domain's rate limit allows a start now. The same holder (a retried attempt) may take
+    its own slot again. A refused caller is remembered as a waiter, to be woken when a slot frees."""
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEASE_LOCK,))
         cur = await conn.execute(
-            "SELECT holder, expires, last_start FROM delivery_leases WHERE domain = %s", (domain,)
+            "SELECT slot, holder, expires, last_start FROM delivery_leases WHERE domain = %s", (domain,)
         )
-        row = await cur.fetchone()
-        if row is not None and row["expires"] > now and row["holder"] != holder:
+        rows = await cur.fetchall()
+        own = [r["slot"] for r in rows if r["holder"] == holder]
+        busy = {r["slot"] for r in rows if r["expires"] > now and r["holder"] != holder}
+        if not own and len(busy) >= per_domain:
             await _wait(conn, workflow_id, domain, now)
             return Grant(False)
         cur = await conn.execute(
-            "SELECT count(*) AS n FROM delivery_leases WHERE expires > %s AND domain <> %s", (now, domain)
+            "SELECT count(*) AS n FROM delivery_leases WHERE expires > %s AND holder <> %s", (now, holder)
         )
         active = await cur.fetchone()
         if active is not None and active["n"] >= cap:
             # Woken by whichever delivery finishes first.
             await _wait(conn, workflow_id, "", now)
             return Grant(False)
-        if row is not None and row["holder"] != holder and min_interval > timedelta(0):
-            allowed = row["last_start"] + min_interval
+        if not own and rows and min_interval > timedelta(0):
+            allowed = max(r["last_start"] for r in rows) + min_interval
             if allowed > now:
                 return Grant(False, allowed)
+        # The lowest free slot, so a domain's rows stay few whatever its history.
+        slot = own[0] if own else min(set(range(per_domain + len(busy))) - busy)
         await conn.execute(
-            """INSERT INTO delivery_leases (domain, holder, expires, last_start) VALUES (%s, %s, %s, %s)
-               ON CONFLICT (domain) DO UPDATE SET holder = excluded.holder, expires = excluded.expires,
+            """INSERT INTO delivery_leases (domain, slot, holder, expires, last_start)
+               VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (domain, slot) DO UPDATE SET holder = excluded.holder, expires = excluded.expires,
                last_start = excluded.last_start""",
-            (domain, holder, now + ttl, now),
+            (domain, slot, holder, now + ttl, now),
         )
         await conn.execute(
             "DELETE FROM delivery_waiters WHERE workflow_id = %s AND domain IN (%s, '')",

@@ -127,3 +127,20 @@ async def test_rate_limit_spaces_deliveries_to_a_domain(stack_factory: Any, sink
     times = sorted(t.accepted_at for t in sink.messages())
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert len(times) == 3 and all(g >= 0.45 for g in gaps), gaps
+
+
+async def test_domain_concurrency_lets_a_big_destination_take_several_deliveries(
+    stack_factory: Any, sink: SMTPSink
+) -> None:
+    # Three at once to big.example; other domains keep one at a time.
+    stack = await stack_factory(domain_concurrency={"big.example": 3}, max_concurrent_deliveries=10)
+    sink.behaviour.data_delay = 1.0
+    ids = []
+    for i in range(6):
+        for domain in ("big.example", "small.example"):
+            resp = await stack.send_ok({"To": [{"Address": f"r{i}@{domain}"}], "Text": "x"})
+            ids.append(resp["Submissions"][0]["QueueMsgID"])
+    statuses = await asyncio.gather(*(stack.finished(i, timeout=90) for i in ids))
+    assert all(s.msgs[0].state == MsgState.DELIVERED for s in statuses)
+    assert 2 <= sink.max_overlap["big.example"] <= 3
+    assert sink.max_overlap["small.example"] == 1

@@ -124,10 +124,11 @@ async def test_44_no_recipient_accepted_lockstep_sends_no_data(stack_factory: An
     assert not any(c.startswith("DATA") for c in server.commands)
 
 
-async def test_44_no_recipient_accepted_pipelined_resyncs_with_a_lone_dot(stack_factory: Any, peer: Any) -> None:
-    server = await peer(
-        Script(extensions=PIPELINING, replies={"RCPT": "451 try later", "DATA": "354 go", ".": "503 no rcpts"})
-    )
+async def test_44_no_recipient_accepted_pipelined_resyncs_with_a_lone_dot(
+    stack_factory: Any, peer: Any
+) -> None:
+    replies: dict[str, str | list[str]] = {"RCPT": "451 try later", "DATA": "354 go", ".": "503 no rcpts"}
+    server = await peer(Script(extensions=PIPELINING, replies=replies))
     status, _ = await deliver(stack_factory, server, ["a@example.com", "b@example.com"], attempts=2)
     assert outcome(status) == [(MsgState.FAILED, 2)] * 2
     for session in server.sessions:
@@ -135,7 +136,9 @@ async def test_44_no_recipient_accepted_pipelined_resyncs_with_a_lone_dot(stack_
         assert session.messages == [b""] and session.commands[-1] == "QUIT"
 
 
-async def test_27_42_transaction_left_open_is_reset_before_the_next_one(stack_factory: Any, peer: Any) -> None:
+async def test_27_42_transaction_left_open_is_reset_before_the_next_one(
+    stack_factory: Any, peer: Any
+) -> None:
     script = Script(
         extensions=["ENHANCEDSTATUSCODES", "LIMITS RCPTMAX=1"],
         replies={"RCPT": ["451 4.3.0 not now", "250 ok"], "DATA": "354 go", ".": "550 5.7.1 content refused"},

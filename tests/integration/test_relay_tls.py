@@ -61,6 +61,30 @@ async def test_untrusted_certificate_is_a_temporary_failure(
     assert "certificate" in body["Results"][-1]["Error"].lower()
 
 
+async def test_31_certificate_for_another_name_is_a_temporary_tls_failure(
+    stack_factory, ca: trustme.CA, tmp_path: Path
+) -> None:
+    # Trusted CA, but the certificate names mox.example while the relay is configured as 127.0.0.1.
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mox.example").configure_cert(ctx)
+    server = SMTPSink(tls_context=ctx).start()
+    try:
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        stack = await stack_factory(
+            transports={"tls": _relay(server, str(ca_file))}, default_transport="tls", max_attempts=2
+        )
+        resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
+        msg_id = resp["Submissions"][0]["QueueMsgID"]
+        status = await stack.finished(msg_id)
+        assert status.msgs[0].state == MsgState.FAILED and status.msgs[0].attempts == 2
+        assert server.messages() == []
+        error = (await stack.admin("GET", f"/queue/{msg_id}")).json()["Results"][-1]["Error"]
+        assert "tls handshake" in error and "127.0.0.1" in error
+    finally:
+        server.stop()
+
+
 async def test_required_starttls_not_offered_sends_nothing(stack_factory, sink: SMTPSink) -> None:
     stack = await stack_factory(transports={"tls": _relay(sink, "")}, default_transport="tls", max_attempts=1)
     resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
