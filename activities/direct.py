@@ -21,7 +21,7 @@ from cryptography import x509
 from python_socks import ProxyError
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
-from activities.dns import DNSNotFound, DNSTemporary, Resolver
+from activities.dns import DNSError, DNSNotFound, DNSTemporary, Resolver
 from activities.metrics import (
     CONNECTIONS,
     DANE_GATHER_ERRORS,
@@ -56,7 +56,16 @@ from domain.mtasts import Mode, Policy
 from domain.nexthop import Host, NextHopError, destination_hosts, order_ips
 from domain.pkix import finding as pkix_finding
 from domain.pkix import load_anchors
-from domain.tlsrpt import NO_POLICY, STS, TLSA, FailureDetail, TLSResult, classify_tls_error
+from domain.tlsrpt import (
+    NO_POLICY,
+    STS,
+    TLSA,
+    FailureDetail,
+    TLSResult,
+    classify_tls_error,
+    dns_extended_error_reason,
+    tlsa_extended_error_reason,
+)
 
 log = logging.getLogger("tempost.direct")
 
@@ -170,7 +179,7 @@ class DirectTransport:
     async def _deliver(self, env: Envelope, on_accepted: OnAccepted, track: _TLSTrack) -> list[RcptReply]:
         fail = len(env.recipients)
         try:
-            hop = await self._hosts(env.domain)
+            hop = await self._hosts(env.domain, track.rcpt)
             hosts = hop.hosts
         except NextHopError as err:
             return [RcptReply(False, err.permanent, 0, "", str(err))] * fail
@@ -185,10 +194,16 @@ class DirectTransport:
                     track.rcpt.policy_type = STS
                     track.rcpt.add_failure(FailureDetail(found.result_type, failure_reason_code=found.reason))
             except MTASTSDNSError as err:
+                # Reported as an STS result whether or not the attempt goes on (spec 02 §2.3 item 2).
+                track.rcpt.policy_type = STS
+                track.rcpt.add_failure(
+                    FailureDetail(
+                        "sts-policy-fetch-error", failure_reason_code=err.reason, failed_session_count=1
+                    )
+                )
                 # Spec 02 §1.3: without knowing the policy, only a TLS-Required: No message may go on.
                 if env.require_tls is not False:
                     track.rcpt.failure += 1
-                    track.rcpt.add_failure(FailureDetail("sts-policy-fetch-error", failed_session_count=1))
                     return [RcptReply(False, False, 0, "", f"mta-sts policy lookup: {err}")] * fail
                 TLSREQUIREDNO_IGNORED.labels("mtastspolicy").inc()
         if policy is not None and policy.mode != Mode.NONE:
@@ -240,8 +255,11 @@ class DirectTransport:
         assert last is not None
         return [last.reply()] * fail
 
-    async def _hosts(self, domain: str) -> _NextHop:
-        """Destination hosts, and how authentic the answers were (needed for DANE)."""
+    async def _hosts(self, domain: str, rcpt: TLSResult) -> _NextHop:
+        """Destination hosts, and how authentic the answers were (needed for DANE).
+
+        A DNSSEC failure of the lookup is recorded on rcpt, the recipient domain's TLS result.
+        """
         if domain.startswith("["):
             return _NextHop(
                 destination_hosts(domain, None, self._random.shuffle), False, False, domain, False
@@ -254,6 +272,14 @@ class DirectTransport:
             hosts = destination_hosts(expanded, None, self._random.shuffle)
             return _NextHop(hosts, err.authentic, False, expanded, err.authentic)
         except DNSTemporary as err:
+            if err.ede is not None and err.ede.authentication:
+                # Spec 02 §1.2 step 3: a validation-failure, not dnssec-invalid, which RFC 8460 defines for
+                # DANE; reported in the hope the zone is fixed before the report goes out.
+                reason = dns_extended_error_reason(err.ede.code, err.ede.name)
+                rcpt.failure += 1
+                rcpt.add_failure(
+                    FailureDetail("validation-failure", failure_reason_code=reason, failed_session_count=1)
+                )
             raise NextHopError(f"looking up mx records: {err}", permanent=False) from None
         records = [(r.preference, r.host) for r in mx.records]
         hosts = destination_hosts(domain, records, self._random.shuffle)
@@ -261,19 +287,15 @@ class DirectTransport:
         authentic = mx.authentic and mx.authentic_expanded
         return _NextHop(hosts, authentic, True, mx.expanded, mx.authentic_expanded)
 
-    async def _tlsa(self, host: str, env: Envelope) -> list[TLSARecord] | None:
-        """TLSA records for host when DNSSEC says so (spec 02 §2.4); None: DANE does not apply."""
+    async def _tlsa(self, host: str) -> list[TLSARecord] | None:
+        """TLSA records for host when DNSSEC says so (spec 02 §2.4); None: DANE does not apply.
+
+        Raises DNSTemporary when the records cannot be looked up.
+        """
         try:
             texts, authentic = await self._resolver.tlsa(f"_25._tcp.{host}")
         except DNSNotFound:
             return None
-        except DNSTemporary as err:
-            DANE_GATHER_ERRORS.inc()
-            if env.require_tls is False:
-                TLSREQUIREDNO_IGNORED.labels("badtlsa").inc()
-                return None
-            # DANE counts as required when its records cannot be looked up: no downgrade by DNS trouble.
-            raise SessionError(f"looking up tlsa records for {host}: {err}", dane=True) from None
         if not authentic or not texts:
             return None
         out: list[TLSARecord] = []
@@ -301,22 +323,35 @@ class DirectTransport:
         replies: list[RcptReply] | None = None
         try:
             DESTINATIONS.inc()
-            ips, dualstack, ip_authentic, host_expanded, host_expanded_authentic = await self._addresses(host)
+            ips, dualstack, ip_authentic, host_expanded, host_expanded_authentic = await self._addresses(
+                host, track
+            )
+            # None: DANE does not apply; a list, even an empty one: DANE is required (spec 02 §2.4).
             dane: list[TLSARecord] | None = None
+            tlsa_error: DNSTemporary | None = None
+            # The TLSA base domain: the name whose records were used, else the last one asked.
             base = host.name
             if hop is not None and hop.authentic and ip_authentic and not host.is_ip and mode != "skip":
                 DESTINATIONS_AUTHENTIC.inc()
                 # A host reached through secure CNAMEs is looked up under its final name first (spec 02 §2.4).
                 secure = hop.expanded_authentic and host_expanded_authentic
-                if secure and host_expanded != host.name:
-                    dane = await self._tlsa(host_expanded, env)
-                    if dane is not None:
-                        base = host_expanded
-                if dane is None:
-                    dane = await self._tlsa(host.name, env)
+                candidates = (
+                    [host_expanded, host.name] if secure and host_expanded != host.name else [host.name]
+                )
+                try:
+                    for base in candidates:
+                        dane = await self._tlsa(base)
+                        if dane is not None:
+                            break
+                except DNSTemporary as lookup_err:
+                    # DANE counts as required when its records cannot be looked up: no downgrade by DNS
+                    # trouble.
+                    DANE_GATHER_ERRORS.inc()
+                    dane, tlsa_error = [], lookup_err
             usable_dane = [r for r in dane or [] if usable(r)]
             if dane is not None:
                 DANE_REQUIRED.inc()
+            if dane is not None and tlsa_error is None:
                 if not usable_dane:
                     DANE_STARTTLS_UNVERIFIED.inc()
                 # Any TLSA record makes STARTTLS mandatory; only usable ones can verify (RFC 7672 §2.2).
@@ -327,15 +362,22 @@ class DirectTransport:
                 # The plaintext fallback try (track None) records nothing (spec 02 §1.4 step 5).
                 host_result = TLSResult(
                     TLSA if dane is not None else NO_POLICY,
-                    host.name,
+                    base,
                     sorted(str(r) for r in usable_dane),
                     is_host=True,
                 )
-                if dane is not None and not usable_dane:
+                if tlsa_error is not None:
+                    _record_tlsa_error(tlsa_error, host_result, track.rcpt)
+                elif dane is not None and not usable_dane:
                     host_result.add_failure(
                         FailureDetail("tlsa-invalid", host.name, "", "all-unusable-records+ignored", 0)
                     )
                 track.hosts.append(host_result)
+            if tlsa_error is not None:
+                if env.require_tls is not False:
+                    raise SessionError(f"looking up tlsa records for {base}: {tlsa_error}", dane=True)
+                # TLS-Required: No: go on without DANE verification (spec 02 §1.5 step 3).
+                TLSREQUIREDNO_IGNORED.labels("badtlsa").inc()
             if env.require_tls and not (pkix or usable_dane):
                 # RFC 8689 §4.1: REQUIRETLS needs an authenticated TLS policy for the next hop.
                 REQUIRETLS_UNSUPPORTED.labels("nopolicy").inc()
@@ -383,9 +425,14 @@ class DirectTransport:
                 time.monotonic() - start
             )
 
-    async def _addresses(self, host: Host) -> tuple[list[str], bool, bool, str, bool]:
+    async def _addresses(
+        self, host: Host, track: _TLSTrack | None
+    ) -> tuple[list[str], bool, bool, str, bool]:
         """The host's IPs, whether it is dual-stack, whether the answer was DNSSEC-authentic, and the name
-        its CNAMEs led to with whether that chain was authentic."""
+        its CNAMEs led to with whether that chain was authentic.
+
+        A DNSSEC failure of the lookup is recorded on track (spec 02 §1.5 step 3).
+        """
         if host.is_ip:
             return [host.name], False, False, host.name, False
         try:
@@ -393,6 +440,16 @@ class DirectTransport:
                 self._resolver.ips(host.name, ipv4=self._ipv4, ipv6=self._ipv6), _HOST_BUDGET
             )
         except (DNSNotFound, DNSTemporary, TimeoutError) as err:
+            ede = err.ede if isinstance(err, DNSError) else None
+            if track is not None and ede is not None and ede.authentication:
+                # A TLSA result for the host, although no TLSA lookup happened: DANE was made impossible.
+                host_result = TLSResult(TLSA, host.name, is_host=True, failure=1)
+                reason = dns_extended_error_reason(ede.code, ede.name)
+                host_result.add_failure(
+                    FailureDetail("validation-failure", failure_reason_code=reason, failed_session_count=1)
+                )
+                track.hosts.append(host_result)
+                track.rcpt.failure += 1
             raise SessionError(f"dialing smtp server: looking up {host.name}: {err}") from None
         return res.ips, res.dualstack, res.authentic, res.expanded, res.authentic_expanded
 
@@ -469,3 +526,19 @@ class DirectTransport:
                     r.add_failure(FailureDetail("starttls-not-supported", host.name, ip, "", 0))
             return client
         raise SessionError(f"dialing smtp server {host.name}: " + "; ".join(errors))
+
+
+def _record_tlsa_error(err: DNSTemporary, host_result: TLSResult, rcpt: TLSResult) -> None:
+    """Report a failed TLSA lookup on the host's result (spec 02 §1.5 step 3).
+
+    The reason names the resolver's Extended DNS Error if it sent one; a DNSSEC failure is dnssec-invalid
+    and counts as a failed session on both results.
+    """
+    detail = FailureDetail("tlsa-invalid", failed_session_count=1)
+    if err.ede is not None:
+        detail.failure_reason_code = tlsa_extended_error_reason(err.ede.code, err.ede.name)
+        if err.ede.authentication:
+            detail.result_type = "dnssec-invalid"
+            host_result.failure += 1
+            rcpt.failure += 1
+    host_result.add_failure(detail)

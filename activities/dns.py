@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import dns.asyncresolver
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -20,16 +21,50 @@ import dns.resolver
 # CNAMEs followed for one name at most (spec 02 §1.2: the 16th is an error).
 MAX_CNAMES = 16
 
+# RFC 8914 §4.2–4.3 and §4.6–4.13: the info codes that say DNSSEC validation failed (spec 02 §1.2 step 3).
+_AUTHENTICATION_CODES = frozenset({1, 2, 5, 6, 7, 8, 9, 10, 11, 12})
+
+# The registered name of each info code (RFC 8914 §5.2), lowercase with dashes, e.g. 6 -> "dnssec-bogus".
+_EDE_NAMES = {int(code): code.name.lower().replace("_", "-") for code in dns.edns.EDECode}
+
+
+@dataclass(frozen=True)
+class ExtendedError:
+    """An Extended DNS Error the resolver attached to its response (RFC 8914, EDNS0 option 15)."""
+
+    code: int
+    extra_text: str = ""
+
+    @property
+    def name(self) -> str:
+        """The info code's registered name, lowercase with dashes; "unknown" for unregistered codes."""
+        return _EDE_NAMES.get(self.code, "unknown")
+
+    @property
+    def authentication(self) -> bool:
+        """Whether the resolver reports a failed DNSSEC validation rather than another trouble."""
+        return self.code in _AUTHENTICATION_CODES
+
+    def __str__(self) -> str:
+        extra = f": {self.extra_text}" if self.extra_text else ""
+        return f"extended dns error {self.code} {self.name}{extra}"
+
 
 class DNSError(Exception):
-    """A lookup that did not produce records."""
+    """A lookup that did not produce records, with the resolver's Extended DNS Error when it sent one."""
+
+    def __init__(self, message: str, ede: ExtendedError | None = None) -> None:
+        super().__init__(message)
+        self.ede = ede
 
 
 class DNSNotFound(DNSError):
     """The name or the record type does not exist (NXDOMAIN or NODATA)."""
 
-    def __init__(self, message: str, authentic: bool = False, expanded: str = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, authentic: bool = False, expanded: str = "", ede: ExtendedError | None = None
+    ) -> None:
+        super().__init__(message, ede)
         self.authentic = authentic
         # For MX lookups: the name after CNAMEs, which is the implicit MX (spec 02 §1.2).
         self.expanded = expanded
@@ -100,20 +135,24 @@ class Resolver:
         self._r.timeout = min(timeout, 5.0)
         self._r.cache = None
 
+    async def _resolve(self, name: str, rdtype: str) -> dns.resolver.Answer:
+        """The answer for name and rdtype; failures become DNSNotFound or DNSTemporary with the AD bit and
+        the Extended DNS Error of the responses that came back."""
+        try:
+            return await self._r.resolve(name, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as err:
+            responses = _responses(err)
+            authentic = any(r.flags & dns.flags.AD for r in responses)
+            what = "no such domain" if isinstance(err, dns.resolver.NXDOMAIN) else f"no {rdtype} records"
+            raise DNSNotFound(f"{name}: {what}", authentic, ede=_extended_error(responses)) from None
+        except dns.exception.DNSException as err:
+            # A validating resolver answers SERVFAIL when DNSSEC validation fails; its EDE says why.
+            ede = _extended_error(_responses(err))
+            raise DNSTemporary(f"{name} {rdtype}: {err}" + (f" ({ede})" if ede else ""), ede) from None
+
     async def _query(self, name: str, rdtype: str) -> tuple[list[str], bool, str]:
         """Records as text, the AD bit, and the final owner name after CNAMEs."""
-        try:
-            ans = await self._r.resolve(name, rdtype, search=False)
-        except dns.resolver.NXDOMAIN as err:
-            raise DNSNotFound(f"{name}: no such domain", _ad_of(err)) from None
-        except dns.resolver.NoAnswer as err:
-            resp = err.kwargs.get("response")
-            ad = bool(resp is not None and resp.flags & dns.flags.AD)
-            raise DNSNotFound(f"{name}: no {rdtype} records", ad) from None
-        except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout) as err:
-            raise DNSTemporary(f"{name} {rdtype}: {err}") from None
-        except dns.exception.DNSException as err:
-            raise DNSTemporary(f"{name} {rdtype}: {err}") from None
+        ans = await self._resolve(name, rdtype)
         authentic = bool(ans.response.flags & dns.flags.AD)
         return [r.to_text() for r in ans], authentic, ans.canonical_name.to_text().rstrip(".")
 
@@ -166,13 +205,20 @@ class Resolver:
         return MXResult(expanded, records, authentic_orig, authentic_expanded)
 
     async def ips(self, host: str, *, ipv4: bool = True, ipv6: bool = True) -> IPResult:
-        """A and AAAA addresses of host; raises DNSNotFound when it has neither."""
+        """A and AAAA addresses of host, IPv4 first (spec 02 §10 scenario 48), each family in resolver order.
+
+        Raises DNSNotFound when the host has neither. When one family fails (SERVFAIL, timeout) and the
+        other answers, the answer is used only if it is not DNSSEC-authentic: a few unsigned name servers
+        still fail AAAA queries, and mail to them must not bounce for it (Go's default resolver keeps such
+        partial answers too), but in a signed zone an unverifiable half may be an attacker's, and using the
+        other half would skip DANE's checks, so the host fails (DNSTemporary) as spec 02 §1.5 step 2 says.
+        """
         ips: list[str] = []
         authentic = True
         expanded = host
         v4 = v6 = False
-        errors: list[DNSError] = []
-        for rdtype, wanted in (("AAAA", ipv6), ("A", ipv4)):
+        failure: DNSTemporary | None = None
+        for rdtype, wanted in (("A", ipv4), ("AAAA", ipv6)):
             if not wanted:
                 continue
             try:
@@ -181,17 +227,16 @@ class Resolver:
                 authentic = authentic and err.authentic
                 continue
             except DNSTemporary as err:
-                errors.append(err)
+                failure = failure or err
                 continue
             authentic = authentic and ad
             ips += texts
             v4 = v4 or rdtype == "A"
             v6 = v6 or rdtype == "AAAA"
+        if failure is not None and (not ips or authentic or (failure.ede and failure.ede.authentication)):
+            raise failure
         if not ips:
-            if errors:
-                raise errors[0]
             raise DNSNotFound(f"{host}: no addresses", authentic)
-        # Resolver order within a family; IPv6 first like Go's resolver.
         return IPResult(expanded.lower(), ips, authentic, authentic, dualstack=v4 and v6)
 
     async def tlsa(self, name: str) -> tuple[list[str], bool]:
@@ -201,20 +246,27 @@ class Resolver:
 
     async def txt(self, name: str) -> list[str]:
         """TXT records of name, each joined from its strings."""
-        try:
-            ans = await self._r.resolve(name, "TXT", search=False)
-        except dns.resolver.NXDOMAIN:
-            raise DNSNotFound(f"{name}: no such domain") from None
-        except dns.resolver.NoAnswer:
-            raise DNSNotFound(f"{name}: no TXT records") from None
-        except dns.exception.DNSException as err:
-            raise DNSTemporary(f"{name} TXT: {err}") from None
+        ans = await self._resolve(name, "TXT")
         return [b"".join(r.strings).decode("utf-8", "replace") for r in ans]  # type: ignore[attr-defined]
 
 
-def _ad_of(err: dns.resolver.NXDOMAIN) -> bool:
-    try:
-        responses = err.responses()
-    except Exception:  # noqa: BLE001 - older shapes of the exception carry nothing
-        return False
-    return any(isinstance(r, dns.message.Message) and r.flags & dns.flags.AD for r in responses.values())
+def _responses(err: dns.exception.DNSException) -> list[dns.message.Message]:
+    """The responses a failed lookup received, where dnspython keeps them on its exception.
+
+    NXDOMAIN keeps one per name tried; NoAnswer the one response; NoNameservers (SERVFAIL and other
+    rcodes) and LifetimeTimeout one error tuple per server try, whose last item is the response if any.
+    """
+    found: list[object] = [err.kwargs.get("response")]
+    if isinstance(err, dns.resolver.NXDOMAIN):
+        found += err.kwargs.get("responses", {}).values()
+    found += [e[-1] for e in err.kwargs.get("errors", [])]
+    return [r for r in found if isinstance(r, dns.message.Message)]
+
+
+def _extended_error(responses: list[dns.message.Message]) -> ExtendedError | None:
+    """The Extended DNS Error of the responses; a DNSSEC failure wins, as it decides the TLS report.
+
+    RFC 8914 allows several EDE options in one response.
+    """
+    found = [ExtendedError(int(o.code), o.text or "") for r in responses for o in r.extended_errors()]
+    return next((e for e in found if e.authentication), found[0] if found else None)

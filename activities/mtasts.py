@@ -25,7 +25,7 @@ from domain.mtasts import (
     parse_policy,
     parse_record,
 )
-from domain.tlsrpt import classify_tls_error
+from domain.tlsrpt import classify_tls_error, dns_extended_error_reason
 from store import mtasts as cache
 from store.db import Pool
 
@@ -38,6 +38,11 @@ FALLBACK = "+fallback-to-cached-policy"
 
 class MTASTSDNSError(Exception):
     """The TXT record could not be looked up; the caller decides whether that stops the attempt."""
+
+    @property
+    def reason(self) -> str:
+        """The TLS-report failure reason code, which leads the message (spec 02 §2.3 item 5)."""
+        return str(self).split(":", 1)[0]
 
 
 class _FetchError(Exception):
@@ -173,7 +178,11 @@ class MTASTSLookup:
         except DNSNotFound:
             return None
         except DNSTemporary as err:
-            raise MTASTSDNSError(f"dns-lookup: {err}") from None
+            reason = "dns-lookup"
+            if err.ede is not None and err.ede.authentication:
+                # The report names the DNSSEC failure the resolver reported (spec 02 §2.3 item 5).
+                reason = dns_extended_error_reason(err.ede.code, err.ede.name)
+            raise MTASTSDNSError(f"{reason}: {err}") from None
         sts = [t for t in txts if is_sts_record(t)]
         if not sts:
             return None

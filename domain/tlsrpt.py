@@ -117,6 +117,23 @@ class TLSResult:
         )
 
 
+def dns_extended_error_reason(code: int, name: str) -> str:
+    """The failure reason code for a DNSSEC failure the resolver reported with an Extended DNS Error.
+
+    name is the info code's registered name with dashes, e.g. `dns-extended-error-6-dnssec-bogus` (spec 02
+    §1.2 step 3, §1.5 step 3, §2.3 item 5).
+    """
+    return f"dns-extended-error-{code}-{name}"
+
+
+def tlsa_extended_error_reason(code: int, name: str) -> str:
+    """The failure reason code of a TLSA lookup error that carried an Extended DNS Error.
+
+    Spec 02 §1.5 step 3 keeps mox's other word order here: `extended-dns-error-<n>-<name>`.
+    """
+    return f"extended-dns-error-{code}-{name}"
+
+
 def classify_tls_error(message: str) -> tuple[str, str]:
     """The RFC 8460 §4.3 result type and reason code for a TLS failure text from the TLS layer."""
     m = message.lower()

@@ -2,7 +2,8 @@
 
 The loopback DNS server marks example.com as signed (the AD bit Tempost trusts) and publishes TLSA records
 for the MX host; the MX host is an aiosmtpd server with a certificate from a CA Tempost does not trust, so
-only DANE can verify it.
+only DANE can verify it. The last tests break names the way a validating resolver reports a failed DNSSEC
+validation: SERVFAIL with an Extended DNS Error (RFC 8914), and check the TLS results users get to see.
 """
 
 from __future__ import annotations
@@ -220,3 +221,119 @@ async def test_tls_results_record_a_dane_mismatch_on_the_host(
     [detail] = host["failure-details"]
     assert detail["result-type"] == "validation-failure" and detail["failure-reason-code"] == "dane-no-match"
     assert detail["receiving-mx-hostname"] == "mx1.example.com" and detail["receiving-ip"] == MX1
+
+
+# --- DNSSEC failures reported by the resolver as Extended DNS Errors (RFC 8914; spec 02 §1.2, §1.5, §6) ---
+
+
+async def _tls_results(stack: Stack) -> dict[str, dict[str, Any]]:
+    """The stored TLS results by policy domain, as the admin API shows them."""
+    rows = (await stack.admin("GET", "/tlsresults")).json()["Results"]
+    return {r["PolicyDomain"]: r["Result"] for r in rows}
+
+
+def _details(result: dict[str, Any]) -> list[tuple[str, str, int]]:
+    return [
+        (d["result-type"], d["failure-reason-code"], d["failed-session-count"])
+        for d in result["failure-details"]
+    ]
+
+
+async def test_mx_lookup_dnssec_failure_is_reported_on_the_domain_and_no_host_is_tried(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.fail("example.com", ede=6)
+    stack = await dane_stack(max_attempts=1)
+    msg, row = await _send(stack)
+    assert msg.state == MsgState.FAILED and mx.messages() == [] and mx.tls_sessions == 0
+    assert "mx records" in row["Results"][-1]["Error"]
+    results = await _tls_results(stack)
+    # Spec 02 §1.2 step 3: the recipient domain's result, with no host result since no host was tried.
+    assert list(results) == ["example.com"]
+    domain = results["example.com"]
+    assert domain["policy"]["policy-type"] == "no-policy-found"
+    assert domain["summary"] == {"total-successful-session-count": 0, "total-failure-session-count": 1}
+    assert _details(domain) == [("validation-failure", "dns-extended-error-6-dnssec-bogus", 1)]
+
+
+async def test_mx_lookup_failure_with_a_non_dnssec_extended_error_is_not_reported(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.fail("example.com", ede=22)  # No Reachable Authority: trouble, not a failed validation
+    stack = await dane_stack(max_attempts=1)
+    msg, _ = await _send(stack)
+    assert msg.state == MsgState.FAILED and mx.messages() == []
+    domain = (await _tls_results(stack))["example.com"]
+    assert domain["summary"]["total-failure-session-count"] == 0 and domain["failure-details"] == []
+
+
+async def test_ip_lookup_dnssec_failure_is_reported_as_a_tlsa_result_of_the_host(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.fail("mx1.example.com", ede=7)
+    stack = await dane_stack(max_attempts=1)
+    msg, row = await _send(stack)
+    assert msg.state == MsgState.FAILED and mx.messages() == []
+    assert "looking up mx1.example.com" in row["Results"][-1]["Error"]
+    results = await _tls_results(stack)
+    # Spec 02 §1.5 step 3: a tlsa result for the host with the failure, one failed session on both results.
+    host = results["mx1.example.com"]
+    assert host["policy"]["policy-type"] == "tlsa" and host["policy"]["policy-string"] == []
+    assert host["summary"]["total-failure-session-count"] == 1
+    assert _details(host) == [("validation-failure", "dns-extended-error-7-signature-expired", 1)]
+    domain = results["example.com"]
+    assert domain["summary"]["total-failure-session-count"] == 1 and domain["failure-details"] == []
+
+
+async def test_tlsa_lookup_dnssec_failure_is_dnssec_invalid_on_the_host_and_fails_the_attempt(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.fail(TLSA_NAME, ede=6)
+    stack = await dane_stack(max_attempts=1)
+    msg, row = await _send(stack)
+    assert msg.state == MsgState.FAILED and mx.messages() == [] and mx.tls_sessions == 0
+    assert "tlsa" in row["Results"][-1]["Error"]
+    results = await _tls_results(stack)
+    host = results["mx1.example.com"]
+    assert host["policy"]["policy-type"] == "tlsa" and host["policy"]["policy-string"] == []
+    assert host["summary"]["total-failure-session-count"] == 1
+    # Spec 02 §1.5 step 3: this reason puts "extended" first, unlike the others.
+    assert _details(host) == [("dnssec-invalid", "extended-dns-error-6-dnssec-bogus", 1)]
+    assert results["example.com"]["summary"]["total-failure-session-count"] == 1
+
+
+@pytest.mark.parametrize(
+    "ede,reason",
+    [(22, "extended-dns-error-22-no-reachable-authority"), (None, "")],
+)
+async def test_tlsa_lookup_error_without_a_dnssec_failure_is_tlsa_invalid_without_a_failed_session(
+    dane_stack, dns: DNSServer, mx: SMTPSink, ede: int | None, reason: str
+) -> None:
+    dns.fail(TLSA_NAME, ede=ede)
+    stack = await dane_stack(max_attempts=1)
+    msg, _ = await _send(stack)
+    assert msg.state == MsgState.FAILED and mx.messages() == []
+    results = await _tls_results(stack)
+    host = results["mx1.example.com"]
+    assert host["policy"]["policy-type"] == "tlsa"
+    assert host["summary"]["total-failure-session-count"] == 0
+    assert _details(host) == [("tlsa-invalid", reason, 1)]
+    assert results["example.com"]["summary"]["total-failure-session-count"] == 0
+
+
+async def test_tls_required_no_delivers_past_a_tlsa_dnssec_failure_and_still_reports_it(
+    dane_stack, dns: DNSServer, mx: SMTPSink
+) -> None:
+    dns.fail(TLSA_NAME, ede=6)
+    stack = await dane_stack()
+    before = (await stack.http.get("/metrics")).text
+    msg, _ = await _send(stack, RequireTLS=False)
+    assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+    after = (await stack.http.get("/metrics")).text
+    name = "tempost_queue_tlsrequiredno_ignored_total"
+    assert _sample(after, name, ignored="badtlsa") == _sample(before, name, ignored="badtlsa") + 1
+    host = (await _tls_results(stack))["mx1.example.com"]
+    assert host["policy"]["policy-type"] == "tlsa"
+    # The failed lookup and the TLS session that followed without DANE verification.
+    assert host["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 1}
+    assert _details(host) == [("dnssec-invalid", "extended-dns-error-6-dnssec-bogus", 1)]

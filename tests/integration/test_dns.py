@@ -1,7 +1,8 @@
 """The resolver layer (activities/dns.py) against the loopback DNS server (tests/support/dnsserver.py).
 
 Scenario numbers refer to spec 02 §10 (46: destinations, 47: authentic flags, 48: IPs, 50: TLSA, 54: TXT).
-Needs no shared fixture: the module starts its own server on 127.0.53.10; each test gets empty zones.
+Needs no shared fixture: the module starts its own server on 127.0.53.10 (one test another on
+127.0.53.11); each test gets empty zones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from activities.dns import DNSNotFound, DNSTemporary, Resolver
@@ -228,20 +230,52 @@ async def test_47_authentic_cname_to_inauthentic_name_original_true_expanded_fal
 # --- Scenario 48: addresses ---
 
 
-async def test_48_ipv4_only_host(server: DNSServer) -> None:
+async def test_48_ips_ip4_on_v4_only_host_ip6_not_found_dual_stack_ip_gives_both_v4_first(
+    server: DNSServer,
+) -> None:
     server.add("v4.example", "A", "10.0.0.1")
+    server.add("ds.example", "AAAA", "2001:db8::1").add("ds.example", "A", "10.0.0.1")
     r = resolver(server)
+    # Network `ip4` (the Direct transport with IPv6 disabled) on an IPv4-only host: its address.
     res = await r.ips("v4.example", ipv6=False)
     assert res.ips == ["10.0.0.1"] and not res.dualstack
+    # Network `ip6` on it: not found.
     with pytest.raises(DNSNotFound):
         await r.ips("v4.example", ipv4=False)
-
-
-async def test_48_dual_stack_host_gives_both_families(server: DNSServer) -> None:
-    server.add("ds.example", "A", "10.0.0.1").add("ds.example", "AAAA", "2001:db8::1")
-    res = await resolver(server).ips("ds.example")
-    assert sorted(res.ips) == ["10.0.0.1", "2001:db8::1"]
+    # Network `ip` on a dual-stack host: both, IPv4 first.
+    res = await r.ips("ds.example")
+    assert res.ips == ["10.0.0.1", "2001:db8::1"]
     assert res.dualstack and not res.authentic
+
+
+class AAAAFailingServer(DNSServer):
+    """The loopback server with one address family broken: AAAA queries get SERVFAIL, others answers."""
+
+    def answer(self, wire: bytes) -> bytes | None:
+        query = dns.message.from_wire(wire)
+        q = query.question[0]
+        if q.rdtype == dns.rdatatype.AAAA:
+            return self.servfail(query, q.name)
+        return super().answer(wire)
+
+
+async def test_48_a_failing_address_family_is_skipped_in_an_unsigned_zone_and_fatal_in_a_signed_one() -> None:
+    # Some unsigned name servers still fail AAAA queries; their IPv4 address must still get the mail.
+    srv = AAAAFailingServer("127.0.53.11").start()
+    try:
+        srv.add("ds.example", "A", "10.0.0.1").add("ds.example", "AAAA", "2001:db8::1")
+        srv.add("mx.signed.example", "A", "10.0.0.2")
+        srv.sign("signed.example")
+        r = resolver(srv)
+        res = await r.ips("ds.example")
+        assert res.ips == ["10.0.0.1"] and not res.dualstack
+        # In a signed zone the unverifiable half may be forged; using the other half would skip DANE.
+        with pytest.raises(DNSTemporary):
+            await r.ips("mx.signed.example")
+        # Without asking for AAAA (network `ip4`) the signed host's IPv4 address is found.
+        assert (await r.ips("mx.signed.example", ipv6=False)).ips == ["10.0.0.2"]
+    finally:
+        srv.stop()
 
 
 async def test_48_addresses_are_authentic_in_a_signed_zone(server: DNSServer) -> None:
@@ -259,6 +293,62 @@ async def test_48_absent_host_is_not_found_and_servfail_is_temporary(server: DNS
         await r.ips("absent.example")
     with pytest.raises(DNSTemporary):
         await r.ips("bad.example")
+
+
+# --- Extended DNS Errors (RFC 8914), which say why a validating resolver answered SERVFAIL ---
+
+
+def test_server_sends_the_chosen_extended_dns_error_with_servfail(server: DNSServer) -> None:
+    server.add("bogus.example", "A", "192.0.2.1")
+    server.fail("bogus.example", ede=6)
+    resp = _ask(server, "bogus.example", "A")
+    assert resp.rcode() == dns.rcode.SERVFAIL
+    assert [(int(o.code), o.text) for o in resp.extended_errors()] == [(6, None)]
+
+
+@pytest.mark.parametrize(
+    "code,name,authentication",
+    [
+        (1, "unsupported-dnskey-algorithm", True),
+        (6, "dnssec-bogus", True),
+        (7, "signature-expired", True),
+        (12, "nsec-missing", True),
+        (3, "stale-answer", False),
+        (22, "no-reachable-authority", False),
+        (4000, "unknown", False),
+    ],
+)
+async def test_servfail_lookups_carry_the_extended_dns_error(
+    server: DNSServer, code: int, name: str, authentication: bool
+) -> None:
+    for owner, rdtype, value in [
+        ("example.com", "MX", "10 mx.example.com."),
+        ("mx.example.com", "A", "10.0.0.1"),
+        ("_25._tcp.mx.example.com", "TLSA", TLSA),
+        ("_mta-sts.example.com", "TXT", '"v=STSv1; id=1;"'),
+    ]:
+        server.add(owner, rdtype, value)
+        server.fail(owner, ede=code)
+    r = resolver(server)
+    for lookup in (
+        r.mx("example.com"),
+        r.ips("mx.example.com"),
+        r.tlsa("_25._tcp.mx.example.com"),
+        r.txt("_mta-sts.example.com"),
+    ):
+        with pytest.raises(DNSTemporary) as err:
+            await lookup
+        ede = err.value.ede
+        assert ede is not None and (ede.code, ede.name, ede.authentication) == (code, name, authentication)
+        assert f"extended dns error {code} {name}" in str(err.value)
+
+
+async def test_servfail_without_an_extended_dns_error_carries_none(server: DNSServer) -> None:
+    server.add("broken.example", "MX", "10 mx.example.")
+    server.fail("broken.example")
+    with pytest.raises(DNSTemporary) as err:
+        await resolver(server).mx("broken.example")
+    assert err.value.ede is None
 
 
 # --- Scenario 50: TLSA ---

@@ -250,3 +250,49 @@ async def test_tls_results_record_the_sts_policy_and_mx_mismatches(
         assert result["failure-details"][0]["failure-reason-code"] == "mtasts-policy-mx-mismatch"
     finally:
         mx.stop()
+
+
+async def _rcpt_result(stack: Stack) -> dict[str, Any]:
+    [row] = (await stack.admin("GET", "/tlsresults", params={"domain": "example.com"})).json()["Results"]
+    return row["Result"]
+
+
+async def test_mta_sts_dnssec_failure_aborts_the_attempt_and_is_reported_by_its_extended_dns_error(
+    sts_stack, dns: DNSServer, policies: PolicyServer, port: int
+) -> None:
+    # A validating resolver answers SERVFAIL with EDE 6 (DNSSEC Bogus) for the `_mta-sts` record.
+    dns.fail("_mta-sts.example.com", ede=6)
+    mx = _mx(port, None)
+    try:
+        stack = await sts_stack(max_attempts=1)
+        msg, _ = await _send(stack)
+        assert msg.state == MsgState.FAILED and mx.messages() == [] and policies.requests == []
+        result = await _rcpt_result(stack)
+        # Spec 02 §2.3 items 2 and 5, §1.3: an sts result, the failure named, one failed session.
+        assert result["policy"]["policy-type"] == "sts"
+        assert result["summary"] == {"total-successful-session-count": 0, "total-failure-session-count": 1}
+        [detail] = result["failure-details"]
+        assert detail["result-type"] == "sts-policy-fetch-error"
+        assert detail["failure-reason-code"] == "dns-extended-error-6-dnssec-bogus"
+    finally:
+        mx.stop()
+
+
+async def test_tls_required_no_goes_on_after_an_mta_sts_dns_failure_and_reports_it(
+    sts_stack, dns: DNSServer, port: int
+) -> None:
+    dns.fail("_mta-sts.example.com")
+    mx = _mx(port, None)
+    try:
+        stack = await sts_stack()
+        msg, _ = await _send(stack, RequireTLS=False)
+        assert msg.state == MsgState.DELIVERED
+        result = await _rcpt_result(stack)
+        # The lookup failed but no session did: the attempt went on without a policy (spec 02 §1.3).
+        assert result["policy"]["policy-type"] == "sts"
+        assert result["summary"]["total-failure-session-count"] == 0
+        details = {(d["result-type"], d["failure-reason-code"]) for d in result["failure-details"]}
+        # Next to it: the MX host offered no STARTTLS.
+        assert details == {("sts-policy-fetch-error", "dns-lookup"), ("starttls-not-supported", "")}
+    finally:
+        mx.stop()

@@ -64,9 +64,7 @@ class RecursiveDNSServer(DNSServer):
         name = query.question[0].name
         for _ in range(20):
             if name in self.zones.servfail:
-                resp = dns.message.make_response(query)
-                resp.set_rcode(dns.rcode.SERVFAIL)
-                return resp.to_wire()
+                return self.servfail(query, name)
             target = self.zones.records.get((name, dns.rdatatype.CNAME))
             if not target:
                 break
@@ -629,6 +627,42 @@ async def test_56_get_with_txt_temporary_error_and_a_cached_policy_keeps_the_pol
     result = await sts.lookup(DOMAIN, now + timedelta(minutes=1))
     assert result.policy == parse_policy(ENFORCE) and not result.fresh
     assert result.error.startswith("dns-lookup") and result.error.endswith("+fallback-to-cached-policy")
+
+
+async def test_54_dnssec_failure_of_the_txt_lookup_is_reported_by_its_extended_dns_error(
+    sts: MTASTSLookup, dns_server: DNSServer, policies: PolicyServer, pool: Pool, now: datetime
+) -> None:
+    # A validating resolver answers SERVFAIL with EDE 6 (DNSSEC Bogus); the report says so instead of the
+    # generic dns-lookup (spec 02 §2.3 item 5).
+    _publish(dns_server, RECORD)
+    dns_server.fail(f"_mta-sts.{DOMAIN}", ede=6)
+    with pytest.raises(MTASTSDNSError) as err:
+        await sts.lookup(DOMAIN, now)
+    assert err.value.reason == "dns-extended-error-6-dnssec-bogus"
+    assert policies.requests == [] and await _row(pool) is None
+
+
+async def test_56_dnssec_failure_of_the_txt_check_with_a_cached_policy_keeps_the_policy(
+    sts: MTASTSLookup, dns_server: DNSServer, policies: PolicyServer, now: datetime
+) -> None:
+    await _cache_enforce(sts, dns_server, policies, now)
+    dns_server.fail(f"_mta-sts.{DOMAIN}", ede=7)
+    result = await sts.lookup(DOMAIN, now + timedelta(minutes=1))
+    assert result.policy == parse_policy(ENFORCE) and not result.fresh
+    assert (result.result_type, result.reason) == (
+        "sts-policy-fetch-error",
+        "dns-extended-error-7-signature-expired+fallback-to-cached-policy",
+    )
+
+
+async def test_54_txt_servfail_with_a_non_dnssec_extended_error_is_a_plain_dns_error(
+    sts: MTASTSLookup, dns_server: DNSServer, now: datetime
+) -> None:
+    _publish(dns_server, RECORD)
+    dns_server.fail(f"_mta-sts.{DOMAIN}", ede=22)  # No Reachable Authority
+    with pytest.raises(MTASTSDNSError) as err:
+        await sts.lookup(DOMAIN, now)
+    assert err.value.reason == "dns-lookup"
 
 
 async def test_56_get_with_changed_id_and_failing_refetch_keeps_the_old_policy(

@@ -2,7 +2,8 @@
 
 Tempost trusts the AD bit of its configured resolver for DNSSEC (as mox does), so this server sets AD on
 answers for names under zones a test marks signed; that is the only difference from a plain authoritative
-server a test needs. Names can also be made to SERVFAIL or to never answer, for temporary DNS errors.
+server a test needs. Names can also be made to SERVFAIL (optionally with an Extended DNS Error, as a
+validating resolver sends when DNSSEC validation fails) or to never answer, for temporary DNS errors.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.name
@@ -32,6 +34,8 @@ class Zones:
     records: dict[tuple[dns.name.Name, int], list[str]] = field(default_factory=dict)
     signed: set[dns.name.Name] = field(default_factory=set)
     servfail: set[dns.name.Name] = field(default_factory=set)
+    # The Extended DNS Error info code a SERVFAIL for the name carries (RFC 8914).
+    ede: dict[dns.name.Name, int] = field(default_factory=dict)
     silent: set[dns.name.Name] = field(default_factory=set)
 
 
@@ -68,9 +72,14 @@ class DNSServer:
         """Answers for names at or under zone carry the AD bit."""
         self.zones.signed.add(_name(zone))
 
-    def fail(self, name: str) -> None:
-        """Queries for name get SERVFAIL."""
+    def fail(self, name: str, ede: int | None = None) -> None:
+        """Queries for name get SERVFAIL, with an Extended DNS Error of info code ede when given.
+
+        A validating resolver answers this way when DNSSEC validation fails, e.g. ede=6 (DNSSEC Bogus).
+        """
         self.zones.servfail.add(_name(name))
+        if ede is not None:
+            self.zones.ede[_name(name)] = ede
 
     def silence(self, name: str) -> None:
         """Queries for name get no answer at all (the client times out)."""
@@ -81,6 +90,16 @@ class DNSServer:
     def _exists(self, name: dns.name.Name) -> bool:
         return any(n == name or n.is_subdomain(name) for n, _ in self.zones.records)
 
+    def servfail(self, query: dns.message.Message, name: dns.name.Name) -> bytes:
+        """The SERVFAIL response to query for failing at name, with the name's EDE option if it has one."""
+        resp = dns.message.make_response(query)
+        resp.set_rcode(dns.rcode.SERVFAIL)
+        code = self.zones.ede.get(name)
+        if code is not None and query.edns >= 0:
+            # RFC 8914 §2: the EDE travels as an EDNS0 option, so only to a client that sent an OPT record.
+            resp.use_edns(0, options=[dns.edns.EDEOption(dns.edns.EDECode.make(code))])
+        return resp.to_wire()
+
     def answer(self, wire: bytes) -> bytes | None:
         """The response to one query message, or None to stay silent."""
         query = dns.message.from_wire(wire)
@@ -89,11 +108,10 @@ class DNSServer:
         with self._lock:
             if q.name in self.zones.silent:
                 return None
+            if q.name in self.zones.servfail:
+                return self.servfail(query, q.name)
             resp = dns.message.make_response(query)
             resp.flags |= dns.flags.AA
-            if q.name in self.zones.servfail:
-                resp.set_rcode(dns.rcode.SERVFAIL)
-                return resp.to_wire()
             name = q.name
             for _ in range(20):
                 values = self.zones.records.get((name, q.rdtype))
