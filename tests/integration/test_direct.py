@@ -9,7 +9,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -279,6 +279,35 @@ async def test_10_opportunistic_starttls_with_untrusted_certificate_delivers(
         )
         [host] = [r["Result"] for r in results if r["IsHost"]]
         assert host["summary"]["total-successful-session-count"] == 1 and not host.get("failure-details")
+    finally:
+        sink.stop()
+
+
+async def test_36_opportunistic_starttls_with_an_expired_certificate_delivers_and_reports_it(
+    stack_factory, dns: DNSServer, port: int, tmp_path: Any
+) -> None:
+    # A CA the PKIX check trusts, but a leaf that expired yesterday: unverified TLS still carries the mail.
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    now = datetime.now(UTC)
+    leaf = ca.issue_cert(
+        "mx1.example.com", not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
+    )
+    leaf.configure_cert(ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    sink = _tls_sink(port, ctx)
+    try:
+        dns.add("example.com", "MX", "10 mx1.example.com.")
+        stack = await stack_factory(
+            direct={"resolvers": [dns.address], "smtp_port": port, "ca_file": str(ca_file)},
+            default_transport="direct",
+        )
+        status, _ = await _deliver(stack, "bob@example.com")
+        assert status.msgs[0].state == MsgState.DELIVERED and sink.tls_sessions == 1
+        results = (await stack.admin("GET", "/tlsresults")).json()["Results"]
+        [rcpt] = [r["Result"] for r in results if r["RecipientDomain"] == "example.com" and not r["IsHost"]]
+        assert [d["result-type"] for d in rcpt["failure-details"]] == ["certificate-expired"]
     finally:
         sink.stop()
 
