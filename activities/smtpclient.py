@@ -170,6 +170,8 @@ class SMTPConnection:
         self.botched = False
         # A MAIL FROM was accepted and its transaction has not ended: RSET before the next one.
         self.needs_rset = False
+        # TLS has just been started and nothing read over it yet.
+        self._fresh_tls = False
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
@@ -196,9 +198,17 @@ class SMTPConnection:
         except TimeoutError:
             self.botched = True
             raise SessionError(f"reading reply to {command}: timeout", command=command) from None
-        except (OSError, ssl.SSLError) as err:
+        except ssl.SSLError as err:
+            self.botched = True
+            # A server that rejects the TLS session after the handshake (e.g. wanting a client certificate
+            # under TLS 1.3) says so in its first record: that is a TLS failure, with the plaintext
+            # fallback rules of one (spec 02 §3.1 step 5). Later TLS errors are plain read errors.
+            tls = self._fresh_tls and err.reason != "SSLV3_ALERT_CLOSE_NOTIFY"
+            raise SessionError(f"reading reply to {command}: {err}", command=command, tls=tls) from None
+        except OSError as err:
             self.botched = True
             raise SessionError(f"reading reply to {command}: {err}", command=command) from None
+        self._fresh_tls = False
         return line.rstrip(b"\r\n")
 
     async def read_reply(self, command: str, *, enhanced: bool = True) -> Reply:
@@ -285,6 +295,7 @@ class SMTPConnection:
             await self._writer.start_tls(
                 context, server_hostname=server_name or "", ssl_handshake_timeout=_HANDSHAKE_TIMEOUT
             )
+            self._fresh_tls = True
         except (ssl.SSLError, ssl.CertificateError) as err:
             self.botched = True
             raise SessionError(f"tls handshake: {err}", tls=True, command="starttls") from None

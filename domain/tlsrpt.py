@@ -7,6 +7,7 @@ Results of the same policy on the same day merge by adding counts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +135,59 @@ def tlsa_extended_error_reason(code: int, name: str) -> str:
     return f"extended-dns-error-{code}-{name}"
 
 
+# TLS alerts (RFC 8446 §6, RFC 5246 §7.2) by OpenSSL's name for a received one, with their numbers and the
+# words mox's reason codes use for them.
+_ALERTS = {
+    "UNEXPECTED_MESSAGE": (10, "unexpected-message"),
+    "BAD_RECORD_MAC": (20, "bad-record-mac"),
+    "DECRYPTION_FAILED": (21, "decryption-failed"),
+    "RECORD_OVERFLOW": (22, "record-overflow"),
+    "DECOMPRESSION_FAILURE": (30, "decompression-failure"),
+    "HANDSHAKE_FAILURE": (40, "handshake-failure"),
+    "BAD_CERTIFICATE": (42, "bad-certificate"),
+    "UNSUPPORTED_CERTIFICATE": (43, "unsupported-certificate"),
+    "CERTIFICATE_REVOKED": (44, "revoked-certificate"),
+    "CERTIFICATE_EXPIRED": (45, "expired-certificate"),
+    "CERTIFICATE_UNKNOWN": (46, "unknown-certificate"),
+    "ILLEGAL_PARAMETER": (47, "illegal-parameter"),
+    "UNKNOWN_CA": (48, "unknown-certificate-authority"),
+    "ACCESS_DENIED": (49, "access-denied"),
+    "DECODE_ERROR": (50, "error-decoding-message"),
+    "DECRYPT_ERROR": (51, "error-decrypting-message"),
+    "PROTOCOL_VERSION": (70, "protocol-version-not-supported"),
+    "INSUFFICIENT_SECURITY": (71, "insufficient-security-level"),
+    "INTERNAL_ERROR": (80, "internal-error"),
+    "INAPPROPRIATE_FALLBACK": (86, "inappropriate-fallback"),
+    "USER_CANCELLED": (90, "user-canceled"),
+    "NO_RENEGOTIATION": (100, "no-renegotiation"),
+    "MISSING_EXTENSION": (109, "missing-extension"),
+    "UNSUPPORTED_EXTENSION": (110, "unsupported-extension"),
+    "UNRECOGNIZED_NAME": (112, "unrecognized-name"),
+    "BAD_CERTIFICATE_STATUS_RESPONSE": (113, "bad-certificate-status-response"),
+    "UNKNOWN_PSK_IDENTITY": (115, "unknown-psk-identity"),
+    "CERTIFICATE_REQUIRED": (116, "certificate-required"),
+    "NO_APPLICATION_PROTOCOL": (120, "no-application-protocol"),
+}
+# OpenSSL reports an alert the peer sent as e.g. "[SSL: TLSV1_ALERT_PROTOCOL_VERSION] ..."; alerts it sends
+# itself come with other reasons (e.g. CERTIFICATE_VERIFY_FAILED).
+_REMOTE_ALERT = re.compile(r"\b(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)")
+
+
+def remote_alert_reason(message: str) -> str:
+    """`tls-remote-alert-<n>-<name>` when a TLS error text is an alert from the peer, else ""."""
+    m = _REMOTE_ALERT.search(message)
+    if m is None or m.group(1) not in _ALERTS:
+        return ""
+    number, name = _ALERTS[m.group(1)]
+    return f"tls-remote-alert-{number}-{name}"
+
+
 def classify_tls_error(message: str) -> tuple[str, str]:
     """The RFC 8460 §4.3 result type and reason code for a TLS failure text from the TLS layer."""
+    alert = remote_alert_reason(message)
+    if alert:
+        # The server refused our TLS (spec 02 §10 scenario 11), whatever words came with it.
+        return "validation-failure", alert
     m = message.lower()
     if "starttls" in m and ("not offer" in m or "not supported" in m):
         return "starttls-not-supported", ""

@@ -18,6 +18,7 @@ import trustme
 from domain.contracts import MsgState
 from tests.conftest import Stack
 from tests.support.dnsserver import DNSServer
+from tests.support.scriptedsmtp import Script, ScriptedSMTP
 from tests.support.smtpsink import SMTPSink
 
 MX1, MX2, DEAD = "127.0.0.2", "127.0.0.3", "127.0.0.4"
@@ -315,20 +316,58 @@ async def test_36_opportunistic_starttls_with_an_expired_certificate_delivers_an
 async def test_11_broken_tls_falls_back_to_plaintext_on_the_same_host(
     direct_stack, dns: DNSServer, port: int
 ) -> None:
+    # The server only speaks TLS 1.0, which the client refuses to go down to: the server says so in an alert.
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     trustme.CA().issue_cert("mx1.example.com").configure_cert(ctx)
-    # No cipher the client accepts: every handshake fails.
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers("aNULL")
-    sink = _tls_sink(port, ctx)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+    await _assert_tls_refusal_falls_back(
+        direct_stack, dns, port, ctx, "tls-remote-alert-70-protocol-version-not-supported"
+    )
+
+
+async def test_tls_refused_by_the_server_right_after_the_handshake_is_a_tls_failure(
+    direct_stack, dns: DNSServer, port: int
+) -> None:
+    # Under TLS 1.3 the client's handshake completes before the server checks for a client certificate;
+    # the server's refusal arrives as the first record (spec 02 §3.1 step 5).
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mx1.example.com").configure_cert(ctx)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(ctx)
+    await _assert_tls_refusal_falls_back(
+        direct_stack, dns, port, ctx, "tls-remote-alert-116-certificate-required"
+    )
+
+
+async def _assert_tls_refusal_falls_back(
+    direct_stack: Any, dns: DNSServer, port: int, refusing: ssl.SSLContext, reason: str
+) -> None:
+    server = await ScriptedSMTP(Script(extensions=["STARTTLS"], refusing_tls=refusing), MX1, port).start()
     try:
         dns.add("example.com", "MX", "10 mx1.example.com.")
         stack = await direct_stack()
         status, _ = await _deliver(stack, "bob@example.com")
+        # The same host again, in plaintext.
         assert status.msgs[0].state == MsgState.DELIVERED
-        assert sink.delivered_to() == ["bob@example.com"] and sink.tls_sessions == 0
+        first, second = server.sessions
+        assert first.commands[-1] == "STARTTLS" and "STARTTLS" not in second.commands
+        assert len(second.messages) == 1
+        # The server's alert names the failure on both results; the plaintext try records nothing.
+        results = (await stack.admin("GET", "/tlsresults")).json()["Results"]
+        got = [r["Result"] for r in results if r["RecipientDomain"] == "example.com"]
+        assert len(got) == 2  # the recipient domain's and the host's
+        for result in got:
+            assert result["summary"] == {
+                "total-successful-session-count": 0,
+                "total-failure-session-count": 1,
+            }
+            [detail] = result["failure-details"]
+            assert detail["result-type"] == "validation-failure" and detail["failure-reason-code"] == reason
     finally:
-        sink.stop()
+        await server.stop()
 
 
 def _sample(text: str, name: str, **labels: str) -> float:

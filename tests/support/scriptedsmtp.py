@@ -7,6 +7,9 @@ shows exactly which commands arrived together (a pipelined burst) and in which o
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import ssl
 from dataclasses import dataclass, field
 
 from deploy.embedded import free_port
@@ -26,6 +29,11 @@ class Script:
     greeting: str = "220 scripted ESMTP"
     replies: dict[str, str | list[str]] = field(default_factory=dict)
     extensions: list[str] = field(default_factory=list)
+    # With a context, STARTTLS is answered 220 and the TLS handshake run for real, on a blocking socket so
+    # that the alerts OpenSSL sends on failure reach the client (asyncio's server side drops them); the
+    # server then reads one record, which is where TLS 1.3 refuses a missing client certificate, and hangs
+    # up. It is for testing how a client takes a server's TLS refusal, not for a working TLS session.
+    refusing_tls: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -45,9 +53,10 @@ _BURST_WAIT = 1.0
 class ScriptedSMTP:
     """Start with `await start()`, stop with `await stop()`; `sessions` lists what each connection sent."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.script = script
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.sessions: list[Received] = []
         self._server: asyncio.Server | None = None
 
@@ -62,7 +71,13 @@ class ScriptedSMTP:
         if verb == "EHLO" and verb not in self.script.replies:
             lines = ["250-scripted", *(f"250-{e}" for e in self.script.extensions)]
             return "\n".join(lines[:-1] + ["250 " + lines[-1][4:]])
-        default = {"QUIT": "221 bye", "DATA": "354 go ahead", ".": "250 ok queued"}.get(verb, "250 ok")
+        defaults = {
+            "QUIT": "221 bye",
+            "DATA": "354 go ahead",
+            ".": "250 ok queued",
+            "STARTTLS": "220 go ahead",
+        }
+        default = defaults.get(verb, "250 ok")
         reply = self.script.replies.get(verb, default)
         if isinstance(reply, list):
             reply = reply[min(n, len(reply) - 1)]
@@ -80,6 +95,9 @@ class ScriptedSMTP:
                 return False  # hang up
             writer.write(reply.replace("\n", "\r\n").encode() + b"\r\n")
             await writer.drain()
+            if verb == "STARTTLS" and self.script.refusing_tls is not None:
+                await self._refuse_tls(writer, self.script.refusing_tls)
+                return False
             if verb == "DATA" and reply.startswith("354"):
                 body = b""
                 while (line := await reader.readline()) not in (b".\r\n", b""):
@@ -112,13 +130,31 @@ class ScriptedSMTP:
             writer.close()
 
     @staticmethod
+    async def _refuse_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> None:
+        writer.transport.pause_reading()
+        raw = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+        raw.setblocking(True)
+        raw.settimeout(5)
+
+        def handshake() -> None:
+            try:
+                with context.wrap_socket(raw, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+            finally:
+                raw.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, handshake)
+
+    @staticmethod
     def _verb(line: bytes, got: Received) -> str:
         cmd = line.decode(errors="replace").strip()
         got.commands.append(cmd)
         return cmd.split(" ", 1)[0].upper()
 
     async def start(self) -> ScriptedSMTP:
-        self._server = await asyncio.start_server(self._session, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._session, self.host, self.port)
         return self
 
     async def stop(self) -> None:
