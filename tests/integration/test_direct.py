@@ -352,6 +352,7 @@ async def _assert_tls_refusal_falls_back(
         status, _ = await _deliver(stack, "bob@example.com")
         # The same host again, in plaintext.
         assert status.msgs[0].state == MsgState.DELIVERED
+        await server.idle()
         first, second = server.sessions
         assert first.commands[-1] == "STARTTLS" and "STARTTLS" not in second.commands
         assert len(second.messages) == 1

@@ -35,6 +35,7 @@ async def deliver(stack_factory: Any, server: ScriptedSMTP, attempts: int = 2) -
     resp = await stack.send_ok({"To": [{"Address": "bob@example.com"}], "Text": "x"})
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     status = await stack.finished(msg_id)
+    await server.idle()
     row = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     return status.msgs[0], row
 

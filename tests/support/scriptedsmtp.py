@@ -44,6 +44,8 @@ class Received:
     # The verbs that arrived before the server answered the first of them, from MAIL on.
     bursts: list[list[str]] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)
+    # The connection has ended (the client may finish its delivery before the server reads its QUIT).
+    closed: bool = False
 
 
 # How long the server waits for the rest of a pipelined burst before answering what it has.
@@ -127,6 +129,7 @@ class ScriptedSMTP:
                     if not await answer(verb):
                         return
         finally:
+            got.closed = True
             writer.close()
 
     @staticmethod
@@ -152,6 +155,14 @@ class ScriptedSMTP:
         cmd = line.decode(errors="replace").strip()
         got.commands.append(cmd)
         return cmd.split(" ", 1)[0].upper()
+
+    async def idle(self, timeout: float = 10.0) -> None:
+        """Wait until every connection so far has ended."""
+        for _ in range(int(timeout / 0.05)):
+            if all(s.closed for s in self.sessions):
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError("a connection to the scripted server is still open")
 
     async def start(self) -> ScriptedSMTP:
         self._server = await asyncio.start_server(self._session, self.host, self.port)
