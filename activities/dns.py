@@ -164,6 +164,30 @@ class Resolver:
             return None, err.authentic
         return (texts[0].rstrip(".").lower() if texts else None), ad
 
+    async def _expand(self, name: str) -> tuple[str, bool, bool, bool]:
+        """Follow name's CNAMEs explicitly: the final name, the AD bit of name's own answer, whether every
+        answer on the way had it, and whether name had no CNAME at all.
+
+        Raises DNSTemporary on a CNAME loop or a chain of MAX_CNAMES.
+        """
+        expanded = name.rstrip(".").lower()
+        seen: set[str] = set()
+        authentic_orig = authentic_all = True
+        hops = 0
+        while True:
+            if expanded in seen:
+                raise DNSTemporary(f"{name}: cname loop")
+            if hops >= MAX_CNAMES:
+                raise DNSTemporary(f"{name}: too many cname records")
+            seen.add(expanded)
+            target, ad = await self._cname(expanded)
+            if hops == 0:
+                authentic_orig = ad
+            authentic_all = authentic_all and ad
+            if target is None or target == expanded:
+                return expanded, authentic_orig, authentic_all, hops == 0
+            expanded, hops = target, hops + 1
+
     async def mx(self, domain: str) -> MXResult:
         """MX records of domain after following CNAMEs explicitly (spec 02 §1.2).
 
@@ -171,24 +195,7 @@ class Resolver:
         none, DNSTemporary on a CNAME loop or a chain of 16 CNAMEs. `authentic` is the AD bit of the
         first name's answers; `authentic_expanded` that of every answer along the chain.
         """
-        expanded = domain.rstrip(".").lower()
-        seen: set[str] = set()
-        authentic_orig = authentic_expanded = True
-        first = True
-        hops = 0
-        while True:
-            if expanded in seen:
-                raise DNSTemporary(f"{domain}: cname loop")
-            if hops >= MAX_CNAMES:
-                raise DNSTemporary(f"{domain}: too many cname records")
-            seen.add(expanded)
-            target, ad = await self._cname(expanded)
-            if first:
-                authentic_orig = authentic_orig and ad
-            authentic_expanded = authentic_expanded and ad
-            if target is None or target == expanded:
-                break
-            expanded, first, hops = target, False, hops + 1
+        expanded, authentic_orig, authentic_expanded, first = await self._expand(domain)
         try:
             texts, ad, _ = await self._query(expanded, "MX")
         except DNSNotFound as err:
@@ -213,16 +220,19 @@ class Resolver:
         partial answers too), but in a signed zone an unverifiable half may be an attacker's, and using the
         other half would skip DANE's checks, so the host fails (DNSTemporary) as spec 02 §1.5 step 2 says.
         """
+        # CNAMEs are followed explicitly so the first hop's AD bit is known on its own: DANE applies when
+        # that hop and the addresses are authentic, with the TLSA records of the original name when a later
+        # hop is not (spec 02 §1.5 step 2, §2.4; RFC 7672 §2.2.2).
+        expanded, first_authentic, chain_authentic, _ = await self._expand(host)
         ips: list[str] = []
         authentic = True
-        expanded = host
         v4 = v6 = False
         failure: DNSTemporary | None = None
         for rdtype, wanted in (("A", ipv4), ("AAAA", ipv6)):
             if not wanted:
                 continue
             try:
-                texts, ad, expanded = await self._query(host, rdtype)
+                texts, ad, _ = await self._query(expanded, rdtype)
             except DNSNotFound as err:
                 authentic = authentic and err.authentic
                 continue
@@ -236,8 +246,10 @@ class Resolver:
         if failure is not None and (not ips or authentic or (failure.ede and failure.ede.authentication)):
             raise failure
         if not ips:
-            raise DNSNotFound(f"{host}: no addresses", authentic)
-        return IPResult(expanded.lower(), ips, authentic, authentic, dualstack=v4 and v6)
+            raise DNSNotFound(f"{host}: no addresses", authentic and chain_authentic)
+        return IPResult(
+            expanded, ips, first_authentic and authentic, chain_authentic and authentic, dualstack=v4 and v6
+        )
 
     async def tlsa(self, name: str) -> tuple[list[str], bool]:
         """TLSA records of name (e.g. `_25._tcp.mx.example.com`) and whether the answer was authentic."""

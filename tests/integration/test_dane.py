@@ -115,6 +115,34 @@ async def test_50_host_behind_a_secure_cname_uses_the_tlsa_records_of_its_final_
         dns.stop()
 
 
+async def test_57_host_behind_an_insecure_intermediate_cname_uses_the_tlsa_records_of_its_own_name(
+    stack_factory, port: int, mx: SMTPSink, cert: trustme.LeafCert
+) -> None:
+    # mx1 (signed) -> mid.unsigned.test (unsigned) -> host1 (signed): the first hop and the addresses are
+    # authentic, the chain is not. DANE applies with mx1's own records (RFC 7672 §2.2.2), never host1's:
+    # only mx1's record matches the certificate here.
+    dns = DNSServer().start()
+    try:
+        dns.add("example.com", "MX", "10 mx1.example.com.")
+        dns.add("mx1.example.com", "CNAME", "mid.unsigned.test.")
+        dns.add("mid.unsigned.test", "CNAME", "host1.example.com.").add("host1.example.com", "A", MX1)
+        dns.add(TLSA_NAME, "TLSA", f"3 1 1 {_spki_sha256(cert)}")
+        dns.add("_25._tcp.host1.example.com", "TLSA", "3 1 1 " + "00" * 32)
+        dns.sign("example.com")
+        stack = await stack_factory(
+            direct={"resolvers": [dns.address], "smtp_port": port}, default_transport="direct"
+        )
+        msg, _ = await _send(stack)
+        assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+        results = (await stack.admin("GET", "/tlsresults")).json()["Results"]
+        [host] = [r["Result"] for r in results if r["IsHost"]]
+        assert (
+            host["policy"]["policy-type"] == "tlsa" and host["policy"]["policy-domain"] == "mx1.example.com"
+        )
+    finally:
+        dns.stop()
+
+
 async def test_20_dane_mismatch_fails_without_plaintext_fallback(
     dane_stack, dns: DNSServer, mx: SMTPSink
 ) -> None:
