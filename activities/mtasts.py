@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -47,6 +48,10 @@ class MTASTSDNSError(Exception):
 
 class _FetchError(Exception):
     pass
+
+
+class _Unreachable(Exception):
+    """No connection to one address of the policy host."""
 
 
 class PolicyFetchError(Exception):
@@ -202,7 +207,33 @@ class MTASTSLookup:
             return None, ""
         except DNSTemporary as err:
             raise _FetchError(f"cannot-fetch-policy: {err}") from None
-        ip = ips[0]
+        deadline = time.monotonic() + timeout
+        unreachable: list[str] = []
+        for n, ip in enumerate(ips):
+            # Like dialing MX hosts: the remaining time is shared by the addresses still to try.
+            budget = max(1.0, (deadline - time.monotonic()) / (len(ips) - n))
+            try:
+                found = await self._get(host, ip, budget)
+            except _Unreachable as err:
+                unreachable.append(f"{ip}: {err}")
+                continue
+            if found is None:
+                return None, ""
+            body = found
+            break
+        else:
+            raise _FetchError("cannot-fetch-policy: " + "; ".join(unreachable))
+        text = body.decode("utf-8", "replace")
+        try:
+            return parse_policy(text), text
+        except PolicySyntaxError as err:
+            raise PolicySyntaxError(f"policy-syntax-error: {err}") from None
+
+    async def _get(self, host: str, ip: str, timeout: float) -> bytes | None:
+        """The policy file from one address of the policy host; None: it serves none (404).
+
+        Raises _Unreachable when no connection could be made, so the next address is tried.
+        """
         netloc = f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
         port = "" if self._port == 443 else f":{self._port}"
         url = f"https://{netloc}:{self._port}/.well-known/mta-sts.txt"
@@ -214,7 +245,7 @@ class MTASTSLookup:
                     "GET", url, headers={"Host": host + port}, extensions={"sni_hostname": host}
                 ) as resp:
                     if resp.status_code == 404:
-                        return None, ""
+                        return None
                     if resp.status_code != 200:
                         raise _FetchError(f"cannot-fetch-policy: http status {resp.status_code}")
                     body = b""
@@ -222,15 +253,13 @@ class MTASTSLookup:
                         body += chunk
                         if len(body) > MAX_POLICY_SIZE:
                             raise PolicySyntaxError("policy-syntax-error: larger than 64 KiB")
+                    return body
         except httpx.ConnectError as err:
             cause = err.__cause__ or err.__context__
             if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
                 raise _FetchError(f"sts-webpki-invalid: {err}") from None
-            raise _FetchError(f"cannot-fetch-policy: {err}") from None
+            raise _Unreachable(str(err)) from None
+        except httpx.ConnectTimeout as err:
+            raise _Unreachable(f"timeout: {err}") from None
         except httpx.HTTPError as err:
             raise _FetchError(f"cannot-fetch-policy: {type(err).__name__}: {err}") from None
-        text = body.decode("utf-8", "replace")
-        try:
-            return parse_policy(text), text
-        except PolicySyntaxError as err:
-            raise PolicySyntaxError(f"policy-syntax-error: {err}") from None

@@ -330,6 +330,17 @@ async def test_55_valid_none_policy_is_parsed(
     assert row["policy_text"] == NONE and row["valid_until"] == now + timedelta(seconds=86400)
 
 
+async def test_55_policy_host_with_an_unreachable_first_address_is_fetched_from_the_next(
+    sts: MTASTSLookup, dns_server: DNSServer, policies: PolicyServer, now: datetime
+) -> None:
+    # Nothing listens on the first address: like MX hosts, the policy host's other addresses are tried.
+    dns_server.remove(POLICY_HOST, "A")
+    dns_server.add(POLICY_HOST, "A", "127.0.54.57", POLICY_IP)
+    _publish(dns_server, RECORD)
+    policies.policies[POLICY_HOST] = ENFORCE
+    assert await sts.lookup(DOMAIN, now) == PolicyLookup(parse_policy(ENFORCE), True)
+
+
 async def test_55_get_on_a_domain_without_txt_record_fetches_nothing(
     sts: MTASTSLookup, policies: PolicyServer, now: datetime
 ) -> None:
