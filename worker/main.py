@@ -18,10 +18,13 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -167,12 +170,16 @@ async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: 
 async def _ensure_schedule(
     client: Client, schedule_id: str, workflow: str, every: timedelta, tq: str
 ) -> bool:
-    """Create a schedule starting the named workflow every `every` unless it exists; True when created.
+    """Make the schedule starting the named workflow every `every` match the configuration: create it,
+    change its interval, or delete it for a zero interval; True when created.
 
     A Temporal schedule rather than a timer in some process: it runs once per interval however many
-    workers there are, and operators see, pause or trigger it in the UI. A zero interval creates none.
+    workers there are, and operators see, pause or trigger it in the UI (a pause survives an update).
     """
+    handle = client.get_schedule_handle(schedule_id)
     if every <= timedelta(0):
+        with contextlib.suppress(RPCError):  # none to delete
+            await handle.delete()
         return False
     schedule = Schedule(
         action=ScheduleActionStartWorkflow(workflow, id=schedule_id, task_queue=tq),
@@ -182,8 +189,19 @@ async def _ensure_schedule(
     try:
         await client.create_schedule(schedule_id, schedule, trigger_immediately=True)
     except ScheduleAlreadyRunningError:
-        return False
-    return True
+        pass
+    else:
+        return True
+
+    def retime(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
+        existing = current.description.schedule
+        if [i.every for i in existing.spec.intervals] == [every]:
+            return None
+        existing.spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)])
+        return ScheduleUpdate(schedule=existing)
+
+    await handle.update(retime)
+    return False
 
 
 async def ensure_retention_schedule(client: Client, config: Config) -> bool:

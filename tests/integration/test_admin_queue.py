@@ -7,6 +7,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from temporalio.service import RPCError
+
+from domain.config import Config
 from domain.contracts import MsgState, retention_schedule_id
 from store import queue as q
 from tests.conftest import SENDER, Stack
@@ -196,6 +200,25 @@ async def test_new_rule_holds_matching_queued_mail_by_all_its_fields(stack: Stac
     assert bad.status_code == 400 and bad.json()["Code"] == "badDomain"
 
 
+async def test_schedule_follows_the_configured_interval_and_zero_removes_it(stack: Stack) -> None:
+    def with_interval(every: timedelta) -> Config:
+        worker = stack.config.worker.model_copy(update={"retention_interval": every})
+        return stack.config.model_copy(update={"worker": worker})
+
+    handle = stack.client.get_schedule_handle(retention_schedule_id(stack.config.temporal.task_queue))
+    assert await ensure_retention_schedule(stack.client, with_interval(timedelta(hours=1)))
+    await handle.pause(note="paused by an operator")
+    # A worker started with a new interval changes the schedule's, and the operator's pause stays.
+    assert not await ensure_retention_schedule(stack.client, with_interval(timedelta(minutes=20)))
+    described = await handle.describe()
+    assert [i.every for i in described.schedule.spec.intervals] == [timedelta(minutes=20)]
+    assert described.schedule.state.paused
+    # "0s" means no schedule: an existing one is removed.
+    assert not await ensure_retention_schedule(stack.client, with_interval(timedelta(0)))
+    with pytest.raises(RPCError):
+        await handle.describe()
+
+
 async def test_36_retention_schedule_deletes_retired_records_past_keep_until(stack: Stack) -> None:
     now = datetime.now(UTC)
     ids = await insert(stack, 2, queued=now, next_attempt=now)
@@ -208,6 +231,7 @@ async def test_36_retention_schedule_deletes_retired_records_past_keep_until(sta
     # Created once: a second worker starting finds it.
     assert not await ensure_retention_schedule(stack.client, config)
     handle = stack.client.get_schedule_handle(retention_schedule_id(config.temporal.task_queue))
+    assert [i.every for i in (await handle.describe()).schedule.spec.intervals] == [timedelta(hours=1)]
     try:
         # The first run comes at once, on this stack's worker.
         async with asyncio.timeout(20):
