@@ -8,7 +8,7 @@ import itertools
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from domain.config import Config
 from domain.contracts import DeliveryStatus, delivery_workflow_id
 from domain.passwords import hash_password
 from store import db
+from tests.support.scriptedsmtp import Script, ScriptedSMTP
 from tests.support.smtpsink import SMTPSink
 from worker.main import build_worker
 from workflows import searchattrs
@@ -240,6 +241,21 @@ async def stack_factory(
     yield make
     for c in reversed(cleanups):
         await c()
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Callable[[Script], Any]]:
+    """Starts scripted SMTP servers on loopback (tests/support/scriptedsmtp.py), stopped after the test."""
+    servers: list[ScriptedSMTP] = []
+
+    async def start(script: Script) -> ScriptedSMTP:
+        s = await ScriptedSMTP(script).start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        await s.stop()
 
 
 @pytest.fixture

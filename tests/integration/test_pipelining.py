@@ -4,7 +4,6 @@ recipients end up in which transaction, and how each reply is classified."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -14,20 +13,6 @@ from tests.conftest import Stack
 from tests.support.scriptedsmtp import Script, ScriptedSMTP
 
 PIPELINING = ["PIPELINING", "ENHANCEDSTATUSCODES"]
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[Callable[[Script], Any]]:
-    servers: list[ScriptedSMTP] = []
-
-    async def start(script: Script) -> ScriptedSMTP:
-        s = await ScriptedSMTP(script).start()
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        await s.stop()
 
 
 async def deliver(

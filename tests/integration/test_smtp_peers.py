@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -11,20 +10,6 @@ import pytest
 from domain.contracts import MsgState
 from tests.conftest import Stack
 from tests.support.scriptedsmtp import Script, ScriptedSMTP
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[Callable[[Script], Any]]:
-    servers: list[ScriptedSMTP] = []
-
-    async def start(script: Script) -> ScriptedSMTP:
-        s = await ScriptedSMTP(script).start()
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        await s.stop()
 
 
 async def deliver(stack_factory: Any, server: ScriptedSMTP, attempts: int = 2) -> tuple[Any, dict[str, Any]]:
