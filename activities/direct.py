@@ -504,7 +504,11 @@ class DirectTransport:
                     result_type, reason = classify_tls_error(str(err))
                     for r in sessions:
                         r.failure += 1
-                        r.add_failure(FailureDetail(result_type, host.name, ip, reason, 1))
+                        r.add_failure(
+                            FailureDetail(
+                                result_type, host.name, ip, reason, 1, err.local_ip, err.remote_helo
+                            )
+                        )
                 # Attempt-1 rule (spec 02 §1.5 step 8): a policy block on one address family may not
                 # apply to the other, so a permanent 7.x on a dual-stack host is not final yet.
                 if err.permanent and dualstack and err.secode.startswith("7.") and env.attempt == 1:
@@ -523,10 +527,30 @@ class DirectTransport:
                     if found is not None:
                         for r in sessions:
                             if not r.is_host:
-                                r.add_failure(FailureDetail(found[0], host.name, ip, found[1], 0))
+                                r.add_failure(
+                                    FailureDetail(
+                                        found[0],
+                                        host.name,
+                                        ip,
+                                        found[1],
+                                        0,
+                                        client.local_ip,
+                                        client.remote_helo,
+                                    )
+                                )
             elif mode == "opportunistic":
                 for r in sessions:
-                    r.add_failure(FailureDetail("starttls-not-supported", host.name, ip, "", 0))
+                    r.add_failure(
+                        FailureDetail(
+                            "starttls-not-supported",
+                            host.name,
+                            ip,
+                            "",
+                            0,
+                            client.local_ip,
+                            client.remote_helo,
+                        )
+                    )
             return client
         raise SessionError(f"dialing smtp server {host.name}: " + "; ".join(errors))
 

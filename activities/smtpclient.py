@@ -92,6 +92,9 @@ class SessionError(Exception):
         self.dane = dane
         # The command whose reply this is ("mailfrom", "rcptto", "data", ...), for operators.
         self.command = command
+        # Set by open_session for failures after connecting, for TLS reports (spec 02 §6).
+        self.local_ip = ""
+        self.remote_helo = ""
 
     def reply(self) -> RcptReply:
         """The same failure as a recipient's reply."""
@@ -172,6 +175,12 @@ class SMTPConnection:
         self.needs_rset = False
         # TLS has just been started and nothing read over it yet.
         self._fresh_tls = False
+
+    @property
+    def local_ip(self) -> str:
+        """Our address on this connection."""
+        sockname = self._writer.get_extra_info("sockname")
+        return str(sockname[0]) if sockname else ""
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
@@ -380,6 +389,10 @@ async def open_session(
                 if problem:
                     raise SessionError(problem, tls=True, dane=True)
             await conn.hello(ehlo, helo_fallback=False)
+    except SessionError as err:
+        err.local_ip, err.remote_helo = conn.local_ip, conn.remote_helo
+        conn.abort()
+        raise
     except BaseException:
         conn.abort()
         raise

@@ -23,10 +23,20 @@ class FailureDetail:
     receiving_ip: str = ""
     failure_reason_code: str = ""
     failed_session_count: int = 0
+    # Our address on the connection and what the server's greeting said after its code, when there was one.
+    sending_mta_ip: str = ""
+    receiving_mx_helo: str = ""
 
-    def key(self) -> tuple[str, str, str, str]:
+    def key(self) -> tuple[str, ...]:
         """Details that differ only in their count are the same detail."""
-        return (self.result_type, self.receiving_mx_hostname, self.receiving_ip, self.failure_reason_code)
+        return (
+            self.result_type,
+            self.receiving_mx_hostname,
+            self.receiving_ip,
+            self.failure_reason_code,
+            self.sending_mta_ip,
+            self.receiving_mx_helo,
+        )
 
 
 @dataclass
@@ -83,7 +93,9 @@ class TLSResult:
             "failure-details": [
                 {
                     "result-type": d.result_type,
+                    "sending-mta-ip": d.sending_mta_ip,
                     "receiving-mx-hostname": d.receiving_mx_hostname,
+                    "receiving-mx-helo": d.receiving_mx_helo,
                     "receiving-ip": d.receiving_ip,
                     "failed-session-count": d.failed_session_count,
                     "failure-reason-code": d.failure_reason_code,
@@ -112,6 +124,9 @@ class TLSResult:
                     d["receiving-ip"],
                     d["failure-reason-code"],
                     d["failed-session-count"],
+                    # Rows stored before these fields were recorded lack them.
+                    d.get("sending-mta-ip", ""),
+                    d.get("receiving-mx-helo", ""),
                 )
                 for d in obj["failure-details"]
             ],
@@ -199,6 +214,10 @@ def classify_tls_error(message: str) -> tuple[str, str]:
         return "certificate-not-trusted", ""
     if "dane" in m:
         return "validation-failure", "dane-no-match"
+    if m.startswith("tls handshake:") and ("timeout" in m or "timed out" in m):
+        return "validation-failure", "io-timeout-during-handshake"
+    if m.startswith("tls handshake:") and ("connectionreset" in m or "eof" in m or "connection lost" in m):
+        return "validation-failure", "connection-closed-during-handshake"
     if m.startswith("starttls:") or m[:3].isdigit():
         code = message.split(" ", 1)[0]
         return "starttls-not-supported", f"smtp-starttls-reply-code-{code}" if code.isdigit() else ""

@@ -278,6 +278,12 @@ async def test_10_opportunistic_starttls_with_untrusted_certificate_delivers(
             details[0]["failed-session-count"] == 0
             and details[0]["receiving-mx-hostname"] == "mx1.example.com"
         )
+        # Who spoke to whom: the server's greeting names it, and our address on the connection.
+        assert (
+            details[0]["receiving-mx-helo"].startswith("localhost Python SMTP")
+            and details[0]["receiving-ip"] == MX1
+        )
+        assert details[0]["sending-mta-ip"].startswith("127.")
         [host] = [r["Result"] for r in results if r["IsHost"]]
         assert host["summary"]["total-successful-session-count"] == 1 and not host.get("failure-details")
     finally:
@@ -367,6 +373,7 @@ async def _assert_tls_refusal_falls_back(
             }
             [detail] = result["failure-details"]
             assert detail["result-type"] == "validation-failure" and detail["failure-reason-code"] == reason
+            assert detail["receiving-mx-helo"] == "scripted ESMTP"
     finally:
         await server.stop()
 
