@@ -11,6 +11,7 @@ from temporalio import activity
 
 from activities.direct import DirectTransport
 from activities.dns import Resolver
+from activities.heartbeat import heartbeating
 from activities.mtasts import MTASTSLookup
 from activities.suppressing import REFUSED as SUPPRESSION_REFUSED
 from activities.suppressing import suppress_after_failure
@@ -52,6 +53,9 @@ from domain.webhooks import Event, Outgoing
 from store import dsns, holdrules, leases, suppressions, tlsresults
 from store import queue as q
 from store.db import Conn, Pool
+
+# A third of the Delivery workflow's heartbeat timeout: two beats may be late before Temporal gives up.
+HEARTBEAT_EVERY = timedelta(seconds=20)
 
 
 def _now() -> datetime:
@@ -186,7 +190,8 @@ class DeliveryActivities:
                 ]
             )
         try:
-            return await self._deliver_leased(req)
+            async with heartbeating(HEARTBEAT_EVERY):
+                return await self._deliver_leased(req)
         finally:
             woken = await leases.release(self._pool, req.domain, holder, _now())
             if self._wake is not None:

@@ -17,6 +17,7 @@ from enum import StrEnum
 from temporalio import activity
 
 from activities.dns import Resolver
+from activities.heartbeat import heartbeating
 from activities.mtasts import MTASTSDNSError, MTASTSLookup, PolicyFetchError
 from domain.config import DirectConfig
 from domain.contracts import ACTIVITY_REFRESH_MTASTS, MTASTSRefreshResult
@@ -76,21 +77,16 @@ class MTASTSRefresher:
         offsets = refresh_offsets(len(domains), REFRESH_SPREAD, rng)
         refreshes: list[asyncio.Task[_Outcome]] = []
 
-        async def heartbeat() -> None:
-            while True:
-                activity.heartbeat(f"{len(refreshes)} of {len(domains)} refreshes started")
-                await asyncio.sleep(HEARTBEAT_EVERY.total_seconds())
+        def progress() -> str:
+            return f"{len(refreshes)} of {len(domains)} refreshes started"
 
-        beating = asyncio.create_task(heartbeat())
-        try:
+        async with heartbeating(HEARTBEAT_EVERY, progress):
             # Each refresh runs as its own task, so one slow policy host does not delay the ones after it.
             async with asyncio.TaskGroup() as group:
                 start = time.monotonic()
                 for domain, offset in zip(domains, offsets, strict=True):
                     await asyncio.sleep(max(0.0, start + offset.total_seconds() - time.monotonic()))
                     refreshes.append(group.create_task(self._refresh_logged(domain, updated_before)))
-        finally:
-            beating.cancel()
         counts = Counter(t.result().value for t in refreshes)
         result = MTASTSRefreshResult(unused_deleted=unused, **counts)
         if unused or domains:

@@ -46,6 +46,7 @@ _DELIVER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
 )
 _IO_TIMEOUT = timedelta(seconds=60)
+_DELIVER_HEARTBEAT = timedelta(seconds=60)
 # Longest wait for a busy domain when no wake-up signal comes.
 _LEASE_FALLBACK = timedelta(seconds=60)
 ADMIN_CANCEL_ERROR = "delivery canceled by admin"
@@ -224,6 +225,9 @@ class Delivery:
                 req,
                 result_type=AttemptResult,
                 start_to_close_timeout=timedelta(seconds=self._input.attempt_timeout_s),
+                # An attempt lost with its worker is retried after a minute, not after the whole
+                # attempt timeout; the activity heartbeats while it runs.
+                heartbeat_timeout=_DELIVER_HEARTBEAT,
                 retry_policy=_DELIVER_RETRY,
                 summary=f"attempt {n} to {domain} ({len(batch)} rcpt{'s' if len(batch) != 1 else ''})",
             )

@@ -137,8 +137,9 @@ keep_retired_period = "168h"
     proc = _start(data, api_port, log)
     try:
         _wait_ready(api, proc, log)
-        # An attempt cut off by the interrupt (its PostgreSQL went with it) is retried after the restart.
-        deadline = time.monotonic() + 30
+        # An attempt cut off by the interrupt is retried after the restart: at once when the old worker
+        # reported its failure, else once its heartbeat timeout (a minute) runs out.
+        deadline = time.monotonic() + 100
         url = f"{api}/admin/v0/queue/{delivered}"
         while _http.get(url, headers=admin).json().get("Event") != "delivered":
             assert time.monotonic() < deadline

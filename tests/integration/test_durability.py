@@ -89,6 +89,42 @@ async def test_worker_killed_during_backoff_new_worker_finishes(
     assert stack.sink.delivered_to() == ["bob@example.com"]
 
 
+async def test_attempt_lost_with_its_worker_is_retried_within_the_heartbeat_timeout(
+    stack_factory, temporal_env, tmp_path: Path
+) -> None:
+    # A ten-minute attempt timeout: without heartbeats the lost attempt would wait that long.
+    stack = await stack_factory(worker=False, attempt_timeout="10m")
+    stack.sink.behaviour.data_delay = 300
+    cfg = worker_config_file(
+        stack, tmp_path / "worker.toml", temporal_env.client.service_client.config.target_host
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "worker", "-c", str(cfg)],
+        env={**os.environ, "TEMPOST_ADMIN_TOKEN": ADMIN_TOKEN},
+        start_new_session=True,
+    )
+    try:
+        resp = await stack.send_ok(text_msg("bob@example.com"))
+        msg_id = resp["Submissions"][0]["QueueMsgID"]
+        async with asyncio.timeout(30):
+            while not stack.sink.active.get("example.com"):
+                await asyncio.sleep(0.05)
+        # Mid-transaction, the worker dies without a word to Temporal.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stack.sink.behaviour.data_delay = 0
+    killed = asyncio.get_running_loop().time()
+    worker = build_worker(stack.client, stack.pool, stack.config)
+    async with worker:
+        status = await stack.finished(msg_id, timeout=120)
+    assert status.msgs[0].state == MsgState.DELIVERED
+    # The heartbeat timeout is a minute; the attempt timeout ten.
+    assert asyncio.get_running_loop().time() - killed < 100
+
+
 async def test_accepted_message_is_not_sent_again(stack: Stack) -> None:
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     resp = await stack.send_ok(text_msg("bob@example.com", FutureRelease=later))
