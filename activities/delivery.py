@@ -170,7 +170,7 @@ class DeliveryActivities:
         workflow_id = info.workflow_id or ""
         holder = f"{workflow_id}/{info.activity_id}"
         q_cfg = self._config.queue
-        per_minute = q_cfg.rate_limits.get(req.domain, 0)
+        per_minute = q_cfg.attempts_per_minute(req.domain)
         grant = await leases.acquire(
             self._pool,
             req.domain,
@@ -179,7 +179,7 @@ class DeliveryActivities:
             _now(),
             cap=q_cfg.max_concurrent_deliveries,
             ttl=q_cfg.attempt_timeout + timedelta(seconds=60),
-            per_domain=q_cfg.domain_concurrency.get(req.domain, 1),
+            per_domain=q_cfg.concurrency(req.domain),
             min_interval=timedelta(minutes=1) / per_minute if per_minute > 0 else timedelta(0),
         )
         if not grant.granted:

@@ -99,7 +99,28 @@ class QueueConfig(_Strict):
     # connections; unlisted domains get one, as in mox.
     domain_concurrency: dict[str, Annotated[int, Field(ge=1)]] = {}
     # Optional rate limits: delivery attempts (SMTP transactions) per minute, by recipient domain.
-    rate_limits: dict[str, int] = {}
+    rate_limits: dict[str, Annotated[int, Field(ge=1)]] = {}
+
+    @field_validator("domain_concurrency", "rate_limits")
+    @classmethod
+    def _domain_keys(cls, v: dict[str, int]) -> dict[str, int]:
+        # Operators write "Gmail.com" or "bücher.example"; deliveries are keyed by the ASCII lowercase form.
+        return {_ascii_domain(d): n for d, n in v.items()}
+
+    def concurrency(self, domain: str) -> int:
+        """Deliveries to domain allowed at once."""
+        return self.domain_concurrency.get(_ascii_domain(domain), 1)
+
+    def attempts_per_minute(self, domain: str) -> int:
+        """The domain's rate limit, 0 for none."""
+        return self.rate_limits.get(_ascii_domain(domain), 0)
+
+
+def _ascii_domain(d: str) -> str:
+    try:
+        return d.rstrip(".").encode("idna").decode().lower()
+    except UnicodeError:
+        raise ValueError(f"invalid domain {d!r}") from None
 
 
 class DirectConfig(_Strict):

@@ -82,3 +82,14 @@ def test_example_config_webhook_and_fromid() -> None:
 def test_bad_config_is_rejected_with_a_reason(raw: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Config.model_validate(raw)
+
+
+def test_per_domain_limits_match_whatever_case_or_script_the_operator_wrote() -> None:
+    from domain.config import QueueConfig
+
+    concurrency = {"Gmail.COM": 3, "bücher.example": 2}
+    q = QueueConfig(domain_concurrency=concurrency, rate_limits={"Slow.example": 30})
+    assert q.concurrency("gmail.com") == 3 and q.concurrency("xn--bcher-kva.example") == 2
+    # Unlisted domains keep mox's one delivery at a time and no rate limit.
+    assert q.concurrency("other.example") == 1 and q.attempts_per_minute("other.example") == 0
+    assert q.attempts_per_minute("slow.example") == 30
