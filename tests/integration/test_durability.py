@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 
@@ -53,11 +56,9 @@ keep_retired_period = "1h"
     return path
 
 
-async def test_worker_killed_during_backoff_new_worker_finishes(
-    stack_factory, temporal_env, tmp_path: Path
-) -> None:
-    stack = await stack_factory(worker=False, backoff_base="4s")
-    stack.sink.behaviour.temp_failures = 1
+@contextlib.contextmanager
+def worker_process(stack: Stack, tmp_path: Path, temporal_env: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A `tempost worker` process for the stack, killed at the end if the test has not killed it."""
     cfg = worker_config_file(
         stack, tmp_path / "worker.toml", temporal_env.client.service_client.config.target_host
     )
@@ -67,6 +68,18 @@ async def test_worker_killed_during_backoff_new_worker_finishes(
         start_new_session=True,
     )
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def test_worker_killed_during_backoff_new_worker_finishes(
+    stack_factory, temporal_env, tmp_path: Path
+) -> None:
+    stack = await stack_factory(worker=False, backoff_base="4s")
+    stack.sink.behaviour.temp_failures = 1
+    with worker_process(stack, tmp_path, temporal_env) as proc:
         resp = await stack.send_ok(text_msg("bob@example.com"))
         msg_id = resp["Submissions"][0]["QueueMsgID"]
         async with asyncio.timeout(30):
@@ -76,9 +89,6 @@ async def test_worker_killed_during_backoff_new_worker_finishes(
         await asyncio.sleep(0.3)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     row = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     assert row["Attempts"] == 1 and row["Results"][0]["Code"] == 451
     assert stack.sink.messages() == []
@@ -95,15 +105,7 @@ async def test_attempt_lost_with_its_worker_is_retried_within_the_heartbeat_time
     # A ten-minute attempt timeout: without heartbeats the lost attempt would wait that long.
     stack = await stack_factory(worker=False, attempt_timeout="10m")
     stack.sink.behaviour.data_delay = 300
-    cfg = worker_config_file(
-        stack, tmp_path / "worker.toml", temporal_env.client.service_client.config.target_host
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "worker", "-c", str(cfg)],
-        env={**os.environ, "TEMPOST_ADMIN_TOKEN": ADMIN_TOKEN},
-        start_new_session=True,
-    )
-    try:
+    with worker_process(stack, tmp_path, temporal_env) as proc:
         resp = await stack.send_ok(text_msg("bob@example.com"))
         msg_id = resp["Submissions"][0]["QueueMsgID"]
         async with asyncio.timeout(30):
@@ -112,9 +114,6 @@ async def test_attempt_lost_with_its_worker_is_retried_within_the_heartbeat_time
         # Mid-transaction, the worker dies without a word to Temporal.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     stack.sink.behaviour.data_delay = 0
     killed = asyncio.get_running_loop().time()
     worker = build_worker(stack.client, stack.pool, stack.config)
