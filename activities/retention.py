@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 
 from domain.contracts import ACTIVITY_CLEANUP, CleanupResult
-from store import bounces, hooks
+from domain.idempotency import WINDOW as IDEMPOTENCY_WINDOW
+from store import bounces, hooks, idempotency
 from store import queue as q
 from store.db import Pool
 
@@ -27,18 +28,20 @@ class RetentionActivities:
 
     @activity.defn(name=ACTIVITY_CLEANUP)
     async def cleanup_retired(self) -> CleanupResult:
-        """Delete retired messages and hooks past KeepUntil, and old processed bounces."""
+        """Delete retired messages and hooks past KeepUntil, old processed bounces and idempotency keys."""
         now = datetime.now(UTC)
         result = CleanupResult(
             messages=await q.cleanup_retired(self._pool, now),
             hooks=await hooks.cleanup_retired(self._pool, now),
             bounces=await bounces.cleanup_processed(self._pool, now - BOUNCE_KEEP),
+            idempotency_keys=await idempotency.cleanup(self._pool, now - IDEMPOTENCY_WINDOW),
         )
-        if result.messages or result.hooks or result.bounces:
+        if result.messages or result.hooks or result.bounces or result.idempotency_keys:
             activity.logger.info(
-                "retention: deleted %d messages, %d hooks, %d bounces",
+                "retention: deleted %d messages, %d hooks, %d bounces, %d idempotency keys",
                 result.messages,
                 result.hooks,
                 result.bounces,
+                result.idempotency_keys,
             )
         return result

@@ -262,16 +262,15 @@ async def _live(st: AppState, base_id: int, msg_id: int) -> MsgStatus | None:
     return next((m for m in status.msgs if m.id == msg_id), None)
 
 
-@router.get("/queue/{msg_id}")
-async def get_msg(msg_id: int, request: Request) -> dict[str, Any]:
-    """One queued message with its Results and NextAttempt, and its live state from the workflow."""
-    st = _state(request)
+async def message_view(st: AppState, msg_id: int) -> dict[str, Any] | None:
+    """A queued message with its live state from the workflow, or a retired message; None if neither.
+
+    Shared by the admin API and the webapi's MessageStatus, which checks the account itself.
+    """
     row = await q.get_msg(st.pool, msg_id)
     if row is None:
         retired = await q.get_retired(st.pool, msg_id)
-        if retired is None:
-            raise AdminError(404, "notFound", f"message {msg_id} not queued")
-        return views.retired_msg(retired)
+        return views.retired_msg(retired) if retired is not None else None
     out = views.queued_msg(row)
     live = await _live(st, row["base_id"], msg_id)
     if live is not None:
@@ -279,6 +278,15 @@ async def get_msg(msg_id: int, request: Request) -> dict[str, Any]:
         out["Attempts"] = max(out["Attempts"], live.attempts)
         out["Hold"] = live.hold
         out["NextAttempt"] = live.next_attempt.isoformat() if live.next_attempt else None
+    return out
+
+
+@router.get("/queue/{msg_id}")
+async def get_msg(msg_id: int, request: Request) -> dict[str, Any]:
+    """One queued message with its Results and NextAttempt, and its live state from the workflow."""
+    out = await message_view(_state(request), msg_id)
+    if out is None:
+        raise AdminError(404, "notFound", f"message {msg_id} not queued")
     return out
 
 

@@ -6,6 +6,7 @@ import html
 import json
 import logging
 import secrets
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,15 +14,26 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
+from api.admin import message_view
 from api.auth import Login
 from api.state import AppState
+from domain import idempotency as idem
 from domain.addresses import AddressError, parse_address
+from domain.contracts import MsgState, RetireEvent
 from domain.errors import WebAPIError
 from domain.fromid import sender_localpart
 from domain.holdrules import holds_new
-from domain.send import AccountIdentity, UploadedFile, compose_send, decode_object, decode_send_request
+from domain.send import (
+    AccountIdentity,
+    ComposedMessage,
+    UploadedFile,
+    compose_send,
+    decode_object,
+    decode_send_request,
+)
+from domain.sendraw import check_send_raw, decode_send_raw_request
 from domain.suppression import base_address, original_address
-from store import holdrules, suppressions
+from store import holdrules, idempotency, suppressions
 from store import queue as q
 from workflows.client import delivery_input, delivery_summary, start_delivery
 
@@ -29,11 +41,21 @@ log = logging.getLogger("tempost.webapi")
 
 router = APIRouter()
 
-METHODS = ["Send", "SuppressionList", "SuppressionAdd", "SuppressionRemove", "SuppressionPresent"]
+METHODS = [
+    "Send",
+    "SendRaw",
+    "MessageStatus",
+    "SuppressionList",
+    "SuppressionAdd",
+    "SuppressionRemove",
+    "SuppressionPresent",
+]
+# Methods that queue mail, and so honour an Idempotency-Key header (spec 04 §1).
+_QUEUEING = ("Send", "SendRaw")
 
 
-def _error(code: str, message: str) -> JSONResponse:
-    return JSONResponse({"Code": code, "Message": message}, status_code=400)
+def _error(code: str, message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"Code": code, "Message": message}, status_code=status)
 
 
 def _unauthorized() -> Response:
@@ -58,13 +80,42 @@ async def webapi_index() -> Response:
     return Response(f"<!doctype html><title>webapi v0</title><ul>{items}</ul>", media_type="text/html")
 
 
-async def _request_object(request: Request) -> tuple[Any, list[UploadedFile], list[UploadedFile]]:
+@dataclass(frozen=True)
+class _Call:
+    """What a webapi call carries: the JSON request object and any files sent along with it."""
+
+    request: str
+    inline: list[UploadedFile] = field(default_factory=list)
+    attached: list[UploadedFile] = field(default_factory=list)
+    # SendRaw's message, from the file part `message`; None when there is none.
+    message: bytes | None = None
+
+    def digest_parts(self) -> list[bytes]:
+        """Everything that makes two calls the same request, for Idempotency-Key comparison."""
+        parts = [self.request.encode()]
+        for group, files in ((b"inline", self.inline), (b"attached", self.attached)):
+            for f in files:
+                parts += [group, f.name.encode(), f.content_type.encode(), f.content_id.encode(), f.data]
+        if self.message is not None:
+            parts += [b"message", self.message]
+        return parts
+
+
+async def _upload(f: UploadFile) -> UploadedFile:
+    return UploadedFile(
+        name=f.filename or "",
+        content_type=f.headers.get("content-type", ""),
+        content_id=f.headers.get("content-id", ""),
+        data=await f.read(),
+    )
+
+
+async def _request_object(request: Request) -> _Call:
     """The JSON request object and uploaded files, from a form field `request` or a JSON body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         # Tempost extension (spec 04 §1): the request object as the whole body.
-        body = await request.body()
-        return body, [], []
+        return _Call((await request.body()).decode("utf-8", "replace"))
     if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
         raise WebAPIError("protocol", f"unsupported content-type {ctype!r}")
     try:
@@ -74,24 +125,28 @@ async def _request_object(request: Request) -> tuple[Any, list[UploadedFile], li
     raw = form.get("request")
     if not isinstance(raw, str) or not raw:
         raise WebAPIError("protocol", "missing or empty form field request")
-    inline: list[UploadedFile] = []
-    attached: list[UploadedFile] = []
-    for field, out in (("inlinefile", inline), ("attachedfile", attached)):
-        for f in form.getlist(field):
-            if isinstance(f, UploadFile):
-                out.append(
-                    UploadedFile(
-                        name=f.filename or "",
-                        content_type=f.headers.get("content-type", ""),
-                        content_id=f.headers.get("content-id", ""),
-                        data=await f.read(),
-                    )
-                )
-    return raw, inline, attached
+    inline = [await _upload(f) for f in form.getlist("inlinefile") if isinstance(f, UploadFile)]
+    attached = [await _upload(f) for f in form.getlist("attachedfile") if isinstance(f, UploadFile)]
+    # SendRaw's message is a file part; a plain field is taken too, for hand-made urlencoded calls.
+    part = form.get("message")
+    message: bytes | None = None
+    if isinstance(part, UploadFile):
+        message = await part.read()
+    elif part:
+        message = part.encode()
+    return _Call(raw, inline, attached, message)
 
 
-_EXAMPLES = {
+_EXAMPLES: dict[str, dict[str, Any]] = {
     "Send": {"To": [{"Name": "", "Address": "bob@example.com"}], "Subject": "hi", "Text": "hello"},
+    "SendRaw": {
+        "MailFrom": "alice@example.org",
+        "RcptTo": ["bob@example.com"],
+        "RequireTLS": None,
+        "FutureRelease": None,
+        "Extra": {},
+    },
+    "MessageStatus": {"QueueMsgID": 1},
     "SuppressionList": {},
     "SuppressionAdd": {"EmailAddress": "bob@example.com", "Manual": True, "Reason": "asked to stop"},
     "SuppressionRemove": {"EmailAddress": "bob@example.com"},
@@ -109,7 +164,8 @@ async def method_page(method: str) -> Response:
         f"<!doctype html><title>webapi v0 {method}</title><h1>{method}</h1>"
         f'<form method="post" enctype="multipart/form-data">'
         f'<textarea name="request" rows="12" cols="80">{example}</textarea><br>'
-        f'<button type="submit">call</button></form>'
+        + ('message (RFC 5322): <input type="file" name="message"><br>' if method == "SendRaw" else "")
+        + '<button type="submit">call</button></form>'
     )
     return Response(page, media_type="text/html")
 
@@ -134,17 +190,17 @@ async def call(method: str, request: Request) -> Response:
         return _unauthorized()
     st.auth_limiter.succeeded(ip, now)
     try:
-        raw, inline, attached = await _request_object(request)
-        if method == "Send":
-            return JSONResponse(await _send(st, login, raw, inline, attached))
-        text = raw if not isinstance(raw, bytes) else raw.decode("utf-8", "replace")
-        return JSONResponse(await _suppression(st, login, method, text))
+        form = await _request_object(request)
+        if method in _QUEUEING:
+            return JSONResponse(await _queueing(st, login, method, form, request.headers.get(idem.HEADER)))
+        if method == "MessageStatus":
+            return JSONResponse(await _message_status(st, login, form.request))
+        return JSONResponse(await _suppression(st, login, method, form.request))
     except WebAPIError as err:
-        return _error(err.code, err.message)
+        return _error(err.code, err.message, err.status)
     except Exception:  # noqa: BLE001 - internal failures are the `server` code, details in the log only
         log.exception("webapi %s", method)
         return _error("server", "unhandled error")
-    return PlainTextResponse("404 - not found", status_code=404)
 
 
 def suppression_json(r: dict[str, Any]) -> dict[str, Any]:
@@ -197,23 +253,83 @@ async def _suppression(st: AppState, login: Login, method: str, raw: str) -> dic
     return {}
 
 
-async def _send(
-    st: AppState, login: Login, raw: Any, inline: list[UploadedFile], attached: list[UploadedFile]
+@dataclass(frozen=True)
+class _KeyUse:
+    """An Idempotency-Key on a call: the key and the digest of the request it came with."""
+
+    key: str
+    request_hash: str
+
+
+class _KeyTaken(Exception):
+    """A concurrent call with the same Idempotency-Key committed its messages first."""
+
+
+async def _queueing(
+    st: AppState, login: Login, method: str, form: _Call, key_header: str | None
 ) -> dict[str, Any]:
-    req = decode_send_request(raw if not isinstance(raw, bytes) else raw.decode("utf-8", "replace"))
+    """Send or SendRaw, answering a repeated Idempotency-Key with the first call's response."""
     now = datetime.now(UTC)
+    key_use = None
+    if key_header is not None:
+        key_use = _KeyUse(idem.check_key(key_header), idem.request_hash(method, form.digest_parts()))
+        earlier = await _earlier_response(st, login.account.name, key_use, now)
+        if earlier is not None:
+            return earlier
     acc = login.account
-    msg = compose_send(
-        req,
-        login_address=login.address,
-        account=AccountIdentity(name=acc.name, full_name=acc.full_name, addresses=list(acc.addresses)),
-        hostname=st.config.hostname,
-        now=now,
-        max_message_size=st.config.api.max_message_size,
-        random_token=lambda: secrets.token_urlsafe(16),
-        inline_uploads=inline,
-        attached_uploads=attached,
-    )
+    identity = AccountIdentity(name=acc.name, full_name=acc.full_name, addresses=list(acc.addresses))
+    if method == "SendRaw":
+        if form.message is None:
+            raise WebAPIError("protocol", "missing file part message with the RFC 5322 message")
+        msg = check_send_raw(
+            decode_send_raw_request(form.request),
+            form.message,
+            login_address=login.address,
+            account=identity,
+            now=now,
+            max_message_size=st.config.api.max_message_size,
+        )
+    else:
+        msg = compose_send(
+            decode_send_request(form.request),
+            login_address=login.address,
+            account=identity,
+            hostname=st.config.hostname,
+            now=now,
+            max_message_size=st.config.api.max_message_size,
+            random_token=lambda: secrets.token_urlsafe(16),
+            inline_uploads=form.inline,
+            attached_uploads=form.attached,
+        )
+    try:
+        return await _queue(st, login, msg, key_use, now)
+    except _KeyTaken:
+        assert key_use is not None  # only raised when recording a key
+        earlier = await _earlier_response(st, acc.name, key_use, now)
+        if earlier is None:
+            raise WebAPIError("server", "idempotency key vanished; try again") from None
+        return earlier
+
+
+async def _earlier_response(
+    st: AppState, account: str, key_use: _KeyUse, now: datetime
+) -> dict[str, Any] | None:
+    """The response of the key's first use within the window; `idempotencyKeyReused` for another request."""
+    stored = await idempotency.find(st.pool, account, key_use.key, now - idem.WINDOW)
+    if stored is None:
+        return None
+    if stored.request_hash != key_use.request_hash:
+        raise WebAPIError(
+            "idempotencyKeyReused", f"{idem.HEADER} was used for a different request within 24h", status=409
+        )
+    return stored.response
+
+
+async def _queue(
+    st: AppState, login: Login, msg: ComposedMessage, key_use: _KeyUse | None, now: datetime
+) -> dict[str, Any]:
+    """Queue a checked message: the body once, a row per recipient, then start its Delivery workflow."""
+    acc = login.account
     next_attempt = msg.future_release or now
     # A login listed for FromID gets a unique MAIL FROM per recipient, so bounces can be matched.
     use_fromid = login.address.lower() in (a.lower() for a in acc.fromid_login_addresses)
@@ -256,6 +372,20 @@ async def _send(
                 for (_, rcpt), fid, h in zip(msg.recipients, from_ids, held, strict=True)
             ]
             base_id, ids = await q.insert_submission(conn, acc.name, msg.data, now, new)
+            response = {
+                "MessageID": msg.message_id,
+                "Submissions": [
+                    {"Address": given, "QueueMsgID": mid, "FromID": fid}
+                    for mid, (given, _), fid in zip(ids, msg.recipients, from_ids, strict=True)
+                ],
+            }
+            # The key is written with the messages, so a crash leaves both or neither.
+            if key_use is not None and not await idempotency.record(
+                conn, acc.name, key_use.key, key_use.request_hash, response, now, now - idem.WINDOW
+            ):
+                raise _KeyTaken
+    except _KeyTaken:
+        raise
     except Exception as err:
         log.exception("queueing submission")
         raise WebAPIError("server", "queueing message failed") from err
@@ -274,10 +404,39 @@ async def _send(
         await q.mark_workflow_started(st.pool, base_id)
     except Exception:  # noqa: BLE001 - the message is durably queued; the worker's sweeper starts it
         log.exception("starting delivery of submission %d; the worker will start it later", base_id)
+    return response
+
+
+# A retired message's event as a MessageStatus state: a suppressed recipient failed.
+_RETIRED_STATES = {
+    RetireEvent.DELIVERED: MsgState.DELIVERED,
+    RetireEvent.FAILED: MsgState.FAILED,
+    RetireEvent.SUPPRESSED: MsgState.FAILED,
+    RetireEvent.CANCELED: MsgState.CANCELED,
+}
+
+
+async def _message_status(st: AppState, login: Login, raw: str) -> dict[str, Any]:
+    """MessageStatus (spec 04 §1): state, attempts and results of one of the caller's own messages."""
+    msg_id = decode_object(raw, {"QueueMsgID"}).get("QueueMsgID", 0)
+    if not isinstance(msg_id, int) or isinstance(msg_id, bool):
+        raise WebAPIError("protocol", "parsing request: QueueMsgID must be a number")
+    view = await message_view(st, msg_id)
+    # Another account's message is answered exactly like an unknown one, so ids reveal nothing.
+    if view is None or view["SenderAccount"] != login.account.name:
+        raise WebAPIError("messageNotFound", f"message {msg_id} not found")
+    if "Event" in view:
+        return {
+            "State": _RETIRED_STATES[RetireEvent(view["Event"])].value,
+            "Attempts": view["Attempts"],
+            "NextAttempt": None,
+            "Results": view["Results"],
+        }
+    # Without the workflow's live state (not yet started, or Temporal unreachable) the row decides.
+    state = view.get("State") or (MsgState.HELD if view["Hold"] else MsgState.QUEUED).value
     return {
-        "MessageID": msg.message_id,
-        "Submissions": [
-            {"Address": given, "QueueMsgID": mid, "FromID": fid}
-            for mid, (given, _), fid in zip(ids, msg.recipients, from_ids, strict=True)
-        ],
+        "State": state,
+        "Attempts": view["Attempts"],
+        "NextAttempt": view["NextAttempt"],
+        "Results": view["Results"],
     }

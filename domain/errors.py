@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 class WebAPIError(Exception):
-    """A webapi failure answered as HTTP 400 `{"Code": code, "Message": message}` (spec 03 §5.3)."""
+    """A webapi failure answered as `{"Code": code, "Message": message}`, HTTP 400 unless said otherwise."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status

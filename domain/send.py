@@ -182,6 +182,27 @@ def _parse(na: NameAddress, what: str) -> Address:
         raise WebAPIError("badAddress", f"{what} address {na.Address!r}: {err}") from None
 
 
+def check_own_address(address: Address, account: AccountIdentity) -> None:
+    """Refuse, with `badFrom`, a sender address that is not one of the account's."""
+    own = set()
+    for a in account.addresses:
+        try:
+            own.add(parse_address(a).ascii.lower())
+        except AddressError:
+            continue
+    if address.ascii.lower() not in own:
+        raise WebAPIError("badFrom", "from-address does not belong to this account")
+
+
+def check_future_release(requested: datetime | None, now: datetime) -> tuple[datetime | None, str]:
+    """The first attempt time (None: now) and the DSN `until;` value of a FutureRelease (spec 03 §5.4, 12)."""
+    if requested is None:
+        return None, ""
+    if requested - now > FUTURE_RELEASE_MAX:
+        raise WebAPIError("user", "future release too far in the future (at most 60 days)")
+    return (requested if requested > now else None), "until;" + _rfc3339(requested)
+
+
 # --- Header formatting ------------------------------------------------------------------------------
 
 _SPECIALS = set('()<>[]:;@\\,."')
@@ -359,14 +380,7 @@ def compose_send(
     cc = [(na, _parse(na, "cc")) for na in req.CC]
     bcc = [(na, _parse(na, "bcc")) for na in req.BCC]
     # 4. From must be the account's.
-    own = set()
-    for a in account.addresses:
-        try:
-            own.add(parse_address(a).ascii.lower())
-        except AddressError:
-            continue
-    if sender.ascii.lower() not in own:
-        raise WebAPIError("badFrom", "from-address does not belong to this account")
+    check_own_address(sender, account)
     # 5. Recipients.
     recipients = [(na.Address, a) for na, a in to + cc + bcc]
     if not recipients:
@@ -390,13 +404,7 @@ def compose_send(
         if not name or any(c == ":" or not ("!" <= c <= "~") for c in name):
             raise WebAPIError("user", f"invalid header name {name!r}")
         _check_text(f"header {name}", value)
-    future_release: datetime | None = None
-    future_release_request = ""
-    if req.FutureRelease is not None:
-        if req.FutureRelease - now > FUTURE_RELEASE_MAX:
-            raise WebAPIError("user", "future release too far in the future (at most 60 days)")
-        future_release = req.FutureRelease if req.FutureRelease > now else None
-        future_release_request = "until;" + _rfc3339(req.FutureRelease)
+    future_release, future_release_request = check_future_release(req.FutureRelease, now)
     inline = [
         _file_part(f.Name, f.ContentType, f.ContentID, _decode_file(f), "inline") for f in req.InlineFiles
     ] + [_file_part(u.name, u.content_type, u.content_id, u.data, "inline") for u in inline_uploads]

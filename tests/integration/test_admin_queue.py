@@ -12,6 +12,7 @@ from temporalio.service import RPCError
 
 from domain.config import Config
 from domain.contracts import MsgState, retention_schedule_id
+from store import idempotency
 from store import queue as q
 from tests.conftest import SENDER, Stack
 from worker.main import ensure_retention_schedule
@@ -224,6 +225,10 @@ async def test_36_retention_schedule_deletes_retired_records_past_keep_until(sta
     ids = await insert(stack, 2, queued=now, next_attempt=now)
     await q.retire(stack.pool, {ids[0]: None}, "delivered", {"alice": timedelta(microseconds=1)}, now)
     await q.retire(stack.pool, {ids[1]: None}, "delivered", {"alice": timedelta(hours=1)}, now)
+    # Webapi idempotency keys matter for a day.
+    async with stack.pool.connection() as conn:
+        for key, created in (("stale-key", now - timedelta(hours=25)), ("fresh-key", now)):
+            await idempotency.record(conn, "alice", key, "h", {}, created, created - timedelta(hours=24))
     config = stack.config.model_copy(
         update={"worker": stack.config.worker.model_copy(update={"retention_interval": timedelta(hours=1)})}
     )
@@ -238,5 +243,10 @@ async def test_36_retention_schedule_deletes_retired_records_past_keep_until(sta
             while await q.get_retired(stack.pool, ids[0]) is not None:
                 await asyncio.sleep(0.1)
         assert await q.get_retired(stack.pool, ids[1]) is not None
+        async with stack.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT key FROM idempotency_keys WHERE account = 'alice' AND key LIKE '%%-key'"
+            )
+            assert [r["key"] for r in await cur.fetchall()] == ["fresh-key"]
     finally:
         await handle.delete()
