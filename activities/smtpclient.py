@@ -572,7 +572,14 @@ async def _pipelined(
             out.retry.append(i)
         else:
             out.replies[i] = _rcpt_reply(reply)
-    data_reply = await conn.read_reply("data")
+    try:
+        data_reply = await conn.read_reply("data")
+    except SessionError:
+        if accepted:
+            raise
+        # Every recipient was refused and the server hung up instead of answering DATA: the refusals are
+        # the news, not the closed connection (as mox does since 09fcc49).
+        return out
     if not accepted:
         if data_reply.code == 354:
             # The server took DATA without recipients; an empty message resynchronizes it.

@@ -103,6 +103,16 @@ async def test_43_pipelined_mail_550_then_hangup_is_permanent(stack_factory: Any
     assert outcome(status) == [(MsgState.FAILED, 1)]
 
 
+async def test_pipelined_refusal_stands_when_the_server_hangs_up_instead_of_answering_data(
+    stack_factory: Any, peer: Any
+) -> None:
+    server = await peer(Script(extensions=PIPELINING, replies={"RCPT": "550 5.1.1 no such user", "DATA": ""}))
+    status, rows = await deliver(stack_factory, server, ["a@example.com"], attempts=3)
+    # The 550 decides (permanent, one attempt), not the closed connection after it.
+    assert outcome(status) == [(MsgState.FAILED, 1)]
+    assert rows[0]["Results"][-1]["Code"] == 550
+
+
 async def test_44_no_recipient_accepted_lockstep_sends_no_data(stack_factory: Any, peer: Any) -> None:
     server = await peer(Script(replies={"RCPT": "451 try later"}))
     status, _ = await deliver(stack_factory, server, ["a@example.com", "b@example.com"], attempts=2)
