@@ -44,6 +44,10 @@ SENDER = "alice@example.org"
 _ID_RANGES = itertools.count(1_000_000, 1_000_000)
 
 
+# MTA-STS test servers, configured by the addresses a module declares.
+pytest_plugins = ["tests.support.mtastsenv"]
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     """One PostgreSQL server for the session; each test gets its own database."""

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdatatype
 import pytest
 import trustme
 
@@ -35,41 +30,20 @@ from domain.mtasts import (
     parse_policy,
     parse_record,
 )
-from store import db
 from store import mtasts as cache
 from store.db import Pool
-from tests.support.dnsserver import DNSServer, Zones
+from tests.support.dnsserver import DNSServer
+from tests.support.mtastsenv import POLICY_HOST, RecursiveDNSServer, policy_tls
 from tests.support.policyserver import PolicyServer
 
 DNS_ADDR = "127.0.54.53"
 # The address `mta-sts.example.com` resolves to; every policy server of this module listens on it.
 POLICY_IP = "127.0.54.56"
 DOMAIN = "example.com"
-POLICY_HOST = "mta-sts.example.com"
 WELL_KNOWN = "/.well-known/mta-sts.txt"
 RECORD = '"v=STSv1; id=20160831085700Z;"'
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmx: *.mx.example.com\nmax_age: 86400\n"
 NONE = "version: STSv1\nmode: none\nmax_age: 86400\n"
-
-
-class RecursiveDNSServer(DNSServer):
-    """The loopback server, answering a CNAME chain like a recursive resolver would.
-
-    The support server SERVFAILs only queries for the failing name itself, but a client asking for the
-    start of a chain gets SERVFAIL when the resolver cannot resolve a name further along it.
-    """
-
-    def answer(self, wire: bytes) -> bytes | None:
-        query = dns.message.from_wire(wire)
-        name = query.question[0].name
-        for _ in range(20):
-            if name in self.zones.servfail:
-                return self.servfail(query, name)
-            target = self.zones.records.get((name, dns.rdatatype.CNAME))
-            if not target:
-                break
-            name = dns.name.from_text(target[0])
-        return super().answer(wire)
 
 
 class RedirectingServer:
@@ -113,71 +87,6 @@ class RedirectingServer:
 
 
 # --- Fixtures ---
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-def _tls(ca: trustme.CA, *names: str, **validity: Any) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names, **validity).configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture(scope="module")
-def _dns_running() -> Iterator[RecursiveDNSServer]:
-    # One server per module: stopping a socketserver waits out its poll interval.
-    server = RecursiveDNSServer(DNS_ADDR)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def dns_server(_dns_running: RecursiveDNSServer) -> RecursiveDNSServer:
-    """The DNS server with only the policy host's address: tests publish (or break) `_mta-sts` records."""
-    _dns_running.zones = Zones()
-    _dns_running.queries.clear()
-    _dns_running.add(POLICY_HOST, "A", POLICY_IP)
-    return _dns_running
-
-
-@pytest.fixture(scope="module")
-def _policies_running(ca: trustme.CA) -> Iterator[PolicyServer]:
-    server = PolicyServer(POLICY_IP, _tls(ca, POLICY_HOST)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def policies(_policies_running: PolicyServer) -> PolicyServer:
-    """The policy server with a valid certificate for `mta-sts.example.com`, serving nothing yet."""
-    _policies_running.policies.clear()
-    _policies_running.requests.clear()
-    _policies_running.status = 200
-    return _policies_running
-
-
-@pytest.fixture
-async def pool(database: str) -> AsyncIterator[Pool]:
-    p = await db.open_pool(database, 1, 2)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 @pytest.fixture
@@ -388,7 +297,7 @@ async def test_55_certificate_not_valid_for_the_policy_host_is_a_fetch_error(
     now: datetime,
 ) -> None:
     # Same trusted CA as the good server: only the name or the validity period is wrong.
-    server = PolicyServer(POLICY_IP, _tls(ca, name, **validity)).start()
+    server = PolicyServer(POLICY_IP, policy_tls(ca, name, **validity)).start()
     try:
         server.policies[POLICY_HOST] = ENFORCE
         _publish(dns_server, RECORD)
@@ -432,7 +341,7 @@ async def test_55_unresolvable_policy_host_is_no_policy(
 async def test_55_redirect_is_a_fetch_error_and_not_followed(
     dns_server: DNSServer, pool: Pool, ca: trustme.CA, ca_file: str, now: datetime
 ) -> None:
-    server = RedirectingServer(POLICY_IP, _tls(ca, POLICY_HOST), ENFORCE)
+    server = RedirectingServer(POLICY_IP, policy_tls(ca, POLICY_HOST), ENFORCE)
     try:
         _publish(dns_server, RECORD)
         result = await _lookup(dns_server, pool, ca_file, server.port).lookup(DOMAIN, now)

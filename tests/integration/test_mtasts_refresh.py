@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import trustme
 from temporalio.client import ScheduleActionExecutionStartWorkflow, ScheduleIntervalSpec
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
@@ -27,17 +24,16 @@ from activities.mtastsrefresh import MTASTSRefresher
 from domain.config import DirectConfig
 from domain.contracts import MTASTSRefreshResult, mtasts_refresh_schedule_id
 from domain.mtasts import parse_policy
-from store import db
 from store.db import Pool
 from tests.conftest import Stack
 from tests.support.dnsserver import DNSServer
+from tests.support.mtastsenv import POLICY_HOST
 from tests.support.policyserver import PolicyServer
 from worker.main import ensure_mtasts_refresh_schedule
 
 DNS_ADDR = "127.0.56.53"
 POLICY_IP = "127.0.56.56"
 DOMAIN = "example.com"
-POLICY_HOST = "mta-sts.example.com"
 STS_NAME = f"_mta-sts.{DOMAIN}"
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmax_age: 86400\n"
 TESTING = "version: STSv1\nmode: testing\nmx: mx2.example.com\nmax_age: 604800\n"
@@ -45,70 +41,10 @@ TESTING = "version: STSv1\nmode: testing\nmx: mx2.example.com\nmax_age: 604800\n
 STALE = timedelta(hours=13)
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def _dns_running() -> Iterator[DNSServer]:
-    server = DNSServer(DNS_ADDR).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def dns_server(_dns_running: DNSServer) -> DNSServer:
-    """The DNS server knowing only the policy host's address: tests publish (or break) `_mta-sts` records."""
-    _dns_running.zones.records.clear()
-    _dns_running.zones.servfail.clear()
-    _dns_running.queries.clear()
-    _dns_running.add(POLICY_HOST, "A", POLICY_IP)
-    return _dns_running
-
-
-@pytest.fixture(scope="module")
-def _policies_running(ca: trustme.CA) -> Iterator[PolicyServer]:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(POLICY_HOST).configure_cert(ctx)
-    server = PolicyServer(POLICY_IP, ctx).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def policies(_policies_running: PolicyServer) -> PolicyServer:
-    """The policy server, serving nothing yet and with no requests counted."""
-    _policies_running.policies.clear()
-    _policies_running.requests.clear()
-    _policies_running.status = 200
-    return _policies_running
-
-
 @pytest.fixture
 def direct(dns_server: DNSServer, policies: PolicyServer, ca_file: str) -> DirectConfig:
     """Direct delivery's settings pointing at this module's DNS and policy servers."""
     return DirectConfig(resolvers=[dns_server.address], ca_file=ca_file, mtasts_port=policies.port)
-
-
-@pytest.fixture
-async def pool(database: str) -> AsyncIterator[Pool]:
-    p = await db.open_pool(database, 1, 3)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def _refresh(pool: Pool, direct: DirectConfig) -> MTASTSRefreshResult:
