@@ -44,7 +44,6 @@ from activities.smtpclient import (
     SessionError,
     SMTPConnection,
     TLSMode,
-    close_session,
     open_session,
     peer_chain,
     transact,
@@ -417,7 +416,7 @@ class DirectTransport:
                     REQUIRETLS_UNSUPPORTED.labels("norequiretls").inc()
                 raise
             finally:
-                await close_session(client)
+                await client.close()
             return replies
         except BaseException as e:
             err = e

@@ -414,11 +414,6 @@ def peer_chain(conn: SMTPConnection) -> list[bytes]:
     return [leaf] if leaf else []
 
 
-async def close_session(conn: SMTPConnection) -> None:
-    """QUIT politely when the connection is still usable, then close it."""
-    await conn.close()
-
-
 async def authenticate(conn: SMTPConnection, username: str, password: str, mechanisms: list[str]) -> None:
     """AUTH with the first configured mechanism the server offers (spec 02 §5.2, RFC 4954)."""
     binding = channel_binding(conn.ssl_object)

@@ -19,7 +19,6 @@ from activities.smtpclient import (
     SessionError,
     TLSMode,
     authenticate,
-    close_session,
     open_session,
     transact,
 )
@@ -117,7 +116,7 @@ class SMTPRelayTransport:
         except SessionError as err:
             return [err.reply()] * len(env.recipients)
         finally:
-            await close_session(client)
+            await client.close()
 
 
 class FailingTransport:
