@@ -68,15 +68,18 @@ async def _wait_delivered(sink: SMTPSink, expected: int, timeout: float) -> None
         await asyncio.sleep(0.01)
 
 
-async def _single(http: httpx.AsyncClient, sink: SMTPSink, n: int, concurrency: int, timeout: float) -> None:
-    """N single-recipient messages, `concurrency` Send calls in flight."""
+async def _single(
+    http: httpx.AsyncClient, sink: SMTPSink, n: int, concurrency: int, domains: int, timeout: float
+) -> None:
+    """N single-recipient messages over `domains` recipient domains, `concurrency` Send calls in flight."""
     submitted: dict[str, float] = {}
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with sem:
             tag = f"bench-{i}"
-            req = {"To": [{"Address": f"rcpt{i}@dest{i % 10}.example"}], "Subject": tag, "Text": "benchmark"}
+            rcpt = f"rcpt{i}@dest{i % domains}.example"
+            req = {"To": [{"Address": rcpt}], "Subject": tag, "Text": "benchmark"}
             submitted[tag] = time.monotonic()
             r = await http.post("/webapi/v0/Send", data={"request": json.dumps(req)}, auth=(SENDER, PASSWORD))
             r.raise_for_status()
@@ -96,7 +99,8 @@ async def _single(http: httpx.AsyncClient, sink: SMTPSink, n: int, concurrency: 
                     lat.append(t.accepted_at - submitted[tag])
     done = len(sink.transactions) - before
     print(
-        f"single-recipient: {done}/{n} delivered in {t1 - t0:.2f}s = {done / (t1 - t0):.1f} msg/s "
+        f"single-recipient over {domains} domains: {done}/{n} delivered in {t1 - t0:.2f}s "
+        f"= {done / (t1 - t0):.1f} msg/s "
         f"(submit {n / (t_submitted - t0):.1f} msg/s); latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
         f"p99 {_pct(lat, 99) * 1000:.0f} ms"
     )
@@ -128,6 +132,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200, help="single-recipient messages")
     ap.add_argument("--concurrency", type=int, default=16, help="Send calls in flight")
+    ap.add_argument("--domains", type=int, default=10, help="recipient domains of the single-recipient run")
     ap.add_argument("--fanout-rcpts", type=int, default=100)
     ap.add_argument("--fanout-domains", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=300)
@@ -156,7 +161,7 @@ async def main() -> None:
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{api_port}", limits=limits, timeout=60
             ) as http:
-                await _single(http, sink, args.n, args.concurrency, args.timeout)
+                await _single(http, sink, args.n, args.concurrency, args.domains, args.timeout)
                 await _fanout(http, sink, args.fanout_rcpts, args.fanout_domains, args.timeout)
         finally:
             stop.set()
