@@ -1,7 +1,8 @@
-"""How fast a bulk admin operation reaches many workflows: hold, release and drop over N queued messages.
+"""What N queued messages cost, and how fast a bulk admin operation reaches them all.
 
-Queues N single-recipient messages for tomorrow (each its own workflow), then times one
-`POST /admin/v0/queue/{hold,release,drop}` over all of them, and how long until every workflow has
+Queues N single-recipient messages for tomorrow (each its own workflow waiting on a timer) and reports the
+resident memory this grew in the Tempost process (worker and API) and the Temporal dev server. Then times
+one `POST /admin/v0/queue/{hold,release,drop}` over all of them, and how long until every workflow has
 applied the drop (all N retired). A benchmark: it reports, it never fails a build.
 
     python bench/bulk.py -n 2000
@@ -46,6 +47,23 @@ async def _queue(http: httpx.AsyncClient, n: int, concurrency: int) -> float:
     return time.monotonic() - t0
 
 
+def _rss_mib(pid: int | str | None) -> float:
+    """Resident memory of a process from /proc (Linux), in MiB; NaN where it cannot be read."""
+    if pid is None:
+        return float("nan")
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _memory(temporal: TemporalDevServer) -> tuple[float, float]:
+    return _rss_mib("self"), _rss_mib(temporal.pid)
+
+
 async def _op(http: httpx.AsyncClient, op: str) -> tuple[int, float]:
     t0 = time.monotonic()
     r = await http.post(
@@ -88,8 +106,18 @@ async def main() -> None:
         try:
             await asyncio.wait_for(started.wait(), 60)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as http:
+                mine0, server0 = _memory(temporal)
                 took = await _queue(http, args.n, args.concurrency)
                 print(f"queued {args.n} messages in {took:.1f}s")
+                # Workflow tasks finish a moment after the last Send returns.
+                await asyncio.sleep(5)
+                mine, server_mib = _memory(temporal)
+                per = 1024 * ((mine - mine0) + (server_mib - server0)) / args.n
+                print(
+                    f"memory with {args.n} queued: tempost process {mine:.0f} MiB (+{mine - mine0:.0f}), "
+                    f"temporal server {server_mib:.0f} MiB (+{server_mib - server0:.0f}); "
+                    f"{per:.1f} KiB per message"
+                )
                 for op in ("hold", "release", "drop"):
                     affected, secs = await _op(http, op)
                     print(f"{op}: {affected} messages in {secs:.2f}s = {affected / secs:.0f} workflows/s")

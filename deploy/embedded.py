@@ -246,6 +246,11 @@ class TemporalDevServer:
         """The frontend's gRPC address for clients."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (benchmarks read its memory)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def start(self) -> None:
         """Start the server and wait until its frontend accepts connections."""
         if _port_open(self.host, self.port):
