@@ -237,16 +237,20 @@ async def test_36_retention_schedule_deletes_retired_records_past_keep_until(sta
     assert not await ensure_retention_schedule(stack.client, config)
     handle = stack.client.get_schedule_handle(retention_schedule_id(config.temporal.task_queue))
     assert [i.every for i in (await handle.describe()).schedule.spec.intervals] == [timedelta(hours=1)]
-    try:
-        # The first run comes at once, on this stack's worker.
-        async with asyncio.timeout(20):
-            while await q.get_retired(stack.pool, ids[0]) is not None:
-                await asyncio.sleep(0.1)
-        assert await q.get_retired(stack.pool, ids[1]) is not None
+
+    async def keys() -> list[str]:
         async with stack.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT key FROM idempotency_keys WHERE account = 'alice' AND key LIKE '%%-key'"
+                "SELECT key FROM idempotency_keys WHERE account = 'alice' AND key LIKE '%%-key' ORDER BY key"
             )
-            assert [r["key"] for r in await cur.fetchall()] == ["fresh-key"]
+            return [r["key"] for r in await cur.fetchall()]
+
+    try:
+        # The first run comes at once, on this stack's worker; it deletes messages first, keys last.
+        async with asyncio.timeout(20):
+            while await q.get_retired(stack.pool, ids[0]) is not None or "stale-key" in await keys():
+                await asyncio.sleep(0.1)
+        assert await q.get_retired(stack.pool, ids[1]) is not None
+        assert await keys() == ["fresh-key"]
     finally:
         await handle.delete()
