@@ -42,6 +42,10 @@ class DeliveryInput(BaseModel):
     hold: bool = False
     # Messages held from the start by hold rules (per message: rules match by recipient domain).
     held_ids: list[int] = Field(default_factory=list)
+    # A submission started again after its workflow was lost (spec: never stuck) resumes each message's
+    # schedule from its queue row: attempts already made, and when the next one is due.
+    prior_attempts: dict[int, int] = Field(default_factory=dict)
+    next_attempts: dict[int, datetime] = Field(default_factory=dict)
     max_attempts: int = 8
     backoff_base_s: float = 450.0
     attempt_timeout_s: float = 600.0

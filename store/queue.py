@@ -142,6 +142,18 @@ async def unstarted_submissions(pool: Pool, older_than: timedelta) -> list[int]:
         return [r["id"] for r in await cur.fetchall()]
 
 
+async def started_submissions_with_queued_mail(pool: Pool, older_than: timedelta) -> list[int]:
+    """BaseIDs whose workflow was started more than `older_than` ago and that still have queued messages:
+    each must have a running workflow."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT DISTINCT m.base_id AS id FROM queue_msgs m JOIN submissions s ON s.id = m.base_id
+               WHERE s.workflow_started AND s.created < now() - %s ORDER BY 1""",
+            (older_than,),
+        )
+        return [r["id"] for r in await cur.fetchall()]
+
+
 async def submission_rows(pool: Pool, base_id: int) -> list[Row]:
     """The queue rows of one submission, in id order."""
     async with pool.connection() as conn:

@@ -8,7 +8,7 @@ import functools
 import logging
 from datetime import timedelta
 
-from prometheus_client import start_http_server
+from prometheus_client import Counter, start_http_server
 from temporalio.client import (
     Client,
     Schedule,
@@ -20,11 +20,12 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleUpdate,
     ScheduleUpdateInput,
+    WorkflowExecutionStatus,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -35,10 +36,14 @@ from activities.retention import RetentionActivities
 from activities.webhooks import HookControl, WebhookActivities, WebhookQueue
 from domain.config import Config
 from domain.contracts import (
+    WORKFLOW_DELIVERY,
     WORKFLOW_MTASTS_REFRESH,
     WORKFLOW_RETENTION,
+    WORKFLOW_WEBHOOK,
+    delivery_workflow_id,
     mtasts_refresh_schedule_id,
     retention_schedule_id,
+    webhook_workflow_id,
 )
 from store import bounces, db, hooks
 from store import queue as q
@@ -68,6 +73,13 @@ SANDBOX = SandboxedWorkflowRunner(
 )
 # A submission committed this long ago without a workflow lost its API process mid-request.
 ORPHAN_AGE = timedelta(seconds=30)
+# Queued mail and webhook calls whose workflow is gone are looked for at start and then every this many
+# sweeps (10 minutes): it lists every running workflow, so not at every sweep.
+LOST_CHECK_ROUNDS = 20
+LOST_RECOVERED = Counter(
+    "tempost_queue_lost_workflows_recovered_total",
+    "Workflows started again because theirs had ended with mail queued or a webhook call pending.",
+)
 
 
 @functools.cache
@@ -131,8 +143,11 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     )
 
 
-async def start_submission(client: Client, pool: Pool, config: Config, base_id: int) -> bool:
-    """Start the delivery workflow of a queued submission; False when it was running already."""
+async def start_submission(
+    client: Client, pool: Pool, config: Config, base_id: int, *, again: bool = False
+) -> bool:
+    """Start the delivery workflow of a queued submission from its queue rows; False when it was running
+    already or nothing is queued. `again` allows a new run after a closed one (see recover_lost)."""
     rows = await q.submission_rows(pool, base_id)
     started = False
     if rows:
@@ -145,16 +160,72 @@ async def start_submission(client: Client, pool: Pool, config: Config, base_id: 
             release_at=min(r["next_attempt"] for r in rows),
             held_ids=[r["id"] for r in rows if r["hold"]],
             separate=any(r["from_id"] for r in rows),
+            prior_attempts={r["id"]: r["attempts"] for r in rows if r["attempts"]},
+            next_attempts={r["id"]: r["next_attempt"] for r in rows},
         )
         sender = (
             f"{first['sender_localpart']}@{first['sender_domain_str']}" if first["sender_localpart"] else "<>"
         )
         summary = delivery_summary(sender, [q.recipient_address(r) for r in rows])
         with contextlib.suppress(WorkflowAlreadyStartedError):
-            await start_delivery(client, config.temporal.task_queue, inp, summary)
+            await start_delivery(client, config.temporal.task_queue, inp, summary, again=again)
             started = True
     await q.mark_workflow_started(pool, base_id)
     return started
+
+
+async def recover_lost(client: Client, pool: Pool, config: Config, older_than: timedelta) -> list[str]:
+    """Start again every workflow that should be running and is not: a submission with queued mail, a
+    pending webhook call. Returns the workflow ids started.
+
+    Such a workflow can end early only from outside: an operator terminating it in the Temporal UI, or
+    Temporal losing its state. Its mail would then wait forever. A new Delivery run resumes each
+    message's schedule (attempts made, next attempt, hold) from its queue row, so the attempt limit still
+    holds, and a delivery the lost run made is found in the queue's journal, not repeated; a webhook's
+    attempts are counted in its row already.
+    """
+    tq = config.temporal.task_queue
+    restarted: list[str] = []
+    submissions = {
+        delivery_workflow_id(b): b for b in await q.started_submissions_with_queued_mail(pool, older_than)
+    }
+    for workflow_id, how in await _not_running(client, tq, WORKFLOW_DELIVERY, list(submissions)):
+        if await start_submission(client, pool, config, submissions[workflow_id], again=True):
+            log.warning("%s had queued mail but %s: started it again", workflow_id, how)
+            restarted.append(workflow_id)
+    pending = {webhook_workflow_id(r["id"]): r for r in await hooks.started_pending(pool, older_than)}
+    for workflow_id, how in await _not_running(client, tq, WORKFLOW_WEBHOOK, list(pending)):
+        r = pending[workflow_id]
+        await start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}", again=True)
+        log.warning("%s was pending but %s: started it again", workflow_id, how)
+        restarted.append(workflow_id)
+    LOST_RECOVERED.inc(len(restarted))
+    return restarted
+
+
+async def _not_running(
+    client: Client, task_queue: str, workflow_type: str, workflow_ids: list[str]
+) -> list[tuple[str, str]]:
+    """Those of the workflow ids with no running workflow, each with how its last run ended."""
+    if not workflow_ids:
+        return []
+    query = f"WorkflowType = '{workflow_type}' AND ExecutionStatus = 'Running' AND TaskQueue = '{task_queue}'"
+    running = {w.id async for w in client.list_workflows(query)}
+    gone = []
+    for workflow_id in workflow_ids:
+        if workflow_id in running:
+            continue
+        # The list comes from visibility, which lags behind; the workflow's own record decides.
+        try:
+            status = (await client.get_workflow_handle(workflow_id).describe()).status
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            gone.append((workflow_id, "Temporal does not know its workflow"))
+            continue
+        if status != WorkflowExecutionStatus.RUNNING:
+            gone.append((workflow_id, f"its workflow ended {status.name.lower() if status else 'somehow'}"))
+    return gone
 
 
 async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
@@ -231,8 +302,12 @@ async def sweep_hooks(client: Client, pool: Pool, config: Config, older_than: ti
 
 
 async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
+    rounds = 0
     while True:
         try:
+            if rounds % LOST_CHECK_ROUNDS == 0:
+                await recover_lost(client, pool, config, ORPHAN_AGE)
+            rounds += 1
             await sweep_orphans(client, pool, config, ORPHAN_AGE)
             await sweep_hooks(client, pool, config, ORPHAN_AGE)
             for bounce_id in await bounces.unprocessed(pool, ORPHAN_AGE):

@@ -40,14 +40,22 @@ def delivery_summary(sender: str, recipients: list[str]) -> str:
     return line.encode()[:200].decode(errors="ignore")
 
 
-async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, summary: str) -> WorkflowHandle:
-    """Start the submission's workflow; starting the same BaseID again never queues it twice."""
+async def start_delivery(
+    client: Client, task_queue: str, inp: DeliveryInput, summary: str, *, again: bool = False
+) -> WorkflowHandle:
+    """Start the submission's workflow; starting the same BaseID again never queues it twice.
+
+    `again` allows a new run after a closed one: only for a submission whose messages are still queued
+    while its workflow is gone (terminated, or lost with Temporal's state).
+    """
     return await client.start_workflow(
         Delivery.run,
         inp,
         id=delivery_workflow_id(inp.base_id),
         task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
+        if again
+        else WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=summary,
         search_attributes=TypedSearchAttributes(
@@ -70,6 +78,8 @@ def delivery_input(
     hold: bool = False,
     separate: bool = False,
     held_ids: list[int] | None = None,
+    prior_attempts: dict[int, int] | None = None,
+    next_attempts: dict[int, datetime] | None = None,
 ) -> DeliveryInput:
     """Group a submission's (message id, recipient domain) pairs by domain into the workflow's input.
 
@@ -86,6 +96,8 @@ def delivery_input(
         release_at=release_at,
         hold=hold,
         held_ids=held_ids or [],
+        prior_attempts=prior_attempts or {},
+        next_attempts=next_attempts or {},
         max_attempts=queue.max_attempts,
         backoff_base_s=queue.backoff_base.total_seconds(),
         attempt_timeout_s=queue.attempt_timeout.total_seconds(),
@@ -93,15 +105,24 @@ def delivery_input(
 
 
 async def start_webhook(
-    client: Client, task_queue: str, hook_id: int, next_attempt: datetime | None, summary: str
+    client: Client,
+    task_queue: str,
+    hook_id: int,
+    next_attempt: datetime | None,
+    summary: str,
+    *,
+    again: bool = False,
 ) -> None:
-    """Start a hook's workflow; starting the same hook again is harmless."""
+    """Start a hook's workflow; starting the same hook again is harmless. `again` allows a new run after
+    a closed one, for a hook still pending whose workflow is gone."""
     await client.start_workflow(
         Webhook.run,
         HookInput(hook_id=hook_id, next_attempt=next_attempt),
         id=webhook_workflow_id(hook_id),
         task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
+        if again
+        else WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=summary.encode()[:200].decode(errors="ignore"),
     )

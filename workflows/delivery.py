@@ -77,8 +77,15 @@ class Delivery:
         # the very first workflow task is validated before run() starts and must see the messages.
         self._input: DeliveryInput | None = inp
         first = inp.release_at or workflow.now()
+        # A run started again after a lost one resumes each message's attempts and next attempt.
         self._msgs: dict[int, _Msg] = {
-            msg_id: _Msg(msg_id, group.domain, 0, first, inp.hold or msg_id in inp.held_ids)
+            msg_id: _Msg(
+                msg_id,
+                group.domain,
+                inp.prior_attempts.get(msg_id, 0),
+                inp.next_attempts.get(msg_id, first),
+                inp.hold or msg_id in inp.held_ids,
+            )
             for group in inp.groups
             for msg_id in group.msg_ids
         }

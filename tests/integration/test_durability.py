@@ -18,6 +18,7 @@ from temporalio.api.enums.v1 import EventType
 from domain.contracts import MsgState
 from tests.conftest import ADMIN_TOKEN, Stack
 from worker.main import build_worker
+from workflows.delivery import Delivery
 
 
 def text_msg(*to: str, **extra: object) -> dict[str, object]:
@@ -191,3 +192,82 @@ async def test_orphaned_submission_is_started_by_sweeper(stack: Stack) -> None:
     await stack.finished(base_id)
     assert "carol@example.com" in stack.sink.delivered_to()
     assert await sweep_orphans(stack.client, stack.pool, stack.config, timedelta(seconds=30)) == 0
+
+
+# --- A workflow that ends while its mail is queued: an operator terminates it, or Temporal loses it ---
+
+
+async def _deferred_once(stack: Stack) -> int:
+    """Queue one message the sink refuses for now; return its id once the first attempt has failed and
+    the workflow waits for the next (an hour away with the stacks below)."""
+    stack.sink.behaviour.rcpt_replies["bob@example.com"] = "451 4.3.0 not now"
+    msg_id = (await stack.send_ok(text_msg("bob@example.com")))["Submissions"][0]["QueueMsgID"]
+    async with asyncio.timeout(20):
+        while True:
+            status = (await stack.handle(msg_id).query(Delivery.status)).msgs[0]
+            if status.attempts == 1 and status.state == MsgState.QUEUED:
+                return msg_id
+            await asyncio.sleep(0.05)
+
+
+async def test_terminated_workflow_is_started_again_and_resumes_its_schedule(stack_factory) -> None:
+    from worker.main import recover_lost
+
+    stack = await stack_factory(backoff_base="1h", max_attempts=4)
+    msg_id = await _deferred_once(stack)
+    handle = stack.handle(msg_id)
+    before = (await stack.admin("GET", f"/queue/{msg_id}")).json()
+    # An operator terminates the workflow in the Temporal UI: the message stays queued with no one to send it.
+    await handle.terminate(reason="clicked in the UI")
+    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == [handle.id]
+    # Running again: nothing more to recover.
+    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == []
+    # The new run continues where the queue row says: one attempt made, the next an hour away.
+    status = (await stack.handle(msg_id).query(Delivery.status)).msgs[0]
+    assert status.state == MsgState.QUEUED and status.attempts == 1
+    assert status.next_attempt == datetime.fromisoformat(before["NextAttempt"])
+    assert stack.sink.delivered_to() == []
+    stack.sink.behaviour.rcpt_replies.clear()
+    assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
+    assert (await stack.finished(msg_id)).msgs[0].state == MsgState.DELIVERED
+    assert stack.sink.delivered_to() == ["bob@example.com"]
+    retired = (await stack.admin("GET", f"/retired/{msg_id}")).json()
+    assert retired["Attempts"] == 2 and retired["Success"] is True
+
+
+async def test_workflow_lost_by_temporal_is_started_again_with_its_attempt_limit(stack_factory) -> None:
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+    from temporalio.service import RPCError
+
+    from worker.main import recover_lost
+
+    stack = await stack_factory(backoff_base="1h", max_attempts=2)
+    msg_id = await _deferred_once(stack)
+    handle = stack.handle(msg_id)
+    run_id = (await handle.describe()).run_id
+    # Temporal's record of the workflow is gone, as after losing its database.
+    await stack.client.workflow_service.delete_workflow_execution(
+        DeleteWorkflowExecutionRequest(
+            namespace=stack.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id, run_id=run_id),
+        )
+    )
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                await stack.client.get_workflow_handle(handle.id, run_id=run_id).describe()
+            except RPCError:
+                break
+            await asyncio.sleep(0.1)
+    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == [handle.id]
+    # The second attempt is the last of two: its temporary failure now fails the message, with a DSN.
+    assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
+    final = (await stack.finished(msg_id)).msgs[0]
+    assert final.state == MsgState.FAILED and final.attempts == 2
+    retired = (await stack.admin("GET", f"/retired/{msg_id}")).json()
+    assert retired["Attempts"] == 2 and retired["Success"] is False
+    # The sender gets the failure DSN.
+    async with asyncio.timeout(20):
+        while not any(t.rcpt_tos == ["alice@example.org"] for t in stack.sink.transactions):
+            await asyncio.sleep(0.05)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from domain.contracts import MsgState
+from domain.contracts import MsgState, webhook_workflow_id
 from tests.conftest import Stack
 from tests.support.webhookserver import Script, WebhookServer
 
@@ -305,6 +305,31 @@ async def test_38_43_admin_schedule_and_cancel(
     assert canceled[0]["Results"][-1]["Error"] == "canceled by admin"
     bad = await stack.admin("GET", "/hooks", params={"submitted": "1h"})
     assert bad.status_code == 400 and bad.json()["Code"] == "badFilter"
+
+
+async def test_pending_hook_whose_workflow_was_terminated_is_started_again(
+    stack_factory: Any, receiver: WebhookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.main import recover_lost
+
+    receiver.script = Script(statuses=[500, 200])
+    stack = await hooked(stack_factory, receiver, monkeypatch, webhooks={"first_retry": "1h"})
+    resp = await stack.send_ok({"To": [{"Address": "rcpt@example.com"}], "Text": "x"})
+    await stack.finished(resp["Submissions"][0]["QueueMsgID"])
+    await until(lambda: _attempts(stack, 1))
+    [hook] = await pending_hooks(stack)
+    workflow_id = webhook_workflow_id(hook["ID"])
+    # Terminated in the Temporal UI while it waits an hour for its second call: nothing would make that call.
+    await stack.client.get_workflow_handle(workflow_id).terminate(reason="clicked in the UI")
+    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == [workflow_id]
+    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == []
+    # The new run keeps the row's attempts and its next attempt an hour away, and steers as before.
+    [again] = await pending_hooks(stack)
+    assert again["Attempts"] == 1 and again["NextAttempt"] == hook["NextAttempt"]
+    assert (await stack.admin("POST", "/hooks/kick", json={"Filter": {}})).json() == {"Affected": 1}
+    await until(lambda: _count(retired_hooks(stack), 1))
+    [done] = await retired_hooks(stack)
+    assert done["Success"] and done["Attempts"] == 2 and len(receiver.calls) == 2
 
 
 async def _attempts(stack: Stack, n: int) -> bool:
