@@ -18,7 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.conftest import Stack
-from worker.main import SANDBOX
+from worker.main import SANDBOX, recover_lost
 from workflows.delivery import Delivery
 
 HISTORIES = Path(__file__).resolve().parents[1] / "replay_histories"
@@ -75,3 +75,14 @@ async def test_record_histories(stack_factory) -> None:
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     assert (await stack.admin("POST", f"/queue/{msg_id}/drop")).status_code == 200
     await save("dropped", msg_id)
+    # Terminated while waiting, with one attempt made, and started again from its queue row; then kicked.
+    resp = await stack.send_ok({"To": [{"Address": "g@example.com"}], "Text": "x", "FutureRelease": later})
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    await stack.handle(msg_id).terminate(reason="recording")
+    async with stack.pool.connection() as conn:
+        await conn.execute("UPDATE queue_msgs SET attempts = 1 WHERE id = %s", (msg_id,))
+    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == [
+        stack.handle(msg_id).id
+    ]
+    assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
+    await save("recovered", msg_id)
