@@ -301,6 +301,15 @@ async def sweep_hooks(client: Client, pool: Pool, config: Config, older_than: ti
     return len(rows)
 
 
+async def sweep_bounces(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
+    """Start matching every bounce stored a while ago and still unprocessed: its workflow start was lost,
+    or its run ended before matching it. A running one is left alone. Returns how many were looked at."""
+    ids = await bounces.unprocessed(pool, older_than)
+    for bounce_id in ids:
+        await start_bounce(client, config.temporal.task_queue, bounce_id)
+    return len(ids)
+
+
 async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
     rounds = 0
     while True:
@@ -310,8 +319,7 @@ async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
             rounds += 1
             await sweep_orphans(client, pool, config, ORPHAN_AGE)
             await sweep_hooks(client, pool, config, ORPHAN_AGE)
-            for bounce_id in await bounces.unprocessed(pool, ORPHAN_AGE):
-                await start_bounce(client, config.temporal.task_queue, bounce_id)
+            await sweep_bounces(client, pool, config, ORPHAN_AGE)
         except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
             log.exception("sweeping orphaned submissions and hooks")
         await asyncio.sleep(ORPHAN_AGE.total_seconds())

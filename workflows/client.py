@@ -138,12 +138,16 @@ async def signal_webhook(client: Client, hook_id: int, signal: str, *args: objec
 
 
 async def start_bounce(client: Client, task_queue: str, bounce_id: int) -> WorkflowHandle:
-    """Start the matching of a stored bounce; starting it again is harmless."""
+    """Start the matching of a stored bounce; starting it again is harmless.
+
+    A new run may follow a closed one: a bounce still unprocessed after its workflow closed was never
+    matched (the run was terminated), and matching is idempotent on the bounce row.
+    """
     return await client.start_workflow(
         Bounce.run,
         bounce_id,
         id=bounce_workflow_id(bounce_id),
         task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )

@@ -266,3 +266,28 @@ async def test_bounce_by_smtp_to_the_listener(
     await until(lambda: len(receiver.events()) == 2)
     ev = receiver.events()[1]
     assert (ev["Event"], ev["QueueMsgID"], ev["SMTPCode"], ev["DSN"]) == ("failed", msg_id, 550, True)
+
+
+async def test_bounce_whose_workflow_was_terminated_unmatched_is_matched_by_the_sweeper(
+    stack_factory: Any, temporal_env: Any
+) -> None:
+    from datetime import timedelta
+
+    from domain.contracts import BounceResult
+    from store import bounces
+    from worker.main import build_worker, sweep_bounces
+    from workflows.client import start_bounce
+
+    stack = await stack_factory(worker=False)
+    bounce_id = await bounces.store(stack.pool, "", SENDER, dsn(SENDER))
+    # Terminated before any worker matched it: nothing would ever process the stored bounce.
+    handle = await start_bounce(stack.client, stack.config.temporal.task_queue, bounce_id)
+    await handle.terminate(reason="clicked in the UI")
+    assert await sweep_bounces(stack.client, stack.pool, stack.config, timedelta(0)) == 1
+    worker = build_worker(temporal_env.client, stack.pool, stack.config)
+    async with worker:
+        result = await stack.client.get_workflow_handle(handle.id, result_type=BounceResult).result()
+    assert result.bounce_id == bounce_id and result.detail == "recipient has no fromid"
+    row = await bounces.get(stack.pool, bounce_id)
+    assert row is not None and row["processed"] is not None and row["detail"] == "recipient has no fromid"
+    assert await sweep_bounces(stack.client, stack.pool, stack.config, timedelta(0)) == 0
