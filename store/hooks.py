@@ -230,15 +230,10 @@ async def unstarted(pool: Pool, older_than: timedelta) -> list[Row]:
         return list(await cur.fetchall())
 
 
-async def started_pending(pool: Pool, older_than: timedelta) -> list[Row]:
-    """Pending hooks whose workflow was started more than `older_than` ago: each must have a running
-    workflow."""
+async def started_pending(pool: Pool) -> list[Row]:
+    """Pending hooks whose workflow was started: each must have a running workflow."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT id, next_attempt FROM hooks WHERE workflow_started AND submitted < now() - %s"
-            " ORDER BY id",
-            (older_than,),
-        )
+        cur = await conn.execute("SELECT id, next_attempt FROM hooks WHERE workflow_started ORDER BY id")
         return list(await cur.fetchall())
 
 

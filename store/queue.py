@@ -142,14 +142,13 @@ async def unstarted_submissions(pool: Pool, older_than: timedelta) -> list[int]:
         return [r["id"] for r in await cur.fetchall()]
 
 
-async def started_submissions_with_queued_mail(pool: Pool, older_than: timedelta) -> list[int]:
-    """BaseIDs whose workflow was started more than `older_than` ago and that still have queued messages:
-    each must have a running workflow."""
+async def started_submissions_with_queued_mail(pool: Pool) -> list[int]:
+    """BaseIDs whose workflow was started and that still have queued messages: each must have a running
+    workflow."""
     async with pool.connection() as conn:
         cur = await conn.execute(
             """SELECT DISTINCT m.base_id AS id FROM queue_msgs m JOIN submissions s ON s.id = m.base_id
-               WHERE s.workflow_started AND s.created < now() - %s ORDER BY 1""",
-            (older_than,),
+               WHERE s.workflow_started ORDER BY 1"""
         )
         return [r["id"] for r in await cur.fetchall()]
 

@@ -174,7 +174,7 @@ async def start_submission(
     return started
 
 
-async def recover_lost(client: Client, pool: Pool, config: Config, older_than: timedelta) -> list[str]:
+async def recover_lost(client: Client, pool: Pool, config: Config) -> list[str]:
     """Start again every workflow that should be running and is not: a submission with queued mail, a
     pending webhook call. Returns the workflow ids started.
 
@@ -183,17 +183,18 @@ async def recover_lost(client: Client, pool: Pool, config: Config, older_than: t
     message's schedule (attempts made, next attempt, hold) from its queue row, so the attempt limit still
     holds, and a delivery the lost run made is found in the queue's journal, not repeated; a webhook's
     attempts are counted in its row already.
+
+    Only rows marked started are looked at, and every starter marks them after the start: a workflow
+    being started now is never taken for a lost one.
     """
     tq = config.temporal.task_queue
     restarted: list[str] = []
-    submissions = {
-        delivery_workflow_id(b): b for b in await q.started_submissions_with_queued_mail(pool, older_than)
-    }
+    submissions = {delivery_workflow_id(b): b for b in await q.started_submissions_with_queued_mail(pool)}
     for workflow_id, how in await _not_running(client, tq, WORKFLOW_DELIVERY, list(submissions)):
         if await start_submission(client, pool, config, submissions[workflow_id], again=True):
             log.warning("%s had queued mail but %s: started it again", workflow_id, how)
             restarted.append(workflow_id)
-    pending = {webhook_workflow_id(r["id"]): r for r in await hooks.started_pending(pool, older_than)}
+    pending = {webhook_workflow_id(r["id"]): r for r in await hooks.started_pending(pool)}
     for workflow_id, how in await _not_running(client, tq, WORKFLOW_WEBHOOK, list(pending)):
         r = pending[workflow_id]
         await start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}", again=True)
@@ -315,7 +316,7 @@ async def _sweeper(client: Client, pool: Pool, config: Config) -> None:
     while True:
         try:
             if rounds % LOST_CHECK_ROUNDS == 0:
-                await recover_lost(client, pool, config, ORPHAN_AGE)
+                await recover_lost(client, pool, config)
             rounds += 1
             await sweep_orphans(client, pool, config, ORPHAN_AGE)
             await sweep_hooks(client, pool, config, ORPHAN_AGE)

@@ -219,9 +219,9 @@ async def test_terminated_workflow_is_started_again_and_resumes_its_schedule(sta
     before = (await stack.admin("GET", f"/queue/{msg_id}")).json()
     # An operator terminates the workflow in the Temporal UI: the message stays queued with no one to send it.
     await handle.terminate(reason="clicked in the UI")
-    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == [handle.id]
+    assert await recover_lost(stack.client, stack.pool, stack.config) == [handle.id]
     # Running again: nothing more to recover.
-    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == []
+    assert await recover_lost(stack.client, stack.pool, stack.config) == []
     # The new run continues where the queue row says: one attempt made, the next an hour away.
     status = (await stack.handle(msg_id).query(Delivery.status)).msgs[0]
     assert status.state == MsgState.QUEUED and status.attempts == 1
@@ -260,7 +260,7 @@ async def test_workflow_lost_by_temporal_is_started_again_with_its_attempt_limit
             except RPCError:
                 break
             await asyncio.sleep(0.1)
-    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == [handle.id]
+    assert await recover_lost(stack.client, stack.pool, stack.config) == [handle.id]
     # The second attempt is the last of two: its temporary failure now fails the message, with a DSN.
     assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
     final = (await stack.finished(msg_id)).msgs[0]

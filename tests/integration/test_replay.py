@@ -81,8 +81,6 @@ async def test_record_histories(stack_factory) -> None:
     await stack.handle(msg_id).terminate(reason="recording")
     async with stack.pool.connection() as conn:
         await conn.execute("UPDATE queue_msgs SET attempts = 1 WHERE id = %s", (msg_id,))
-    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == [
-        stack.handle(msg_id).id
-    ]
+    assert await recover_lost(stack.client, stack.pool, stack.config) == [stack.handle(msg_id).id]
     assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
     await save("recovered", msg_id)

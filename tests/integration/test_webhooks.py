@@ -321,8 +321,8 @@ async def test_pending_hook_whose_workflow_was_terminated_is_started_again(
     workflow_id = webhook_workflow_id(hook["ID"])
     # Terminated in the Temporal UI while it waits an hour for its second call: nothing would make that call.
     await stack.client.get_workflow_handle(workflow_id).terminate(reason="clicked in the UI")
-    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == [workflow_id]
-    assert await recover_lost(stack.client, stack.pool, stack.config, timedelta(0)) == []
+    assert await recover_lost(stack.client, stack.pool, stack.config) == [workflow_id]
+    assert await recover_lost(stack.client, stack.pool, stack.config) == []
     # The new run keeps the row's attempts and its next attempt an hour away, and steers as before.
     [again] = await pending_hooks(stack)
     assert again["Attempts"] == 1 and again["NextAttempt"] == hook["NextAttempt"]
