@@ -15,7 +15,7 @@ from domain.contracts import MsgState, retention_schedule_id
 from store import idempotency
 from store import queue as q
 from tests.conftest import SENDER, Stack
-from worker.main import ensure_retention_schedule
+from worker.schedules import ensure_retention_schedule
 
 
 async def insert(stack: Stack, n: int, *, queued: datetime, next_attempt: datetime) -> list[int]:

@@ -275,7 +275,8 @@ async def test_bounce_whose_workflow_was_terminated_unmatched_is_matched_by_the_
 
     from domain.contracts import BounceResult
     from store import bounces
-    from worker.main import build_worker, sweep_bounces
+    from worker.main import build_worker
+    from worker.sweeper import sweep_bounces
     from workflows.client import start_bounce
 
     stack = await stack_factory(worker=False)

@@ -160,7 +160,7 @@ async def test_history_of_a_delivered_message_is_lean(stack: Stack) -> None:
 
 async def test_orphaned_submission_is_started_by_sweeper(stack: Stack) -> None:
     from store import queue as q
-    from worker.main import sweep_orphans
+    from worker.sweeper import sweep_orphans
 
     resp = await stack.send_ok(text_msg("bob@example.com"))
     msg_id = resp["Submissions"][0]["QueueMsgID"]
@@ -211,7 +211,7 @@ async def _deferred_once(stack: Stack) -> int:
 
 
 async def test_terminated_workflow_is_started_again_and_resumes_its_schedule(stack_factory) -> None:
-    from worker.main import recover_lost
+    from worker.sweeper import recover_lost
 
     stack = await stack_factory(backoff_base="1h", max_attempts=4)
     msg_id = await _deferred_once(stack)
@@ -240,7 +240,7 @@ async def test_workflow_lost_by_temporal_is_started_again_with_its_attempt_limit
     from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
     from temporalio.service import RPCError
 
-    from worker.main import recover_lost
+    from worker.sweeper import recover_lost
 
     stack = await stack_factory(backoff_base="1h", max_attempts=2)
     msg_id = await _deferred_once(stack)

@@ -29,7 +29,7 @@ from tests.conftest import Stack
 from tests.support.dnsserver import DNSServer
 from tests.support.mtastsenv import POLICY_HOST
 from tests.support.policyserver import PolicyServer
-from worker.main import ensure_mtasts_refresh_schedule
+from worker.schedules import ensure_mtasts_refresh_schedule
 
 DNS_ADDR = "127.0.56.53"
 POLICY_IP = "127.0.56.56"

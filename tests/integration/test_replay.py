@@ -18,7 +18,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.conftest import Stack
-from worker.main import SANDBOX, recover_lost
+from worker.main import SANDBOX
+from worker.sweeper import recover_lost
 from workflows.delivery import Delivery
 
 HISTORIES = Path(__file__).resolve().parents[1] / "replay_histories"

@@ -310,7 +310,7 @@ async def test_38_43_admin_schedule_and_cancel(
 async def test_pending_hook_whose_workflow_was_terminated_is_started_again(
     stack_factory: Any, receiver: WebhookServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.main import recover_lost
+    from worker.sweeper import recover_lost
 
     receiver.script = Script(statuses=[500, 200])
     stack = await hooked(stack_factory, receiver, monkeypatch, webhooks={"first_retry": "1h"})

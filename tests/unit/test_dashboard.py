@@ -12,7 +12,7 @@ import activities.metrics  # noqa: F401 - registers the delivery metrics
 import activities.suppressing  # noqa: F401
 import activities.webhooks  # noqa: F401
 import api.metrics  # noqa: F401
-import worker.main  # noqa: F401 - registers the lost-workflow counter
+import worker.sweeper  # noqa: F401 - registers the lost-workflow counter
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana-dashboard.json"
 

@@ -1,0 +1,170 @@
+"""Every queued message, pending webhook call and stored bounce has a running workflow.
+
+Starters (the API, the DSN path, the webhook queue) start a workflow after committing its rows and then mark
+the rows started. A process dying between the two leaves rows unstarted; a workflow can also end while its
+rows are pending (an operator terminating it in the Temporal UI, Temporal losing its state). The sweeper of
+every worker finds both and starts what is missing, so nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from prometheus_client import Counter
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from domain.config import Config
+from domain.contracts import WORKFLOW_DELIVERY, WORKFLOW_WEBHOOK, delivery_workflow_id, webhook_workflow_id
+from store import bounces, hooks
+from store import queue as q
+from store.db import Pool
+from workflows.client import delivery_input, delivery_summary, start_bounce, start_delivery, start_webhook
+
+log = logging.getLogger("tempost.worker")
+
+# A submission committed this long ago without a workflow lost its API process mid-request.
+ORPHAN_AGE = timedelta(seconds=30)
+# Queued mail and webhook calls whose workflow is gone are looked for at start and then every this many
+# sweeps (10 minutes): it lists every running workflow, so not at every sweep.
+LOST_CHECK_ROUNDS = 20
+LOST_RECOVERED = Counter(
+    "tempost_queue_lost_workflows_recovered_total",
+    "Workflows started again because theirs had ended with mail queued or a webhook call pending.",
+)
+
+
+async def start_submission(
+    client: Client, pool: Pool, config: Config, base_id: int, *, again: bool = False
+) -> bool:
+    """Start the delivery workflow of a queued submission from its queue rows; False when it was running
+    already or nothing is queued. `again` allows a new run after a closed one (see recover_lost)."""
+    rows = await q.submission_rows(pool, base_id)
+    started = False
+    if rows:
+        first = rows[0]
+        inp = delivery_input(
+            base_id,
+            first["sender_account"],
+            [(r["id"], r["recipient_domain_str"]) for r in rows],
+            config.queue,
+            release_at=min(r["next_attempt"] for r in rows),
+            held_ids=[r["id"] for r in rows if r["hold"]],
+            separate=any(r["from_id"] for r in rows),
+            prior_attempts={r["id"]: r["attempts"] for r in rows if r["attempts"]},
+            next_attempts={r["id"]: r["next_attempt"] for r in rows},
+        )
+        sender = (
+            f"{first['sender_localpart']}@{first['sender_domain_str']}" if first["sender_localpart"] else "<>"
+        )
+        summary = delivery_summary(sender, [q.recipient_address(r) for r in rows])
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await start_delivery(client, config.temporal.task_queue, inp, summary, again=again)
+            started = True
+    await q.mark_workflow_started(pool, base_id)
+    return started
+
+
+async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
+    """Start the workflow of every submission that was committed but never started; returns how many."""
+    started = 0
+    for base_id in await q.unstarted_submissions(pool, older_than):
+        if await start_submission(client, pool, config, base_id):
+            started += 1
+            log.warning("started delivery of orphaned submission %d", base_id)
+    return started
+
+
+async def sweep_hooks(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
+    """Start the workflow of every hook committed without one; returns how many."""
+    rows = await hooks.unstarted(pool, older_than)
+    for r in rows:
+        await start_webhook(client, config.temporal.task_queue, r["id"], r["next_attempt"], f"hook {r['id']}")
+        log.warning("started orphaned webhook %d", r["id"])
+    if rows:
+        await hooks.mark_workflow_started(pool, [r["id"] for r in rows])
+    return len(rows)
+
+
+async def sweep_bounces(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
+    """Start matching every bounce stored a while ago and still unprocessed: its workflow start was lost,
+    or its run ended before matching it. A running one is left alone. Returns how many were looked at."""
+    ids = await bounces.unprocessed(pool, older_than)
+    for bounce_id in ids:
+        await start_bounce(client, config.temporal.task_queue, bounce_id)
+    return len(ids)
+
+
+async def recover_lost(client: Client, pool: Pool, config: Config) -> list[str]:
+    """Start again every workflow that should be running and is not: a submission with queued mail, a
+    pending webhook call. Returns the workflow ids started.
+
+    Such a workflow can end early only from outside: an operator terminating it in the Temporal UI, or
+    Temporal losing its state. Its mail would then wait forever. A new Delivery run resumes each
+    message's schedule (attempts made, next attempt, hold) from its queue row, so the attempt limit still
+    holds, and a delivery the lost run made is found in the queue's journal, not repeated; a webhook's
+    attempts are counted in its row already.
+
+    Only rows marked started are looked at, and every starter marks them after the start: a workflow
+    being started now is never taken for a lost one.
+    """
+    tq = config.temporal.task_queue
+    restarted: list[str] = []
+    submissions = {delivery_workflow_id(b): b for b in await q.started_submissions_with_queued_mail(pool)}
+    for workflow_id, how in await _not_running(client, tq, WORKFLOW_DELIVERY, list(submissions)):
+        if await start_submission(client, pool, config, submissions[workflow_id], again=True):
+            log.warning("%s had queued mail but %s: started it again", workflow_id, how)
+            restarted.append(workflow_id)
+    pending = {webhook_workflow_id(r["id"]): r for r in await hooks.started_pending(pool)}
+    for workflow_id, how in await _not_running(client, tq, WORKFLOW_WEBHOOK, list(pending)):
+        r = pending[workflow_id]
+        await start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}", again=True)
+        log.warning("%s was pending but %s: started it again", workflow_id, how)
+        restarted.append(workflow_id)
+    LOST_RECOVERED.inc(len(restarted))
+    return restarted
+
+
+async def _not_running(
+    client: Client, task_queue: str, workflow_type: str, workflow_ids: list[str]
+) -> list[tuple[str, str]]:
+    """Those of the workflow ids with no running workflow, each with how its last run ended."""
+    if not workflow_ids:
+        return []
+    query = f"WorkflowType = '{workflow_type}' AND ExecutionStatus = 'Running' AND TaskQueue = '{task_queue}'"
+    running = {w.id async for w in client.list_workflows(query)}
+    gone = []
+    for workflow_id in workflow_ids:
+        if workflow_id in running:
+            continue
+        # The list comes from visibility, which lags behind; the workflow's own record decides.
+        try:
+            status = (await client.get_workflow_handle(workflow_id).describe()).status
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            gone.append((workflow_id, "Temporal does not know its workflow"))
+            continue
+        if status != WorkflowExecutionStatus.RUNNING:
+            gone.append((workflow_id, f"its workflow ended {status.name.lower() if status else 'somehow'}"))
+    return gone
+
+
+async def run_sweeper(client: Client, pool: Pool, config: Config) -> None:
+    """Sweep until cancelled: unstarted rows every ORPHAN_AGE, lost workflows every LOST_CHECK_ROUNDS."""
+    rounds = 0
+    while True:
+        try:
+            if rounds % LOST_CHECK_ROUNDS == 0:
+                await recover_lost(client, pool, config)
+            rounds += 1
+            await sweep_orphans(client, pool, config, ORPHAN_AGE)
+            await sweep_hooks(client, pool, config, ORPHAN_AGE)
+            await sweep_bounces(client, pool, config, ORPHAN_AGE)
+        except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
+            log.exception("sweeping orphaned submissions and hooks")
+        await asyncio.sleep(ORPHAN_AGE.total_seconds())
