@@ -95,10 +95,27 @@ class Delivery:
         self._lease_frees = 0
         # The search attribute values last upserted, to upsert only on change.
         self._published: tuple | None = None
+        # Set while handing over to a fresh run: no new attempt starts.
+        self._draining = False
 
     @workflow.run
     async def run(self, inp: DeliveryInput) -> DeliveryStatus:
-        await asyncio.gather(*(self._deliver_group(g.domain, g.msg_ids) for g in inp.groups))
+        delivering = asyncio.gather(*(self._deliver_group(g.domain, g.msg_ids) for g in inp.groups))
+        # A submission whose history grows long (a big fan-out deferring to the end) carries on in a fresh
+        # run before Temporal's history limit would end it. Released histories have no marker: replaying
+        # them keeps waiting for the groups.
+        await workflow.wait_condition(
+            lambda: delivering.done() or workflow.info().is_continue_as_new_suggested()
+        )
+        if not delivering.done() and workflow.patched("continue-as-new"):
+            self._draining = True
+            # Attempts in flight and admin operations finish first: their outcomes belong to this run.
+            await workflow.wait_condition(
+                lambda: not any(m.busy for m in self._msgs.values()) and workflow.all_handlers_finished()
+            )
+            if any(m.done is None for m in self._msgs.values()):
+                workflow.continue_as_new(self._carried_over(inp))
+        await delivering
         self._publish()
         # Let an admin update that retired the last message finish its reply before completing.
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -116,6 +133,9 @@ class Delivery:
             if not due:
                 await self._wait_for_due(pending, now)
                 continue
+            if self._draining:
+                # The run is about to continue as new; the next run makes this attempt.
+                await workflow.wait_condition(lambda: False)
             batch: list[AttemptMsg] = []
             for m in due:
                 jitter = workflow.random().randint(JITTER_MIN, JITTER_MAX)
@@ -139,6 +159,30 @@ class Delivery:
                 continue
             for out in outcomes:
                 self._apply_outcome(out)
+
+    def _carried_over(self, inp: DeliveryInput) -> DeliveryInput:
+        """The next run's input: the messages still queued, each with its attempts, next attempt and hold.
+
+        A message waiting for a delivery slot is due at once in the new run: a wake-up signal may arrive
+        while the runs change hands.
+        """
+        now = workflow.now()
+        pending = {i: m for i, m in self._msgs.items() if m.done is None}
+        groups = [
+            g.model_copy(update={"msg_ids": [i for i in g.msg_ids if i in pending]})
+            for g in inp.groups
+            if any(i in pending for i in g.msg_ids)
+        ]
+        return inp.model_copy(
+            update={
+                "groups": groups,
+                "release_at": None,
+                "hold": False,
+                "held_ids": [i for i, m in pending.items() if m.hold],
+                "prior_attempts": {i: m.attempts for i, m in pending.items() if m.attempts},
+                "next_attempts": {i: now if m.lease_wait else m.next_attempt for i, m in pending.items()},
+            }
+        )
 
     def _publish(self) -> None:
         """Upsert the search attributes operators filter on, when they changed (DESIGN §3)."""
