@@ -115,6 +115,8 @@ class Delivery:
             )
             if any(m.done is None for m in self._msgs.values()):
                 workflow.continue_as_new(self._carried_over(inp))
+            # An admin operation retired the last messages meanwhile: nothing to carry, finish here.
+            self._draining = False
         await delivering
         self._publish()
         # Let an admin update that retired the last message finish its reply before completing.
@@ -135,7 +137,8 @@ class Delivery:
                 continue
             if self._draining:
                 # The run is about to continue as new; the next run makes this attempt.
-                await workflow.wait_condition(lambda: False)
+                await workflow.wait_condition(lambda: not self._draining)
+                continue
             batch: list[AttemptMsg] = []
             for m in due:
                 jitter = workflow.random().randint(JITTER_MIN, JITTER_MAX)
