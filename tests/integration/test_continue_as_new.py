@@ -11,24 +11,16 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from domain.contracts import MsgState
-from tests.conftest import SENDER, TEMPORAL_BIN
-from workflows import searchattrs
+from tests.conftest import SENDER, start_dev_server
 
 
 @pytest.fixture(scope="module")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """Overrides the session's dev server for this module's stacks."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=TEMPORAL_BIN,
-        search_attributes=list(searchattrs.ALL),
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-        dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"],
-    )
+    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
     yield env
     await env.shutdown()
 

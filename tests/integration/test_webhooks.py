@@ -276,17 +276,24 @@ async def test_41_always_failing_receiver_gives_up_after_12_attempts(
     assert await pending_hooks(stack) == []
 
 
-async def test_38_43_admin_schedule_and_cancel(
+async def _hook_failed_once(
     stack_factory: Any, receiver: WebhookServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Stack, dict[str, Any]]:
+    """A stack whose first webhook call got a 500 and waits an hour for its second (which gets 200)."""
     receiver.script = Script(statuses=[500, 200])
     stack = await hooked(stack_factory, receiver, monkeypatch, webhooks={"first_retry": "1h"})
     resp = await stack.send_ok({"To": [{"Address": "rcpt@example.com"}], "Text": "x"})
     await stack.finished(resp["Submissions"][0]["QueueMsgID"])
-    await until(lambda: len(receiver.calls) == 1)
     await until(lambda: _attempts(stack, 1))
-    [h] = await pending_hooks(stack)
-    assert h["Attempts"] == 1 and h["Results"][0]["Code"] == 500
+    [hook] = await pending_hooks(stack)
+    return stack, hook
+
+
+async def test_38_43_admin_schedule_and_cancel(
+    stack_factory: Any, receiver: WebhookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, h = await _hook_failed_once(stack_factory, receiver, monkeypatch)
+    assert len(receiver.calls) == 1 and h["Results"][0]["Code"] == 500
     r = await stack.admin("POST", "/hooks/nextattempt", json={"Filter": {}, "Add": "-2h"})
     assert r.json() == {"Affected": 1}
     # The workflow's timer moved with the row: the second call happens now, not in an hour.
@@ -312,12 +319,7 @@ async def test_pending_hook_whose_workflow_was_terminated_is_started_again(
 ) -> None:
     from worker.sweeper import recover_lost
 
-    receiver.script = Script(statuses=[500, 200])
-    stack = await hooked(stack_factory, receiver, monkeypatch, webhooks={"first_retry": "1h"})
-    resp = await stack.send_ok({"To": [{"Address": "rcpt@example.com"}], "Text": "x"})
-    await stack.finished(resp["Submissions"][0]["QueueMsgID"])
-    await until(lambda: _attempts(stack, 1))
-    [hook] = await pending_hooks(stack)
+    stack, hook = await _hook_failed_once(stack_factory, receiver, monkeypatch)
     workflow_id = webhook_workflow_id(hook["ID"])
     # Terminated in the Temporal UI while it waits an hour for its second call: nothing would make that call.
     await stack.client.get_workflow_handle(workflow_id).terminate(reason="clicked in the UI")
