@@ -9,13 +9,11 @@ every worker finds both and starts what is missing, so nothing waits forever.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
 from prometheus_client import Counter
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.config import Config
@@ -38,13 +36,10 @@ LOST_RECOVERED = Counter(
 )
 
 
-async def start_submission(
-    client: Client, pool: Pool, config: Config, base_id: int, *, again: bool = False
-) -> bool:
-    """Start the delivery workflow of a queued submission from its queue rows; False when it was running
-    already or nothing is queued. `again` allows a new run after a closed one (see recover_lost)."""
+async def start_submission(client: Client, pool: Pool, config: Config, base_id: int) -> bool:
+    """Start the delivery workflow of a queued submission from its queue rows; False when nothing is
+    queued. A running workflow is joined, not started twice."""
     rows = await q.submission_rows(pool, base_id)
-    started = False
     if rows:
         first = rows[0]
         inp = delivery_input(
@@ -62,11 +57,9 @@ async def start_submission(
             f"{first['sender_localpart']}@{first['sender_domain_str']}" if first["sender_localpart"] else "<>"
         )
         summary = delivery_summary(sender, [q.recipient_address(r) for r in rows])
-        with contextlib.suppress(WorkflowAlreadyStartedError):
-            await start_delivery(client, config.temporal.task_queue, inp, summary, again=again)
-            started = True
+        await start_delivery(client, config.temporal.task_queue, inp, summary)
     await q.mark_workflow_started(pool, base_id)
-    return started
+    return bool(rows)
 
 
 async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
@@ -116,13 +109,13 @@ async def recover_lost(client: Client, pool: Pool, config: Config) -> list[str]:
     restarted: list[str] = []
     submissions = {delivery_workflow_id(b): b for b in await q.started_submissions_with_queued_mail(pool)}
     for workflow_id, how in await _not_running(client, tq, WORKFLOW_DELIVERY, list(submissions)):
-        if await start_submission(client, pool, config, submissions[workflow_id], again=True):
+        if await start_submission(client, pool, config, submissions[workflow_id]):
             log.warning("%s had queued mail but %s: started it again", workflow_id, how)
             restarted.append(workflow_id)
     pending = {webhook_workflow_id(r["id"]): r for r in await hooks.started_pending(pool)}
     for workflow_id, how in await _not_running(client, tq, WORKFLOW_WEBHOOK, list(pending)):
         r = pending[workflow_id]
-        await start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}", again=True)
+        await start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}")
         log.warning("%s was pending but %s: started it again", workflow_id, how)
         restarted.append(workflow_id)
     LOST_RECOVERED.inc(len(restarted))

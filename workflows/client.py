@@ -40,22 +40,19 @@ def delivery_summary(sender: str, recipients: list[str]) -> str:
     return line.encode()[:200].decode(errors="ignore")
 
 
-async def start_delivery(
-    client: Client, task_queue: str, inp: DeliveryInput, summary: str, *, again: bool = False
-) -> WorkflowHandle:
-    """Start the submission's workflow; starting the same BaseID again never queues it twice.
+async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, summary: str) -> WorkflowHandle:
+    """Start the submission's workflow; starting it while it runs joins the running one.
 
-    `again` allows a new run after a closed one: only for a submission whose messages are still queued
-    while its workflow is gone (terminated, or lost with Temporal's state).
+    A new run may follow a closed one: callers start from the submission's queued rows, and queued rows
+    with a closed workflow mean the workflow was lost (terminated, or gone with Temporal's state). Rows
+    a finished run retired are not there to be sent again.
     """
     return await client.start_workflow(
         Delivery.run,
         inp,
         id=delivery_workflow_id(inp.base_id),
         task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
-        if again
-        else WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=summary,
         search_attributes=TypedSearchAttributes(
@@ -105,24 +102,16 @@ def delivery_input(
 
 
 async def start_webhook(
-    client: Client,
-    task_queue: str,
-    hook_id: int,
-    next_attempt: datetime | None,
-    summary: str,
-    *,
-    again: bool = False,
+    client: Client, task_queue: str, hook_id: int, next_attempt: datetime | None, summary: str
 ) -> None:
-    """Start a hook's workflow; starting the same hook again is harmless. `again` allows a new run after
-    a closed one, for a hook still pending whose workflow is gone."""
+    """Start a hook's workflow; starting it while it runs joins the running one. A new run may follow a
+    closed one, for a hook still pending whose workflow was lost; a run that finds its row gone ends."""
     await client.start_workflow(
         Webhook.run,
         HookInput(hook_id=hook_id, next_attempt=next_attempt),
         id=webhook_workflow_id(hook_id),
         task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
-        if again
-        else WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=summary.encode()[:200].decode(errors="ignore"),
     )
