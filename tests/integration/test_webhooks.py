@@ -215,18 +215,23 @@ async def test_delayed_carries_the_real_error_and_is_superseded_by_delivered(
 ) -> None:
     # The receiver is down while the message is deferred, so the delayed hook is still pending when the
     # delivered event arrives: only the latest event stays pending (spec 03 §3.4).
+    # The message's retry waits an hour and the hook's 30 s, so the delayed call is made (and fails) before
+    # the test kicks the message, and is still pending when the delivered event supersedes it.
     receiver.script = Script(statuses=[500])
-    stack = await hooked(stack_factory, receiver, monkeypatch, webhooks={"first_retry": "2s"})
+    stack = await hooked(
+        stack_factory, receiver, monkeypatch, webhooks={"first_retry": "30s"}, backoff_base="1h"
+    )
     stack.sink.behaviour.temp_failures = 1
     resp = await stack.send_ok({"To": [{"Address": "slow@example.com"}], "Text": "x"})
     msg_id = resp["Submissions"][0]["QueueMsgID"]
-    await stack.finished(msg_id)
     await until(lambda: len(receiver.events()) >= 1)
     first = receiver.events()[0]
     assert first["Event"] == "delayed" and first["SMTPCode"] == 451
     # The real error, not mox's "delivering..." placeholder.
     assert first["Error"] and first["Error"] != "delivering..."
     receiver.script = Script(statuses=[200])
+    assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
+    await stack.finished(msg_id)
     await until(lambda: any(e["Event"] == "delivered" for e in receiver.events()))
     await until(lambda: _count(retired_hooks(stack), 2))
     retired = {h["OutgoingEvent"]: h for h in await retired_hooks(stack)}
