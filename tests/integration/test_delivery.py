@@ -67,6 +67,7 @@ async def test_two_domains_two_transactions(stack: Stack) -> None:
 async def test_temporary_failure_then_success(stack_factory) -> None:
     stack = await stack_factory(backoff_base="1s")
     stack.sink.behaviour.temp_failures = 1
+    sent = datetime.now(UTC)
     resp = await stack.send_ok(text_msg("bob@example.com"))
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     status = await stack.finished(msg_id)
@@ -85,8 +86,11 @@ async def test_temporary_failure_then_success(stack_factory) -> None:
         if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
     ]
     assert len(timers) == 1 and timers[0] <= timedelta(milliseconds=1010)
-    gap = datetime.fromisoformat(second["Start"]) - datetime.fromisoformat(first["Start"])
-    assert timedelta(milliseconds=800) <= gap
+    # The backoff (at least 1s less 5/450 of jitter) counts from the first attempt's start in the workflow,
+    # which came after the submission. (Not from first["Start"]: the activity stamps that a variable while
+    # later, longer on a slow machine for a workflow's first attempt than for its next.)
+    gap = datetime.fromisoformat(second["Start"]) - sent
+    assert timedelta(milliseconds=950) <= gap
 
 
 async def test_permanent_failure(stack: Stack) -> None:
@@ -117,9 +121,9 @@ async def test_attempts_exhausted(stack: Stack) -> None:
 
 async def test_hold_then_release(stack_factory) -> None:
     stack = await stack_factory(worker=True)
-    resp = await stack.send_ok(
-        text_msg("bob@example.com", FutureRelease=(datetime.now(UTC) + timedelta(seconds=3)).isoformat())
-    )
+    # Far enough out that a slow submission and hold still come before the release.
+    release = datetime.now(UTC) + timedelta(seconds=5)
+    resp = await stack.send_ok(text_msg("bob@example.com", FutureRelease=release.isoformat()))
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     r = await stack.admin("POST", f"/queue/{msg_id}/hold")
     assert r.status_code == 200, r.text
@@ -127,7 +131,7 @@ async def test_hold_then_release(stack_factory) -> None:
     listed = (await stack.admin("GET", "/queue", params={"hold": "true"})).json()["Messages"]
     assert [m["ID"] for m in listed] == [msg_id]
     # Past the release time, a held message stays put.
-    await asyncio.sleep(3.5)
+    await asyncio.sleep(max(0.0, (release - datetime.now(UTC)).total_seconds()) + 0.5)
     assert stack.sink.messages() == []
     r = await stack.admin("POST", f"/queue/{msg_id}/release")
     assert r.status_code == 200 and r.json()["Hold"] is False

@@ -86,8 +86,14 @@ async def test_worker_killed_during_backoff_new_worker_finishes(
         async with asyncio.timeout(30):
             while stack.sink.data_commands < 1:
                 await asyncio.sleep(0.05)
-        # The first attempt failed; the message now waits in backoff. The worker dies without warning.
-        await asyncio.sleep(0.3)
+            # The first attempt failed and its outcome reached the workflow: the message now waits in
+            # backoff (a refused DATA alone does not say the attempt's activity has finished).
+            while True:
+                status = (await stack.handle(msg_id).query(Delivery.status)).msgs[0]
+                if status.attempts == 1 and status.state == MsgState.QUEUED:
+                    break
+                await asyncio.sleep(0.05)
+        # The worker dies without warning.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     row = (await stack.admin("GET", f"/queue/{msg_id}")).json()

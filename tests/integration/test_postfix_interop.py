@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -45,7 +46,17 @@ class PostfixSink:
         if os.geteuid() == 0:
             cmd[1:1] = ["-u", "nobody"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
+        # Listening before the test sends: a first attempt refused by a server still starting would be
+        # retried, and the tests count attempts.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection((POSTFIX_HOST, port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
 
     def messages(self) -> list[str]:
         return [p.read_text(errors="replace") for p in sorted(self.dump.iterdir())]
