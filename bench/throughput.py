@@ -16,9 +16,12 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC
 from pathlib import Path
 
 import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -69,13 +72,27 @@ async def _wait_delivered(sink: SMTPSink, expected: int, timeout: float) -> None
 
 
 async def _single(
-    http: httpx.AsyncClient, sink: SMTPSink, n: int, concurrency: int, domains: int, timeout: float
+    http: httpx.AsyncClient,
+    sink: SMTPSink,
+    n: int,
+    concurrency: int,
+    domains: int,
+    timeout: float,
+    rate: float,
+    temporal: Client | None,
 ) -> None:
-    """N single-recipient messages over `domains` recipient domains, `concurrency` Send calls in flight."""
+    """N single-recipient messages over `domains` recipient domains, `concurrency` Send calls in flight.
+
+    With `rate`, Send calls start at that many per second (a moderate, steady load) instead of back to back.
+    With a Temporal client, also prints where a message's time goes, from its workflow's history.
+    """
     submitted: dict[str, float] = {}
+    workflow_ids: dict[str, str] = {}
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
+        if rate:
+            await asyncio.sleep(i / rate)
         async with sem:
             tag = f"bench-{i}"
             rcpt = f"rcpt{i}@dest{i % domains}.example"
@@ -83,6 +100,7 @@ async def _single(
             submitted[tag] = time.monotonic()
             r = await http.post("/webapi/v0/Send", data={"request": json.dumps(req)}, auth=(SENDER, PASSWORD))
             r.raise_for_status()
+            workflow_ids[tag] = f"msg-{r.json()['Submissions'][0]['QueueMsgID']}"
 
     before = len(sink.transactions)
     t0 = time.monotonic()
@@ -91,12 +109,14 @@ async def _single(
     await _wait_delivered(sink, before + n, timeout)
     t1 = time.monotonic()
     lat: list[float] = []
+    accepted: dict[str, float] = {}
     for t in sink.transactions[before:]:
         for line in t.data.split(b"\r\n"):
             if line.startswith(b"Subject: "):
                 tag = line[9:].decode()
                 if tag in submitted:
                     lat.append(t.accepted_at - submitted[tag])
+                    accepted[tag] = t.accepted_at
     done = len(sink.transactions) - before
     print(
         f"single-recipient over {domains} domains: {done}/{n} delivered in {t1 - t0:.2f}s "
@@ -104,6 +124,43 @@ async def _single(
         f"(submit {n / (t_submitted - t0):.1f} msg/s); latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
         f"p99 {_pct(lat, 99) * 1000:.0f} ms"
     )
+    if temporal is not None:
+        await _breakdown(temporal, workflow_ids, submitted, accepted)
+
+
+async def _breakdown(
+    temporal: Client, workflow_ids: dict[str, str], submitted: dict[str, float], accepted: dict[str, float]
+) -> None:
+    """Median time of each stage between Send and the workflow's completion, from up to 50 histories."""
+    # The sink stamps acceptance with this process's monotonic clock; histories carry wall-clock times.
+    wall = time.time() - time.monotonic()
+    stages: dict[str, list[float]] = {}
+    events: list[int] = []
+    for tag in list(accepted)[:50]:
+        history = await temporal.get_workflow_handle(workflow_ids[tag]).fetch_history()
+        events.append(len(history.events))
+        first: dict[int, float] = {}
+        for e in history.events:
+            first.setdefault(e.event_type, e.event_time.ToDatetime(tzinfo=UTC).timestamp())
+        # Each stage ends at the first event of its kind; None is the sink's 250.
+        marks = [
+            ("Send → workflow started", EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED),
+            ("→ first workflow task done", EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED),
+            ("→ delivery activity started", EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED),
+            ("→ 250 from the sink", None),
+            ("→ activity completed", EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED),
+            ("→ workflow completed", EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
+        ]
+        prev = submitted[tag] + wall
+        for name, kind in marks:
+            t = accepted[tag] + wall if kind is None else first.get(kind)
+            if t is None:
+                break
+            stages.setdefault(name, []).append(t - prev)
+            prev = t
+    print(f"where the time goes (median of {len(events)}; {statistics.median(events):.0f} history events):")
+    for name, values in stages.items():
+        print(f"  {name:32} {statistics.median(values) * 1000:7.1f} ms")
 
 
 async def _fanout(http: httpx.AsyncClient, sink: SMTPSink, rcpts: int, domains: int, timeout: float) -> None:
@@ -132,8 +189,9 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200, help="single-recipient messages")
     ap.add_argument("--concurrency", type=int, default=16, help="Send calls in flight")
+    ap.add_argument("--rate", type=float, default=0, help="start Send calls at this many per second")
     ap.add_argument("--domains", type=int, default=10, help="recipient domains of the single-recipient run")
-    ap.add_argument("--fanout-rcpts", type=int, default=100)
+    ap.add_argument("--fanout-rcpts", type=int, default=100, help="recipients of the fan-out run (0: none)")
     ap.add_argument("--fanout-domains", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--database-url", default="", help="use this PostgreSQL instead of an embedded one")
@@ -161,8 +219,19 @@ async def main() -> None:
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{api_port}", limits=limits, timeout=60
             ) as http:
-                await _single(http, sink, args.n, args.concurrency, args.domains, args.timeout)
-                await _fanout(http, sink, args.fanout_rcpts, args.fanout_domains, args.timeout)
+                temporal_client = await Client.connect(temporal_address)
+                await _single(
+                    http,
+                    sink,
+                    args.n,
+                    args.concurrency,
+                    args.domains,
+                    args.timeout,
+                    args.rate,
+                    temporal_client,
+                )
+                if args.fanout_rcpts:
+                    await _fanout(http, sink, args.fanout_rcpts, args.fanout_domains, args.timeout)
         finally:
             stop.set()
             await asyncio.gather(server, return_exceptions=True)

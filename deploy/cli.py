@@ -63,6 +63,19 @@ def _cmd_api(args: argparse.Namespace) -> None:
     asyncio.run(go())
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from deploy.serve import install_stop_signals, serve_all
+
+    config = _config(args.config)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await serve_all(config, stop)
+
+    asyncio.run(go())
+
+
 def _cmd_migrate(args: argparse.Namespace) -> None:
     from store import db
 
@@ -96,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, func, help_ in (
         ("worker", _cmd_worker, "run a worker process"),
         ("api", _cmd_api, "run the HTTP API"),
+        ("serve", _cmd_serve, "run a worker and the HTTP API in one process"),
         ("migrate", _cmd_migrate, "apply database migrations"),
     ):
         s = sub.add_parser(name, help=help_)

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Generator
 
 import uvicorn
+from temporalio.client import Client
 
 from api.app import create_app
 from domain.config import Config
@@ -37,9 +38,11 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def serve_api(config: Config, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
+async def serve_api(
+    config: Config, stop: asyncio.Event, started: asyncio.Event | None = None, client: Client | None = None
+) -> None:
     """Serve the HTTP API until `stop` is set."""
-    client = await connect_temporal(config)
+    client = client or await connect_temporal(config)
     pool = await db.open_pool(config.database.url, config.database.pool_min, config.database.pool_max)
     try:
         app = create_app(config, client, pool)
@@ -62,8 +65,11 @@ async def serve_api(config: Config, stop: asyncio.Event, started: asyncio.Event 
 async def serve_all(config: Config, stop: asyncio.Event, api_started: asyncio.Event | None = None) -> None:
     """The worker and the API in one process, as `tempost dev` runs them."""
     await db.migrate(config.database.url)
-    worker = asyncio.create_task(run_worker(config, stop))
-    api = asyncio.create_task(serve_api(config, stop, api_started))
+    # One client for both: a workflow the API starts is handed straight to this worker (eager start),
+    # saving the round trip through the task queue.
+    client = await connect_temporal(config)
+    worker = asyncio.create_task(run_worker(config, stop, client))
+    api = asyncio.create_task(serve_api(config, stop, api_started, client))
     done, _ = await asyncio.wait({worker, api}, return_when=asyncio.FIRST_EXCEPTION)
     for t in done:
         if t.exception() is not None:

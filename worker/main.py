@@ -107,13 +107,16 @@ def _listen(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set; running activities finish first."""
+async def run_worker(config: Config, stop: asyncio.Event | None = None, client: Client | None = None) -> None:
+    """Run until `stop` is set; running activities finish first.
+
+    `client` is shared with an API in the same process, so the workflows it starts run eagerly here.
+    """
     stop = stop or asyncio.Event()
     if config.worker.metrics_listen:
         host, port = _listen(config.worker.metrics_listen)
         start_http_server(port, addr=host)
-    client = await connect_temporal(config)
+    client = client or await connect_temporal(config)
     added = await ensure_search_attributes(client, config.temporal.namespace)
     if added:
         log.info("registered search attributes %s", ", ".join(added))
