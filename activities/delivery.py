@@ -12,6 +12,7 @@ from temporalio import activity
 from activities.direct import DirectTransport
 from activities.dns import Resolver
 from activities.heartbeat import heartbeating
+from activities.maillog import log_attempt
 from activities.mtasts import MTASTSLookup
 from activities.suppressing import REFUSED as SUPPRESSION_REFUSED
 from activities.suppressing import suppress_after_failure
@@ -289,6 +290,7 @@ class DeliveryActivities:
             if late:
                 # The delayed DSN goes out after the fifth failed attempt (spec 03 §1.1).
                 await self._notify(late, DSNKind.DELAYED, replies_by_id, body, end, plan)
+        log_attempt(by_id, plan, outcomes, now, _now())
         return AttemptResult(outcomes=[outcomes[i] for i in plan])
 
     async def _notify(

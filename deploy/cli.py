@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from deploy.admincli import CLIError, add_commands
+from deploy.logs import configure as configure_logging
 from domain.config import load_config
 from domain.passwords import hash_password
 
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     add_commands(sub)
 
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
     try:
         args.func(args)
     except CLIError as err:

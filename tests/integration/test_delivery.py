@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -62,6 +63,25 @@ async def test_two_domains_two_transactions(stack: Stack) -> None:
     await stack.finished(resp["Submissions"][0]["QueueMsgID"])
     by_rcpts = sorted(sorted(t.rcpt_tos) for t in stack.sink.transactions)
     assert by_rcpts == [["a@one.example", "c@one.example"], ["b@two.example"]]
+
+
+async def test_mail_log_has_a_line_per_recipient_and_attempt(
+    stack_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await stack_factory()
+    stack.sink.behaviour.temp_failures = 1
+    caplog.set_level(logging.INFO, logger="tempost.delivery")
+    resp = await stack.send_ok(text_msg("bob@example.com"))
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    await stack.finished(msg_id)
+    mine = [r for r in caplog.records if getattr(r, "msg_id", None) == msg_id]
+    assert [r.event for r in mine] == ["deferred", "delivered"]  # type: ignore[attr-defined]
+    deferred, delivered = mine
+    assert deferred.getMessage().startswith(
+        f"deferred msg {msg_id} from <{SENDER}> to <bob@example.com>, attempt 1"
+    )
+    assert deferred.code == 451 and deferred.levelno == logging.WARNING  # type: ignore[attr-defined]
+    assert delivered.attempt == 2 and delivered.code == 250  # type: ignore[attr-defined]
 
 
 async def test_temporary_failure_then_success(stack_factory) -> None:

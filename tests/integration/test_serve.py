@@ -1,8 +1,9 @@
-"""`tempost serve`: a worker and the API in one process, from a configuration file."""
+"""`tempost serve`: a worker and the API in one process, from a configuration file, logging JSON."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,11 @@ import httpx
 from deploy.embedded import free_port
 from domain.passwords import hash_password
 from tests.conftest import PASSWORD, SENDER
+
+
+def _delivered_lines(log: Path) -> list[dict[str, Any]]:
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    return [x for x in lines if x.get("event") == "delivered"]
 
 
 async def test_serve_accepts_mail_and_delivers_it(stack_factory: Any, tmp_path: Path) -> None:
@@ -55,7 +61,7 @@ password_hash = "{hash_password(PASSWORD, iterations=1000)}"
             [sys.executable, "-m", "deploy.cli", "serve", "--config", str(path)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TEMPOST_LOG_FORMAT": "json"},
         )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
@@ -76,6 +82,13 @@ password_hash = "{hash_password(PASSWORD, iterations=1000)}"
                     await asyncio.sleep(0.05)
         # The same process's worker took the delivery: its hostname greeted the sink.
         assert stack.sink.messages()[0].helo == "serve.test"
+        # ...and wrote the mail log line for it, as JSON.
+        async with asyncio.timeout(10):
+            while not (lines := _delivered_lines(log)):
+                await asyncio.sleep(0.05)
+        [line] = lines
+        assert line["to"] == "bob@example.com" and line["from"] == SENDER and line["attempt"] == 1
+        assert line["code"] == 250 and line["level"] == "info" and line["logger"] == "tempost.delivery"
     finally:
         proc.terminate()
         proc.wait(20)
