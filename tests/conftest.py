@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import shutil
 import sys
 import uuid
@@ -201,6 +202,41 @@ class Stack:
     async def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         return await self.http.request(method, "/admin/v0" + path, headers=headers, **kw)
+
+
+def process_config(
+    stack: Stack,
+    *,
+    hostname: str = "tempost.test",
+    sink: SMTPSink | None = None,
+    queue: dict[str, Any] | None = None,
+    extra: str = "",
+) -> str:
+    """The configuration file of a `tempost` process joining the stack: its PostgreSQL, Temporal and task
+    queue, relaying to the sink; `queue` adds queue settings and `extra` whole sections ([api], accounts)."""
+    cfg, sink = stack.config, sink or stack.sink
+    queue_lines = "\n".join(
+        f"{k} = {json.dumps(v)}" for k, v in {"default_transport": "sink", **(queue or {})}.items()
+    )
+    return f"""hostname = "{hostname}"
+[database]
+url = "{cfg.database.url}"
+pool_max = 4
+[temporal]
+address = "{stack.client.service_client.config.target_host}"
+namespace = "{cfg.temporal.namespace}"
+task_queue = "{cfg.temporal.task_queue}"
+[worker]
+metrics_listen = ""
+shutdown_grace = "1s"
+[queue]
+{queue_lines}
+[transports.sink]
+type = "smtp"
+host = "{sink.host}"
+port = {sink.port}
+starttls = "none"
+{extra}"""
 
 
 @pytest.fixture

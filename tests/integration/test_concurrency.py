@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from domain.contracts import MsgState
-from tests.conftest import Stack
+from tests.conftest import Stack, process_config
 from tests.support.smtpsink import SMTPSink
 
 DOMAINS = ("one.example", "two.example", "three.example")
@@ -27,30 +27,8 @@ PER_DOMAIN = 4
 
 
 def worker_config(stack: Stack, sink: SMTPSink, hostname: str, cap: int) -> str:
-    cfg = stack.config
-    return f"""
-hostname = "{hostname}"
-[database]
-url = "{cfg.database.url}"
-pool_max = 4
-[temporal]
-address = "{stack.client.service_client.config.target_host}"
-namespace = "{cfg.temporal.namespace}"
-task_queue = "{cfg.temporal.task_queue}"
-[worker]
-metrics_listen = ""
-shutdown_grace = "1s"
-[queue]
-backoff_base = "50ms"
-max_attempts = 3
-default_transport = "sink"
-max_concurrent_deliveries = {cap}
-[transports.sink]
-type = "smtp"
-host = "{sink.host}"
-port = {sink.port}
-starttls = "none"
-"""
+    queue = {"backoff_base": "50ms", "max_attempts": 3, "max_concurrent_deliveries": cap}
+    return process_config(stack, hostname=hostname, sink=sink, queue=queue)
 
 
 @pytest.fixture

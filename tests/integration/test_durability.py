@@ -11,12 +11,11 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 
 from domain.contracts import MsgState
-from tests.conftest import ADMIN_TOKEN, Stack
+from tests.conftest import ADMIN_TOKEN, Stack, process_config
 from worker.main import build_worker
 from workflows.delivery import Delivery
 
@@ -27,42 +26,23 @@ def text_msg(*to: str, **extra: object) -> dict[str, object]:
     return req
 
 
-def worker_config_file(stack: Stack, path: Path, temporal_address: str) -> Path:
+def worker_config_file(stack: Stack, path: Path) -> Path:
     c = stack.config
-    path.write_text(
-        f"""hostname = "tempost.test"
-[database]
-url = "{c.database.url}"
-[temporal]
-address = "{temporal_address}"
-task_queue = "{c.temporal.task_queue}"
-[worker]
-metrics_listen = ""
-[queue]
-backoff_base = "{c.queue.backoff_base.total_seconds()}s"
-max_attempts = {c.queue.max_attempts}
-default_transport = "sink"
-[transports.sink]
-type = "smtp"
-host = "{stack.sink.host}"
-port = {stack.sink.port}
-starttls = "none"
-[[accounts]]
+    queue = {"backoff_base": f"{c.queue.backoff_base.total_seconds()}s", "max_attempts": c.queue.max_attempts}
+    accounts = """[[accounts]]
 name = "alice"
 addresses = ["alice@example.org"]
 password_file = "/nonexistent"
 keep_retired_period = "1h"
 """
-    )
+    path.write_text(process_config(stack, queue=queue, extra=accounts))
     return path
 
 
 @contextlib.contextmanager
-def worker_process(stack: Stack, tmp_path: Path, temporal_env: Any) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(stack: Stack, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A `tempost worker` process for the stack, killed at the end if the test has not killed it."""
-    cfg = worker_config_file(
-        stack, tmp_path / "worker.toml", temporal_env.client.service_client.config.target_host
-    )
+    cfg = worker_config_file(stack, tmp_path / "worker.toml")
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "worker", "-c", str(cfg)],
         env={**os.environ, "TEMPOST_ADMIN_TOKEN": ADMIN_TOKEN},
@@ -75,12 +55,10 @@ def worker_process(stack: Stack, tmp_path: Path, temporal_env: Any) -> Iterator[
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def test_worker_killed_during_backoff_new_worker_finishes(
-    stack_factory, temporal_env, tmp_path: Path
-) -> None:
+async def test_worker_killed_during_backoff_new_worker_finishes(stack_factory, tmp_path: Path) -> None:
     stack = await stack_factory(worker=False, backoff_base="4s")
     stack.sink.behaviour.temp_failures = 1
-    with worker_process(stack, tmp_path, temporal_env) as proc:
+    with worker_process(stack, tmp_path) as proc:
         resp = await stack.send_ok(text_msg("bob@example.com"))
         msg_id = resp["Submissions"][0]["QueueMsgID"]
         async with asyncio.timeout(30):
@@ -107,12 +85,12 @@ async def test_worker_killed_during_backoff_new_worker_finishes(
 
 
 async def test_attempt_lost_with_its_worker_is_retried_within_the_heartbeat_timeout(
-    stack_factory, temporal_env, tmp_path: Path
+    stack_factory, tmp_path: Path
 ) -> None:
     # A ten-minute attempt timeout: without heartbeats the lost attempt would wait that long.
     stack = await stack_factory(worker=False, attempt_timeout="10m")
     stack.sink.behaviour.data_delay = 300
-    with worker_process(stack, tmp_path, temporal_env) as proc:
+    with worker_process(stack, tmp_path) as proc:
         resp = await stack.send_ok(text_msg("bob@example.com"))
         msg_id = resp["Submissions"][0]["QueueMsgID"]
         async with asyncio.timeout(30):

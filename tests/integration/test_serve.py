@@ -14,7 +14,7 @@ import httpx
 
 from deploy.embedded import free_port
 from domain.passwords import hash_password
-from tests.conftest import PASSWORD, SENDER
+from tests.conftest import PASSWORD, SENDER, process_config
 
 
 def _delivered_lines(log: Path) -> list[dict[str, Any]]:
@@ -25,36 +25,17 @@ def _delivered_lines(log: Path) -> list[dict[str, Any]]:
 async def test_serve_accepts_mail_and_delivers_it(stack_factory: Any, tmp_path: Path) -> None:
     # The stack provides PostgreSQL, Temporal and the sink; the process under test is the only worker.
     stack = await stack_factory(worker=False)
-    cfg = stack.config
     port = free_port()
     path = tmp_path / "tempost.toml"
-    path.write_text(
-        f"""
-hostname = "serve.test"
-[database]
-url = "{cfg.database.url}"
-[temporal]
-address = "{stack.client.service_client.config.target_host}"
-task_queue = "{cfg.temporal.task_queue}"
-[api]
+    extra = f"""[api]
 listen = "127.0.0.1:{port}"
 admin_token_file = ""
-[worker]
-metrics_listen = ""
-shutdown_grace = "1s"
-[queue]
-default_transport = "sink"
-[transports.sink]
-type = "smtp"
-host = "{stack.sink.host}"
-port = {stack.sink.port}
-starttls = "none"
 [[accounts]]
 name = "alice"
 addresses = ["{SENDER}"]
 password_hash = "{hash_password(PASSWORD, iterations=1000)}"
 """
-    )
+    path.write_text(process_config(stack, hostname="serve.test", extra=extra))
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
