@@ -34,8 +34,9 @@ def _cmd_dev(args: argparse.Namespace) -> None:
     run_dev(Path(args.data_dir), args.api_port)
 
 
-def _cmd_worker(args: argparse.Namespace) -> None:
-    from deploy.serve import install_stop_signals
+def _run_until_signal(args: argparse.Namespace, which: str) -> None:
+    """Run a long-lived process (worker, api or both) until SIGINT or SIGTERM."""
+    from deploy.serve import install_stop_signals, serve_all, serve_api
     from store import db
     from worker.main import run_worker
 
@@ -44,36 +45,27 @@ def _cmd_worker(args: argparse.Namespace) -> None:
     async def go() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await db.migrate(config.database.url)
-        await run_worker(config, stop)
+        if which == "worker":
+            await db.migrate(config.database.url)
+            await run_worker(config, stop)
+        elif which == "api":
+            await serve_api(config, stop)
+        else:
+            await serve_all(config, stop)
 
     asyncio.run(go())
+
+
+def _cmd_worker(args: argparse.Namespace) -> None:
+    _run_until_signal(args, "worker")
 
 
 def _cmd_api(args: argparse.Namespace) -> None:
-    from deploy.serve import install_stop_signals, serve_api
-
-    config = _config(args.config)
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        await serve_api(config, stop)
-
-    asyncio.run(go())
+    _run_until_signal(args, "api")
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from deploy.serve import install_stop_signals, serve_all
-
-    config = _config(args.config)
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        await serve_all(config, stop)
-
-    asyncio.run(go())
+    _run_until_signal(args, "serve")
 
 
 def _cmd_migrate(args: argparse.Namespace) -> None:
