@@ -240,8 +240,10 @@ class DeliveryActivities:
                 for i, err in suppressed.items():
                     outcomes[i] = RecipientOutcome(msg_id=i, outcome=Outcome.FAILED, error=err)
                 pending = [r for r in pending if r["id"] not in suppressed]
+        relays: dict[int, str] = {}
         if pending and body is not None:
             replies = await self._send(pending, body, max(m.attempt for m in req.msgs))
+            relays = {r["id"]: rep.relay for r, rep in zip(pending, replies, strict=True) if rep.relay}
             delivered = {
                 r["id"]: (rep.code, rep.secode)
                 for r, rep in zip(pending, replies, strict=True)
@@ -290,7 +292,7 @@ class DeliveryActivities:
             if late:
                 # The delayed DSN goes out after the fifth failed attempt (spec 03 §1.1).
                 await self._notify(late, DSNKind.DELAYED, replies_by_id, body, end, plan)
-        log_attempt(by_id, plan, outcomes, now, _now())
+        log_attempt(by_id, plan, outcomes, relays, now, _now())
         return AttemptResult(outcomes=[outcomes[i] for i in plan])
 
     async def _notify(

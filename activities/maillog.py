@@ -2,7 +2,7 @@
 
 Like Postfix's maillog, each line names the message, the envelope, the attempt and the next hop's verdict.
 With TEMPOST_LOG_FORMAT=json the same facts are fields (event, msg_id, base_id, from, to, attempt, code,
-secode, error, duration_s, next_attempt), ready for a log pipeline.
+secode, error, relay, duration_s, next_attempt), ready for a log pipeline.
 """
 
 from __future__ import annotations
@@ -26,10 +26,14 @@ def log_attempt(
     rows: Mapping[int, Mapping],
     plan: Mapping[int, AttemptMsg],
     outcomes: Mapping[int, RecipientOutcome],
+    relays: Mapping[int, str],
     started: datetime,
     ended: datetime,
 ) -> None:
-    """Log each recipient's outcome of one attempt; rows are the queue rows the attempt read."""
+    """Log each recipient's outcome of one attempt.
+
+    rows are the queue rows the attempt read; relays name the server that answered for a recipient.
+    """
     duration = round((ended - started).total_seconds(), 3)
     for msg_id, out in outcomes.items():
         event = _EVENTS.get(out.outcome)
@@ -47,6 +51,7 @@ def log_attempt(
             "code": out.code,
             "secode": out.secode,
             "error": out.error,
+            "relay": relays.get(msg_id, ""),
             "duration_s": duration,
         }
         reply = " ".join(str(p) for p in (out.code or "", out.secode, out.error) if p)
@@ -54,5 +59,7 @@ def log_attempt(
         if out.outcome == Outcome.DEFERRED:
             fields["next_attempt"] = plan[msg_id].next_attempt.isoformat(timespec="seconds")
             line += f", next attempt {fields['next_attempt']}"
+        if fields["relay"]:
+            line += f", via {fields['relay']}"
         line += f" ({duration:.2f}s)" + (f": {reply}" if reply else "")
         log.log(logging.INFO if event == "delivered" else logging.WARNING, "%s", line, extra=fields)

@@ -20,7 +20,7 @@ import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from activities.tlsbinding import channel_binding
@@ -67,6 +67,8 @@ class RcptReply:
     code: int = 0
     secode: str = ""
     error: str = ""
+    # The server that gave the reply, for the mail log: "name[ip]:port" and the TLS version, if any.
+    relay: str = ""
 
 
 OnAccepted = Callable[[list[int], str], Awaitable[None]]
@@ -175,12 +177,24 @@ class SMTPConnection:
         self.needs_rset = False
         # TLS has just been started and nothing read over it yet.
         self._fresh_tls = False
+        # The name the connection was made for (an MX host, a relay); set by open_session.
+        self.remote_name = ""
 
     @property
     def local_ip(self) -> str:
         """Our address on this connection."""
         sockname = self._writer.get_extra_info("sockname")
         return str(sockname[0]) if sockname else ""
+
+    @property
+    def relay(self) -> str:
+        """Who we are talking to, as a mail log names it: "name[ip]:port", then the TLS version if any."""
+        peer = self._writer.get_extra_info("peername")
+        ip, port = (str(peer[0]), peer[1]) if peer else ("", 0)
+        name = self.remote_name if self.remote_name and self.remote_name != ip else ""
+        where = f"{name}[{ip}]:{port}" if name else f"[{ip}]:{port}"
+        tls = self.ssl_object.version() if self.ssl_object is not None else None
+        return f"{where} {tls}" if tls else where
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
@@ -377,6 +391,7 @@ async def open_session(
         # Implicit TLS (relay only): a handshake failure is a plain temporary error (spec 02 §5.1 step 3).
         raise SessionError(f"tls handshake: {err}", tls=True) from None
     conn = SMTPConnection(reader, writer, command_timeout=command_timeout)
+    conn.remote_name = server_name or host
     try:
         await conn.greeting()
         await conn.hello(ehlo, helo_fallback=True)
@@ -663,4 +678,5 @@ async def transact(conn: SMTPConnection, env: Envelope, on_accepted: OnAccepted)
                 replies[i] = RcptReply(False, False, 452, "", "452 too many recipients")
             retry = []
         pending = retry + rest
-    return [replies[i] for i in range(len(env.recipients))]
+    relay = conn.relay
+    return [replace(replies[i], relay=relay) for i in range(len(env.recipients))]

@@ -9,6 +9,7 @@ validation: SERVFAIL with an Extended DNS Error (RFC 8914), and check the TLS re
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -81,13 +82,22 @@ async def _send(stack: Stack, **extra: Any) -> tuple[Any, dict[str, Any]]:
 
 
 async def test_12_dane_ee_match_delivers_over_tls_the_ca_would_not_verify(
-    dane_stack, dns: DNSServer, mx: SMTPSink, cert: trustme.LeafCert
+    dane_stack,
+    dns: DNSServer,
+    mx: SMTPSink,
+    cert: trustme.LeafCert,
+    port: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     dns.add(TLSA_NAME, "TLSA", f"3 1 1 {_spki_sha256(cert)}")
     stack = await dane_stack()
     before = (await stack.http.get("/metrics")).text
+    caplog.set_level(logging.INFO, logger="tempost.delivery")
     msg, _ = await _send(stack)
     assert msg.state == MsgState.DELIVERED and mx.tls_sessions == 1
+    # The mail log names the MX host, its address and the TLS version.
+    [line] = [r for r in caplog.records if getattr(r, "msg_id", None) == msg.id]
+    assert line.relay == f"mx1.example.com[{MX1}]:{port} TLSv1.3"  # type: ignore[attr-defined]
     after = (await stack.http.get("/metrics")).text
     name, labels = "tempost_queue_delivery_duration_seconds_count", {"tlsmode": "requiredstarttls+dane"}
     assert _sample(after, name, result="ok", **labels) == _sample(before, name, result="ok", **labels) + 1

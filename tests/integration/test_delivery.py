@@ -82,6 +82,7 @@ async def test_mail_log_has_a_line_per_recipient_and_attempt(
     )
     assert deferred.code == 451 and deferred.levelno == logging.WARNING  # type: ignore[attr-defined]
     assert delivered.attempt == 2 and delivered.code == 250  # type: ignore[attr-defined]
+    assert delivered.relay == f"[{stack.sink.host}]:{stack.sink.port}"  # type: ignore[attr-defined]
 
 
 async def test_temporary_failure_then_success(stack_factory) -> None:

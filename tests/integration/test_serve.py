@@ -70,6 +70,7 @@ password_hash = "{hash_password(PASSWORD, iterations=1000)}"
         [line] = lines
         assert line["to"] == "bob@example.com" and line["from"] == SENDER and line["attempt"] == 1
         assert line["code"] == 250 and line["level"] == "info" and line["logger"] == "tempost.delivery"
+        assert line["relay"] == f"[{stack.sink.host}]:{stack.sink.port}"
     finally:
         proc.terminate()
         proc.wait(20)

@@ -74,6 +74,7 @@ class PostfixInstance:
         host: str = "127.0.0.1",
         relay_host: str = "127.0.0.1",
         bounce_host: str = "127.0.0.1",
+        extra_settings: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -127,6 +128,8 @@ class PostfixInstance:
             "minimal_backoff_time": "1s",
             "maximal_backoff_time": "2s",
         }
+        # The caller's main.cf settings last: they override the defaults above (bench/ routes mail itself).
+        settings.update(extra_settings or {})
         (self.config_dir / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         listen = f"{host}:{port}"
         (self.config_dir / "master.cf").write_text(_MASTER_CF.format(listen=listen))

@@ -37,17 +37,20 @@ def test_one_line_per_recipient_with_the_verdict(caplog: pytest.LogCaptureFixtur
         9: RecipientOutcome(msg_id=9, outcome=Outcome.FAILED, code=550, secode="5.1.1", error="no such user"),
     }
     with caplog.at_level(logging.INFO, logger="tempost.delivery"):
-        log_attempt(rows, plan, outcomes, T0, T0 + timedelta(milliseconds=250))
+        relays = {7: "mx.example.com[192.0.2.1]:25 TLSv1.3", 8: "[192.0.2.2]:25"}
+        log_attempt(rows, plan, outcomes, relays, T0, T0 + timedelta(milliseconds=250))
     lines = {r.msg_id: r for r in caplog.records}  # type: ignore[attr-defined]
     assert lines[7].getMessage() == (
-        "delivered msg 7 from <alice@example.org> to <bob@example.com>, attempt 2 (0.25s): 250"
+        "delivered msg 7 from <alice@example.org> to <bob@example.com>, attempt 2, "
+        "via mx.example.com[192.0.2.1]:25 TLSv1.3 (0.25s): 250"
     )
     assert lines[7].levelno == logging.INFO
     assert lines[8].getMessage() == (
         "deferred msg 8 from <alice@example.org> to <carol@example.com>, attempt 2, "
-        "next attempt 2026-11-27T12:07:30+00:00 (0.25s): 451 4.7.1 greylisted"
+        "next attempt 2026-11-27T12:07:30+00:00, via [192.0.2.2]:25 (0.25s): 451 4.7.1 greylisted"
     )
     assert lines[8].levelno == logging.WARNING and lines[8].next_attempt == "2026-11-27T12:07:30+00:00"  # type: ignore[attr-defined]
+    assert lines[8].relay == "[192.0.2.2]:25" and lines[9].relay == ""  # type: ignore[attr-defined]
     assert lines[9].event == "failed" and lines[9].code == 550 and lines[9].secode == "5.1.1"  # type: ignore[attr-defined]
 
 
@@ -55,9 +58,14 @@ def test_busy_and_vanished_recipients_are_not_logged(caplog: pytest.LogCaptureFi
     plan = {1: AttemptMsg(id=1, attempt=1, next_attempt=T0, final=False)}
     with caplog.at_level(logging.INFO, logger="tempost.delivery"):
         log_attempt(
-            {1: _row(1, "a@b.example")}, plan, {1: RecipientOutcome(msg_id=1, outcome=Outcome.BUSY)}, T0, T0
+            {1: _row(1, "a@b.example")},
+            plan,
+            {1: RecipientOutcome(msg_id=1, outcome=Outcome.BUSY)},
+            {},
+            T0,
+            T0,
         )
-        log_attempt({}, plan, {1: RecipientOutcome(msg_id=1, outcome=Outcome.DELIVERED)}, T0, T0)
+        log_attempt({}, plan, {1: RecipientOutcome(msg_id=1, outcome=Outcome.DELIVERED)}, {}, T0, T0)
     assert caplog.records == []
 
 
