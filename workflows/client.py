@@ -61,7 +61,9 @@ async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, su
             [
                 SearchAttributePair(searchattrs.ACCOUNT, inp.account),
                 SearchAttributePair(searchattrs.STATE, "held" if inp.hold else "queued"),
-                SearchAttributePair(searchattrs.RCPT_DOMAINS, sorted({g.domain for g in inp.groups})),
+                SearchAttributePair(
+                    searchattrs.RCPT_DOMAINS, searchattrs.domains_value(g.domain for g in inp.groups)
+                ),
             ]
         ),
     )

@@ -218,7 +218,7 @@ class Delivery:
         workflow.upsert_search_attributes(
             [
                 searchattrs.STATE.value_set(state),
-                searchattrs.RCPT_DOMAINS.value_set(values[1]),
+                searchattrs.RCPT_DOMAINS.value_set(searchattrs.domains_value(values[1])),
                 searchattrs.HELD.value_set(values[2]),
                 searchattrs.NEXT_ATTEMPT.value_set(next_attempt)
                 if next_attempt is not None

@@ -12,6 +12,9 @@ Queries an operator types in the UI, for example:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+
 from temporalio.common import SearchAttributeKey
 
 STATE = SearchAttributeKey.for_keyword("TempostState")
@@ -22,6 +25,26 @@ NEXT_ATTEMPT = SearchAttributeKey.for_datetime("TempostNextAttempt")
 ATTEMPTS = SearchAttributeKey.for_int("TempostAttempts")
 
 ALL = (STATE, ACCOUNT, RCPT_DOMAINS, HELD, NEXT_ATTEMPT, ATTEMPTS)
+
+# Temporal refuses a search attribute value over 2 KB (limit.searchAttributeValueSize), and with it the
+# workflow start or the workflow task that sets it; keep clear of it with room for encoding differences.
+_VALUE_BUDGET = 1900
+
+
+def domains_value(domains: Iterable[str]) -> list[str]:
+    """The TempostRcptDomains value: the domains in order, as many as fit in one attribute value.
+
+    A fan-out to hundreds of domains lists its first ones; the queue listing has them all.
+    """
+    out: list[str] = []
+    size = 2  # the JSON brackets
+    for domain in sorted(set(domains)):
+        size += len(json.dumps(domain).encode()) + 2  # the separator
+        if size > _VALUE_BUDGET:
+            break
+        out.append(domain)
+    return out
+
 
 # The temporal CLI's names for the types, for `temporal server start-dev --search-attribute NAME=TYPE`.
 CLI_TYPES = {

@@ -6,10 +6,12 @@ The same query strings the README shows go through the client's list API, which 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 from domain.contracts import delivery_workflow_id
 from tests.conftest import Stack
+from workflows import searchattrs
 
 
 async def workflow_ids(stack: Stack, query: str, want: set[str], timeout: float = 15) -> set[str]:
@@ -42,3 +44,25 @@ async def test_held_mail_to_a_domain_is_found_by_query_and_state_follows(stack: 
     await stack.finished(held_id)
     assert await workflow_ids(stack, f"{tq} AND TempostState = 'finished'", {wid}) == {wid}
     assert await workflow_ids(stack, f"{tq} AND TempostAttempts = 1", {wid}) == {wid}
+
+
+async def test_a_fan_out_to_more_domains_than_one_attribute_holds_is_still_sent(stack_factory) -> None:
+    # Temporal refuses a search attribute value over 2 KB, and with it the workflow's start: before, mail to
+    # this many domains was accepted and then never started. The attribute lists the domains that fit.
+    stack = await stack_factory(max_concurrent_deliveries=20)
+    domains = sorted(f"a-rather-long-recipient-domain-number-{i:03}.example" for i in range(60))
+    resp = await stack.send_ok({"To": [{"Address": f"rcpt@{d}"} for d in domains], "Text": "x"})
+    ids = [s["QueueMsgID"] for s in resp["Submissions"]]
+    status = await stack.finished(ids[0], timeout=120)
+    assert {m.state.value for m in status.msgs} == {"delivered"} and len(status.msgs) == 60
+    assert sorted(stack.sink.delivered_to()) == sorted(f"rcpt@{d}" for d in domains)
+    # The workflow started listing the first domains that fit in the limit.
+    history = await stack.handle(ids[0]).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    first = json.loads(started.search_attributes.indexed_fields[searchattrs.RCPT_DOMAINS.name].data)
+    assert 0 < len(first) < len(domains) and first == domains[: len(first)]
+    assert len(json.dumps(first).encode()) <= 2048
+    # Finished: nothing pending (an empty list removes the attribute).
+    desc = await stack.handle(ids[0]).describe()
+    assert not desc.typed_search_attributes.get(searchattrs.RCPT_DOMAINS)
+    assert desc.typed_search_attributes.get(searchattrs.STATE) == "finished"
