@@ -34,6 +34,17 @@ LOST_RECOVERED = Counter(
     "tempost_queue_lost_workflows_recovered_total",
     "Workflows started again because theirs had ended with mail queued or a webhook call pending.",
 )
+START_ERRORS = Counter(
+    "tempost_queue_workflow_start_errors_total",
+    "Workflow starts by the sweeper that Temporal refused or did not answer; each is tried again next round.",
+    ["workflow"],
+)
+
+
+def _start_failed(workflow: str, what: str) -> None:
+    """Count and log a start that failed: one refused start must not hold up the rest of the round."""
+    START_ERRORS.labels(workflow).inc()
+    log.exception("starting %s failed; trying again next round", what)
 
 
 async def start_submission(client: Client, pool: Pool, config: Config, base_id: int) -> bool:
@@ -66,21 +77,33 @@ async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: 
     """Start the workflow of every submission that was committed but never started; returns how many."""
     started = 0
     for base_id in await q.unstarted_submissions(pool, older_than):
-        if await start_submission(client, pool, config, base_id):
-            started += 1
-            log.warning("started delivery of orphaned submission %d", base_id)
+        try:
+            if not await start_submission(client, pool, config, base_id):
+                continue
+        except Exception:  # noqa: BLE001 - see _start_failed
+            _start_failed("delivery", f"the delivery of orphaned submission {base_id}")
+            continue
+        started += 1
+        log.warning("started delivery of orphaned submission %d", base_id)
     return started
 
 
 async def sweep_hooks(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
     """Start the workflow of every hook committed without one; returns how many."""
-    rows = await hooks.unstarted(pool, older_than)
-    for r in rows:
-        await start_webhook(client, config.temporal.task_queue, r["id"], r["next_attempt"], f"hook {r['id']}")
+    started = []
+    for r in await hooks.unstarted(pool, older_than):
+        try:
+            await start_webhook(
+                client, config.temporal.task_queue, r["id"], r["next_attempt"], f"hook {r['id']}"
+            )
+        except Exception:  # noqa: BLE001 - see _start_failed
+            _start_failed("webhook", f"orphaned webhook {r['id']}")
+            continue
+        started.append(r["id"])
         log.warning("started orphaned webhook %d", r["id"])
-    if rows:
-        await hooks.mark_workflow_started(pool, [r["id"] for r in rows])
-    return len(rows)
+    if started:
+        await hooks.mark_workflow_started(pool, started)
+    return len(started)
 
 
 async def sweep_bounces(client: Client, pool: Pool, config: Config, older_than: timedelta) -> int:
@@ -88,7 +111,10 @@ async def sweep_bounces(client: Client, pool: Pool, config: Config, older_than: 
     or its run ended before matching it. A running one is left alone. Returns how many were looked at."""
     ids = await bounces.unprocessed(pool, older_than)
     for bounce_id in ids:
-        await start_bounce(client, config.temporal.task_queue, bounce_id)
+        try:
+            await start_bounce(client, config.temporal.task_queue, bounce_id)
+        except Exception:  # noqa: BLE001 - see _start_failed
+            _start_failed("bounce", f"the matching of bounce {bounce_id}")
     return len(ids)
 
 
@@ -109,13 +135,22 @@ async def recover_lost(client: Client, pool: Pool, config: Config) -> list[str]:
     restarted: list[str] = []
     submissions = {delivery_workflow_id(b): b for b in await q.started_submissions_with_queued_mail(pool)}
     for workflow_id, how in await _not_running(client, tq, WORKFLOW_DELIVERY, list(submissions)):
-        if await start_submission(client, pool, config, submissions[workflow_id]):
-            log.warning("%s had queued mail but %s: started it again", workflow_id, how)
-            restarted.append(workflow_id)
+        try:
+            if not await start_submission(client, pool, config, submissions[workflow_id]):
+                continue
+        except Exception:  # noqa: BLE001 - see _start_failed
+            _start_failed("delivery", f"{workflow_id} again")
+            continue
+        log.warning("%s had queued mail but %s: started it again", workflow_id, how)
+        restarted.append(workflow_id)
     pending = {webhook_workflow_id(r["id"]): r for r in await hooks.started_pending(pool)}
     for workflow_id, how in await _not_running(client, tq, WORKFLOW_WEBHOOK, list(pending)):
         r = pending[workflow_id]
-        await start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}")
+        try:
+            await start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}")
+        except Exception:  # noqa: BLE001 - see _start_failed
+            _start_failed("webhook", f"{workflow_id} again")
+            continue
         log.warning("%s was pending but %s: started it again", workflow_id, how)
         restarted.append(workflow_id)
     LOST_RECOVERED.inc(len(restarted))

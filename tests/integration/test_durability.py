@@ -142,40 +142,66 @@ async def test_history_of_a_delivered_message_is_lean(stack: Stack) -> None:
         assert b"hello" not in e.SerializeToString()
 
 
-async def test_orphaned_submission_is_started_by_sweeper(stack: Stack) -> None:
+async def _orphan(stack: Stack, account: str, rcpt_local: str) -> int:
+    """Commit a submission the way an API does, without starting its workflow; return its id."""
     from store import queue as q
+
+    async with stack.pool.connection() as conn, conn.transaction():
+        base_id, _ = await q.insert_submission(
+            conn,
+            account,
+            b"Subject: orphan\r\n\r\nbody\r\n",
+            datetime.now(UTC) - timedelta(minutes=5),
+            [
+                q.NewMsg(
+                    account,
+                    "example.org",
+                    "example.org",
+                    rcpt_local,
+                    "example.com",
+                    "example.com",
+                    datetime.now(UTC),
+                    30,
+                    f"<{rcpt_local}@x>",
+                    "orphan",
+                )
+            ],
+        )
+    return base_id
+
+
+async def test_orphaned_submission_is_started_by_sweeper(stack: Stack) -> None:
     from worker.sweeper import sweep_orphans
 
     resp = await stack.send_ok(text_msg("bob@example.com"))
     msg_id = resp["Submissions"][0]["QueueMsgID"]
     await stack.finished(msg_id)
     # Simulate an API that committed a submission and died before starting its workflow.
-    async with stack.pool.connection() as conn, conn.transaction():
-        base_id, ids = await q.insert_submission(
-            conn,
-            "alice",
-            b"Subject: orphan\r\n\r\nbody\r\n",
-            datetime.now(UTC) - timedelta(minutes=5),
-            [
-                q.NewMsg(
-                    "alice",
-                    "example.org",
-                    "example.org",
-                    "carol",
-                    "example.com",
-                    "example.com",
-                    datetime.now(UTC),
-                    30,
-                    "<orphan@x>",
-                    "orphan",
-                )
-            ],
-        )
+    base_id = await _orphan(stack, "alice", "carol")
     started = await sweep_orphans(stack.client, stack.pool, stack.config, timedelta(seconds=30))
     assert started == 1
     await stack.finished(base_id)
     assert "carol@example.com" in stack.sink.delivered_to()
     assert await sweep_orphans(stack.client, stack.pool, stack.config, timedelta(seconds=30)) == 0
+
+
+async def test_a_start_temporal_refuses_does_not_hold_up_the_other_orphans(stack: Stack) -> None:
+    from worker.sweeper import START_ERRORS, sweep_orphans
+
+    # Temporal refuses this one's start for real: its account search attribute is over the 2 KB limit.
+    refused = await _orphan(stack, "a" * 3000, "dave")
+    fine = await _orphan(stack, "alice", "erin")
+    errors = START_ERRORS.labels("delivery")._value.get()
+    assert await sweep_orphans(stack.client, stack.pool, stack.config, timedelta(seconds=30)) == 1
+    await stack.finished(fine)
+    assert "erin@example.com" in stack.sink.delivered_to()
+    assert START_ERRORS.labels("delivery")._value.get() == errors + 1
+    # Still unstarted, so the next round tries again (and counts again).
+    assert await sweep_orphans(stack.client, stack.pool, stack.config, timedelta(seconds=30)) == 0
+    assert START_ERRORS.labels("delivery")._value.get() == errors + 2
+    # Nothing of it is lost: it is still queued, untried.
+    row = (await stack.admin("GET", f"/queue/{refused}")).json()
+    assert row["Attempts"] == 0
 
 
 # --- A workflow that ends while its mail is queued: an operator terminates it, or Temporal loses it ---
