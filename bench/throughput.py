@@ -43,7 +43,7 @@ def _config(database_url: str, temporal_address: str, api_port: int, sink: SMTPS
             "temporal": {"address": temporal_address, "task_queue": "bench"},
             "api": {"listen": f"127.0.0.1:{api_port}", "admin_token_file": ""},
             "worker": {"metrics_listen": ""},
-            "queue": {"default_transport": "sink", "backoff_base": "1s", "max_concurrent_deliveries": 20},
+            "queue": {"default_transport": "sink", "backoff_base": "1s"},
             "transports": {
                 "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}
             },
@@ -137,7 +137,9 @@ async def _breakdown(
     stages: dict[str, list[float]] = {}
     events: list[int] = []
     for tag in list(accepted)[:50]:
-        history = await temporal.get_workflow_handle(workflow_ids[tag]).fetch_history()
+        handle = temporal.get_workflow_handle(workflow_ids[tag])
+        await handle.result()  # the whole history, to the workflow's completion
+        history = await handle.fetch_history()
         events.append(len(history.events))
         first: dict[int, float] = {}
         for e in history.events:
