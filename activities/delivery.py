@@ -101,7 +101,7 @@ class DeliveryActivities:
         config: Config,
         start_submission: Callable[[int], Awaitable[None]] | None = None,
         webhooks: WebhookQueue | None = None,
-        wake: Callable[[str], Awaitable[None]] | None = None,
+        wake: Callable[[str, list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._webhooks = webhooks or WebhookQueue(pool, config, None)
         # Signals a workflow waiting for a delivery lease; given by the worker, which owns the client.
@@ -182,11 +182,17 @@ class DeliveryActivities:
             ttl=q_cfg.attempt_timeout + timedelta(seconds=60),
             per_domain=q_cfg.concurrency(req.domain),
             min_interval=timedelta(minutes=1) / per_minute if per_minute > 0 else timedelta(0),
+            keep_global_wait=req.others_waiting,
         )
         if not grant.granted:
             return AttemptResult(
                 outcomes=[
-                    RecipientOutcome(msg_id=m.id, outcome=Outcome.BUSY, retry_at=grant.retry_at)
+                    RecipientOutcome(
+                        msg_id=m.id,
+                        outcome=Outcome.BUSY,
+                        retry_at=grant.retry_at,
+                        busy_global=grant.global_cap,
+                    )
                     for m in req.msgs
                 ]
             )
@@ -196,9 +202,9 @@ class DeliveryActivities:
         finally:
             woken = await leases.release(self._pool, req.domain, holder, _now())
             if self._wake is not None:
-                for workflow_id in woken:
+                for workflow_id, freed in woken.items():
                     try:
-                        await self._wake(workflow_id)
+                        await self._wake(workflow_id, freed)
                     except Exception:  # noqa: BLE001 - a waiter not woken retries on its own timer
                         activity.logger.warning("waking %s", workflow_id, exc_info=True)
 

@@ -165,7 +165,9 @@ async def _breakdown(
         print(f"  {name:32} {statistics.median(values) * 1000:7.1f} ms")
 
 
-async def _fanout(http: httpx.AsyncClient, sink: SMTPSink, rcpts: int, domains: int, timeout: float) -> None:
+async def _fanout(
+    http: httpx.AsyncClient, sink: SMTPSink, rcpts: int, domains: int, timeout: float, temporal: Client
+) -> None:
     """One message to `rcpts` recipients spread over `domains` domains: one transaction per domain."""
     req = {
         "To": [{"Address": f"r{i}@fan{i % domains}.example"} for i in range(rcpts)],
@@ -186,6 +188,14 @@ async def _fanout(http: httpx.AsyncClient, sink: SMTPSink, rcpts: int, domains: 
         f"= {done / (t1 - t0):.1f} rcpt/s (Send answered in {(t_accepted - t0) * 1000:.0f} ms); "
         f"per-transaction latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
         f"p99 {_pct(lat, 99) * 1000:.0f} ms; mean {statistics.fmean(lat) * 1000 if lat else 0:.0f} ms"
+    )
+    handle = temporal.get_workflow_handle(f"msg-{r.json()['Submissions'][0]['QueueMsgID']}")
+    await handle.result()
+    kinds = [e.event_type for e in (await handle.fetch_history()).events]
+    print(
+        f"  its workflow: {len(kinds)} history events, "
+        f"{kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)} activities, "
+        f"{kinds.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)} signals"
     )
 
 
@@ -235,7 +245,9 @@ async def main() -> None:
                     temporal_client,
                 )
                 if args.fanout_rcpts:
-                    await _fanout(http, sink, args.fanout_rcpts, args.fanout_domains, args.timeout)
+                    await _fanout(
+                        http, sink, args.fanout_rcpts, args.fanout_domains, args.timeout, temporal_client
+                    )
         finally:
             stop.set()
             await asyncio.gather(server, return_exceptions=True)

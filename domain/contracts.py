@@ -67,6 +67,9 @@ class AttemptRequest(BaseModel):
     base_id: int
     domain: str
     msgs: list[AttemptMsg]
+    # Other groups of the submission wait for a slot of the global cap: a grant keeps the submission's
+    # place in that line (store.leases).
+    others_waiting: bool = False
 
 
 class Outcome(StrEnum):
@@ -91,6 +94,8 @@ class RecipientOutcome(BaseModel):
     secode: str = ""
     error: str = ""
     retry_at: datetime | None = None
+    # BUSY only: the wait is for a slot of the global cap, not for the domain's own slot.
+    busy_global: bool = False
 
 
 class AttemptResult(BaseModel):

@@ -18,6 +18,8 @@ class Grant:
 
     granted: bool
     retry_at: datetime | None = None
+    # Refused because the global cap is reached (not the domain's own slots or rate).
+    global_cap: bool = False
 
 
 async def acquire(
@@ -31,10 +33,15 @@ async def acquire(
     ttl: timedelta,
     per_domain: int = 1,
     min_interval: timedelta = timedelta(0),
+    keep_global_wait: bool = False,
 ) -> Grant:
     """Take one of the domain's `per_domain` delivery slots if one is free, fewer than `cap` deliveries run
     anywhere and the domain's rate limit allows a start now. The same holder (a retried attempt) may take
-    its own slot again. A refused caller is remembered as a waiter, to be woken when a slot frees."""
+    its own slot again. A refused caller is remembered as a waiter, to be woken when a slot frees.
+
+    A workflow waits in line for a global slot once, however many of its groups wait, and each freed slot
+    wakes one group. With `keep_global_wait` (other groups of the caller's workflow still wait) a granted
+    caller lines up again, at the back, for the next group."""
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEASE_LOCK,))
         cur = await conn.execute(
@@ -53,7 +60,7 @@ async def acquire(
         if active is not None and active["n"] >= cap:
             # Woken by whichever delivery finishes first.
             await _wait(conn, workflow_id, "", now)
-            return Grant(False)
+            return Grant(False, global_cap=True)
         if not own and rows and min_interval > timedelta(0):
             allowed = max(r["last_start"] for r in rows) + min_interval
             if allowed > now:
@@ -71,6 +78,9 @@ async def acquire(
             "DELETE FROM delivery_waiters WHERE workflow_id = %s AND domain IN (%s, '')",
             (workflow_id, domain),
         )
+        if keep_global_wait:
+            # Other groups of the workflow still wait for a global slot: it queues again, at the back.
+            await _wait(conn, workflow_id, "", now)
         return Grant(True)
 
 
@@ -83,9 +93,9 @@ async def _wait(conn: Conn, workflow_id: str, domain: str, now: datetime) -> Non
     )
 
 
-async def release(pool: Pool, domain: str, holder: str, now: datetime) -> list[str]:
-    """End the holder's lease; returns the workflow ids to wake: the domain's oldest waiter and the oldest
-    waiter for a global slot."""
+async def release(pool: Pool, domain: str, holder: str, now: datetime) -> dict[str, list[str]]:
+    """End the holder's lease; returns the workflows to wake, each with what it waited for: the domain's
+    oldest waiter (the domain) and the oldest waiter for a global slot ("")."""
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEASE_LOCK,))
         cur = await conn.execute(
@@ -93,8 +103,8 @@ async def release(pool: Pool, domain: str, holder: str, now: datetime) -> list[s
             (now, domain, holder),
         )
         if await cur.fetchone() is None:
-            return []
-        woken = []
+            return {}
+        woken: dict[str, list[str]] = {}
         for d in (domain, ""):
             cur = await conn.execute(
                 """DELETE FROM delivery_waiters WHERE (workflow_id, domain) IN
@@ -103,5 +113,6 @@ async def release(pool: Pool, domain: str, holder: str, now: datetime) -> list[s
                    RETURNING workflow_id""",
                 (d,),
             )
-            woken += [r["workflow_id"] for r in await cur.fetchall()]
-        return sorted(set(woken))
+            for r in await cur.fetchall():
+                woken.setdefault(r["workflow_id"], []).append(d)
+        return woken

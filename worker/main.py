@@ -73,8 +73,8 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
     async def stop_hook(hook_id: int) -> None:
         await signal_webhook(client, hook_id, "stop")
 
-    async def wake(workflow_id: str) -> None:
-        await client.get_workflow_handle(workflow_id).signal(Delivery.lease_free)
+    async def wake(workflow_id: str, freed: list[str]) -> None:
+        await client.get_workflow_handle(workflow_id).signal(Delivery.lease_free, freed)
 
     webhook_queue = WebhookQueue(pool, config, HookControl(start_hook, stop_hook))
     acts = DeliveryActivities(pool, config, start, webhook_queue, wake)

@@ -8,6 +8,7 @@ groups run concurrently inside the workflow.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -65,6 +66,9 @@ class _Msg:
     done: MsgState | None = None
     # Waiting for the domain's delivery lease (another delivery runs): woken by the lease_free signal.
     lease_wait: bool = False
+    # What it waits for: a slot of the global cap (else the domain's own), and its place in line.
+    wait_global: bool = False
+    wait_seq: int = 0
 
 
 @workflow.defn(name=WORKFLOW_DELIVERY)
@@ -91,8 +95,15 @@ class Delivery:
         }
         # Bumped whenever an admin operation changes state, so waiting groups re-evaluate.
         self._changes = 0
+        # The same per recipient domain: a change wakes only the groups it concerns, so a fan-out's waiting
+        # groups do not all restart their timers (two history events each) for every change.
+        self._touched: dict[str, int] = {}
+        # Whether groups wait on their own domain's changes; decided once, where it first matters.
+        self._targeted: bool | None = None
         # Bumped by each lease_free signal (a delivery slot this submission waited for was freed).
         self._lease_frees = 0
+        # Orders the groups waiting for a delivery slot, first come first woken.
+        self._waits = 0
         # The search attribute values last upserted, to upsert only on change.
         self._published: tuple | None = None
         # Set while handing over to a fresh run: no new attempt starts.
@@ -133,7 +144,7 @@ class Delivery:
             now = workflow.now()
             due = [m for m in pending if not m.hold and not m.busy and m.next_attempt <= now + _DUE_SLACK]
             if not due:
-                await self._wait_for_due(pending, now)
+                await self._wait_for_due(domain, pending, now)
                 continue
             if self._draining:
                 # The run is about to continue as new; the next run makes this attempt.
@@ -158,7 +169,9 @@ class Delivery:
             if outcomes and all(o.outcome == Outcome.BUSY for o in outcomes):
                 # A wake-up that came while the attempt was out was meant for it: try again at once.
                 woken = self._lease_frees != frees
-                self._lease_busy(due, workflow.now() if woken else outcomes[0].retry_at)
+                self._lease_busy(
+                    due, workflow.now() if woken else outcomes[0].retry_at, outcomes[0].busy_global
+                )
                 continue
             for out in outcomes:
                 self._apply_outcome(out)
@@ -227,42 +240,80 @@ class Delivery:
             ]
         )
 
-    def _lease_busy(self, batch: list[_Msg], retry_at: datetime | None) -> None:
+    def _lease_busy(self, batch: list[_Msg], retry_at: datetime | None, global_cap: bool) -> None:
         """The attempt did not happen (spec 01 §3 concurrency): undo its bookkeeping and wait."""
         now = workflow.now()
         # Woken by signal when the domain frees; the timer only covers a lost wake-up.
         fallback = now + _LEASE_FALLBACK + timedelta(seconds=workflow.random().randint(0, 10))
+        self._waits += 1
         for m in batch:
             m.attempts -= 1
             m.busy = False
             m.lease_wait = retry_at is None
+            m.wait_global = global_cap
+            m.wait_seq = self._waits
             m.next_attempt = retry_at or fallback
-        self._changes += 1
+        self._touch({m.domain for m in batch})
 
     @workflow.signal
-    def lease_free(self) -> None:
-        """A delivery slot this submission waits for was freed: its waiting messages are due now."""
+    def lease_free(self, freed: list[str] | None = None) -> None:
+        """A delivery slot this submission waits for was freed: the messages waiting for it are due now.
+
+        `freed` names the domains whose own slot freed, and "" a slot of the global cap, which goes to the
+        group that has waited longest for one. Waking every waiting group for one free slot would start
+        an attempt per group for each slot (a fan-out to many domains made hundreds of refused attempts).
+        Signals without `freed` (sent before it existed, and in their recorded histories) wake every
+        waiting message.
+        """
         now = workflow.now()
         self._lease_frees += 1
-        for m in self._msgs.values():
-            if m.lease_wait and m.done is None:
-                m.lease_wait = False
-                m.next_attempt = now
-        self._changes += 1
+        waiting = [m for m in self._msgs.values() if m.lease_wait and m.done is None]
+        if freed is None:
+            due = waiting
+        else:
+            due = [m for m in waiting if m.domain in freed]
+            queued = [m for m in waiting if m.wait_global and m.domain not in freed]
+            if "" in freed and queued:
+                first = min(queued, key=lambda m: m.wait_seq)
+                due += [m for m in queued if m.domain == first.domain]
+        for m in due:
+            m.lease_wait = False
+            m.next_attempt = now
+        self._touch(None if freed is None else {m.domain for m in due})
 
-    async def _wait_for_due(self, pending: list[_Msg], now: datetime) -> None:
+    def _touch(self, domains: set[str] | list[str] | None) -> None:
+        """Note a change for the groups of these domains (None: all), so they re-evaluate."""
+        self._changes += 1
+        for d in {m.domain for m in self._msgs.values()} if domains is None else domains:
+            self._touched[d] = self._touched.get(d, 0) + 1
+
+    def _changed(self, domain: str) -> Callable[[], bool]:
+        """A condition that turns true on the next change that concerns the domain's group."""
+        if self._targeted is None:
+            # Released histories woke every group on any change. Submissions to one domain are the same
+            # either way and need no marker.
+            self._targeted = len({m.domain for m in self._msgs.values()}) > 1 and workflow.patched(
+                "targeted-wakeups"
+            )
+        if self._targeted:
+            seen = self._touched.get(domain, 0)
+            return lambda: self._touched.get(domain, 0) != seen
+        seen_all = self._changes
+        return lambda: self._changes != seen_all
+
+    async def _wait_for_due(self, domain: str, pending: list[_Msg], now: datetime) -> None:
         # Attributes are published only where the workflow blocks, so one workflow task upserts once.
         self._publish()
-        seen = self._changes
+        changed = self._changed(domain)
         waiting = [m.next_attempt for m in pending if not m.hold and not m.busy]
         if not waiting:
             # Everything held or in flight: only an admin operation or a finishing attempt moves us.
-            await workflow.wait_condition(lambda: self._changes != seen)
+            await workflow.wait_condition(changed)
             return
         until = min(waiting)
         try:
             await workflow.wait_condition(
-                lambda: self._changes != seen,
+                changed,
                 timeout=max(until - now, timedelta(milliseconds=1)),
                 timeout_summary=f"next attempt at {until.isoformat(timespec='seconds')}",
             )
@@ -271,7 +322,11 @@ class Delivery:
 
     async def _attempt(self, domain: str, batch: list[AttemptMsg]) -> list[RecipientOutcome]:
         assert self._input is not None
-        req = AttemptRequest(base_id=self._input.base_id, domain=domain, msgs=batch)
+        others = any(
+            m.lease_wait and m.wait_global and m.domain != domain and m.done is None
+            for m in self._msgs.values()
+        )
+        req = AttemptRequest(base_id=self._input.base_id, domain=domain, msgs=batch, others_waiting=others)
         n = batch[0].attempt
         try:
             result = await workflow.execute_activity(
@@ -302,7 +357,7 @@ class Delivery:
     def _apply_outcome(self, out: RecipientOutcome) -> None:
         m = self._msgs[out.msg_id]
         m.busy = False
-        self._changes += 1
+        self._touch([m.domain])
         if out.outcome in (Outcome.DELIVERED, Outcome.GONE):
             m.done = MsgState.DELIVERED
         elif out.outcome == Outcome.FAILED:
@@ -348,7 +403,7 @@ class Delivery:
     async def hold(self, op: AdminOp) -> MsgStatus:
         m = self._msgs[op.msg_id]
         m.hold = True
-        self._changes += 1
+        self._touch([m.domain])
         await self._project(ProjectRequest(msg_ids=[m.id], hold=True))
         return self._status_of(m)
 
@@ -360,7 +415,7 @@ class Delivery:
     async def release(self, op: AdminOp) -> MsgStatus:
         m = self._msgs[op.msg_id]
         m.hold = False
-        self._changes += 1
+        self._touch([m.domain])
         await self._project(ProjectRequest(msg_ids=[m.id], hold=False))
         return self._status_of(m)
 
@@ -372,7 +427,7 @@ class Delivery:
     async def kick(self, op: AdminOp) -> MsgStatus:
         m = self._msgs[op.msg_id]
         m.next_attempt = workflow.now()
-        self._changes += 1
+        self._touch([m.domain])
         await self._project(ProjectRequest(msg_ids=[m.id], next_attempt=m.next_attempt))
         return self._status_of(m)
 
@@ -403,7 +458,7 @@ class Delivery:
         await workflow.wait_condition(lambda: not m.busy)
         if m.done is None:
             m.done = state
-            self._changes += 1
+            self._touch([m.domain])
             # Hook point: Fail sends a failure DSN here once DSNs exist (spec 01 §5.4); Drop sends none.
             await self._retire([m.id], event, ADMIN_CANCEL_ERROR)
         return self._status_of(m)
@@ -425,7 +480,7 @@ class Delivery:
             )
             for m in still:
                 m.done = state
-            self._changes += 1
+            self._touch({m.domain for m in targets})
             if still:
                 await self._retire([m.id for m in still], event, ADMIN_CANCEL_ERROR)
             return
@@ -439,7 +494,7 @@ class Delivery:
                 m.next_attempt = op.next_attempt
             elif op.op == "add_next":
                 m.next_attempt += timedelta(seconds=op.add_s)
-        self._changes += 1
+        self._touch({m.domain for m in targets})
 
     @workflow.query
     def status(self) -> DeliveryStatus:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 
 from domain.contracts import MsgState
 from tests.conftest import Stack, process_config
@@ -153,3 +154,24 @@ async def test_domain_concurrency_lets_a_big_destination_take_several_deliveries
     assert all(s.msgs[0].state == MsgState.DELIVERED for s in statuses)
     assert 2 <= sink.max_overlap["big.example"] <= 3
     assert sink.max_overlap["small.example"] == 1
+
+
+async def test_a_fan_out_over_the_global_cap_makes_few_refused_attempts(
+    stack_factory: Any, sink: SMTPSink
+) -> None:
+    # Twelve domains, two deliveries at a time: each freed slot wakes one waiting domain, not all of them
+    # (which made an attempt per waiting domain for every slot: 42 attempts here, thousands for a
+    # fan-out to a few hundred domains). A lost wake-up would leave a domain to the one-minute fallback and
+    # blow the time limit below.
+    stack = await stack_factory(max_concurrent_deliveries=2)
+    sink.behaviour.data_delay = 0.1
+    domains = [f"d{i:02}.example" for i in range(12)]
+    resp = await stack.send_ok({"To": [{"Address": f"r@{d}"} for d in domains], "Text": "x"})
+    base_id = resp["Submissions"][0]["QueueMsgID"]
+    status = await stack.finished(base_id, timeout=40)
+    assert {m.state for m in status.msgs} == {MsgState.DELIVERED}
+    assert sink.max_overlap_total <= 2
+    kinds = [e.event_type async for e in stack.handle(base_id).fetch_history_events()]
+    attempts = kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    print(f"{attempts} attempts for 12 domains")
+    assert attempts <= 2 * len(domains) + 4

@@ -43,9 +43,9 @@ async def test_record_histories(stack_factory) -> None:
     stack: Stack = await stack_factory(max_attempts=2)
     release = datetime.now(UTC).strftime("%Y%m%d")
 
-    async def save(name: str, msg_id: int) -> None:
-        await stack.finished(msg_id)
-        history = await stack.handle(msg_id).fetch_history()
+    async def save(name: str, msg_id: int, on: Stack = stack) -> None:
+        await on.finished(msg_id)
+        history = await on.handle(msg_id).fetch_history()
         (HISTORIES / f"{release}-{name}.json").write_text(history.to_json())
 
     # Delivered at once; two domains.
@@ -85,3 +85,8 @@ async def test_record_histories(stack_factory) -> None:
     assert await recover_lost(stack.client, stack.pool, stack.config) == [stack.handle(msg_id).id]
     assert (await stack.admin("POST", f"/queue/{msg_id}/kick")).status_code == 200
     await save("recovered", msg_id)
+    # A fan-out over the global cap: its groups wait for delivery slots and are woken one at a time.
+    busy: Stack = await stack_factory(max_concurrent_deliveries=2)
+    busy.sink.behaviour.data_delay = 0.1
+    resp = await busy.send_ok({"To": [{"Address": f"r@d{i}.example"} for i in range(6)], "Text": "x"})
+    await save("fan-out-over-the-cap", resp["Submissions"][0]["QueueMsgID"], busy)
