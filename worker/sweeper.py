@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from datetime import timedelta
 
 from prometheus_client import Counter
@@ -41,10 +42,15 @@ START_ERRORS = Counter(
 )
 
 
-def _start_failed(workflow: str, what: str) -> None:
-    """Count and log a start that failed: one refused start must not hold up the rest of the round."""
-    START_ERRORS.labels(workflow).inc()
-    log.exception("starting %s failed; trying again next round", what)
+async def _started(workflow: str, what: str, start: Awaitable[object]) -> bool:
+    """Whether a workflow start went through (a start that returns False had nothing to start). A failed
+    start is counted, logged and tried again next round: it must not hold up the rest of this one."""
+    try:
+        return (await start) is not False
+    except Exception:  # noqa: BLE001 - see the docstring
+        START_ERRORS.labels(workflow).inc()
+        log.exception("starting %s failed; trying again next round", what)
+        return False
 
 
 async def start_submission(client: Client, pool: Pool, config: Config, base_id: int) -> bool:
@@ -77,14 +83,10 @@ async def sweep_orphans(client: Client, pool: Pool, config: Config, older_than: 
     """Start the workflow of every submission that was committed but never started; returns how many."""
     started = 0
     for base_id in await q.unstarted_submissions(pool, older_than):
-        try:
-            if not await start_submission(client, pool, config, base_id):
-                continue
-        except Exception:  # noqa: BLE001 - see _start_failed
-            _start_failed("delivery", f"the delivery of orphaned submission {base_id}")
-            continue
-        started += 1
-        log.warning("started delivery of orphaned submission %d", base_id)
+        orphan = f"the delivery of orphaned submission {base_id}"
+        if await _started("delivery", orphan, start_submission(client, pool, config, base_id)):
+            started += 1
+            log.warning("started %s", orphan)
     return started
 
 
@@ -92,15 +94,12 @@ async def sweep_hooks(client: Client, pool: Pool, config: Config, older_than: ti
     """Start the workflow of every hook committed without one; returns how many."""
     started = []
     for r in await hooks.unstarted(pool, older_than):
-        try:
-            await start_webhook(
-                client, config.temporal.task_queue, r["id"], r["next_attempt"], f"hook {r['id']}"
-            )
-        except Exception:  # noqa: BLE001 - see _start_failed
-            _start_failed("webhook", f"orphaned webhook {r['id']}")
-            continue
-        started.append(r["id"])
-        log.warning("started orphaned webhook %d", r["id"])
+        start = start_webhook(
+            client, config.temporal.task_queue, r["id"], r["next_attempt"], f"hook {r['id']}"
+        )
+        if await _started("webhook", f"orphaned webhook {r['id']}", start):
+            started.append(r["id"])
+            log.warning("started orphaned webhook %d", r["id"])
     if started:
         await hooks.mark_workflow_started(pool, started)
     return len(started)
@@ -111,10 +110,8 @@ async def sweep_bounces(client: Client, pool: Pool, config: Config, older_than: 
     or its run ended before matching it. A running one is left alone. Returns how many were looked at."""
     ids = await bounces.unprocessed(pool, older_than)
     for bounce_id in ids:
-        try:
-            await start_bounce(client, config.temporal.task_queue, bounce_id)
-        except Exception:  # noqa: BLE001 - see _start_failed
-            _start_failed("bounce", f"the matching of bounce {bounce_id}")
+        start = start_bounce(client, config.temporal.task_queue, bounce_id)
+        await _started("bounce", f"the matching of bounce {bounce_id}", start)
     return len(ids)
 
 
@@ -135,24 +132,17 @@ async def recover_lost(client: Client, pool: Pool, config: Config) -> list[str]:
     restarted: list[str] = []
     submissions = {delivery_workflow_id(b): b for b in await q.started_submissions_with_queued_mail(pool)}
     for workflow_id, how in await _not_running(client, tq, WORKFLOW_DELIVERY, list(submissions)):
-        try:
-            if not await start_submission(client, pool, config, submissions[workflow_id]):
-                continue
-        except Exception:  # noqa: BLE001 - see _start_failed
-            _start_failed("delivery", f"{workflow_id} again")
-            continue
-        log.warning("%s had queued mail but %s: started it again", workflow_id, how)
-        restarted.append(workflow_id)
+        start = start_submission(client, pool, config, submissions[workflow_id])
+        if await _started("delivery", f"{workflow_id} again", start):
+            log.warning("%s had queued mail but %s: started it again", workflow_id, how)
+            restarted.append(workflow_id)
     pending = {webhook_workflow_id(r["id"]): r for r in await hooks.started_pending(pool)}
     for workflow_id, how in await _not_running(client, tq, WORKFLOW_WEBHOOK, list(pending)):
         r = pending[workflow_id]
-        try:
-            await start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}")
-        except Exception:  # noqa: BLE001 - see _start_failed
-            _start_failed("webhook", f"{workflow_id} again")
-            continue
-        log.warning("%s was pending but %s: started it again", workflow_id, how)
-        restarted.append(workflow_id)
+        again = start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}")
+        if await _started("webhook", f"{workflow_id} again", again):
+            log.warning("%s was pending but %s: started it again", workflow_id, how)
+            restarted.append(workflow_id)
     LOST_RECOVERED.inc(len(restarted))
     return restarted
 
