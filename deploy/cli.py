@@ -7,19 +7,20 @@ import asyncio
 import getpass
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from deploy.admincli import CLIError, add_commands
 from deploy.logs import configure as configure_logging
-from domain.config import load_config
+from domain.config import Config, load_config
 from domain.passwords import hash_password
 
 DEFAULT_CONFIG = os.environ.get("TEMPOST_CONFIG", "tempost.toml")
 
 
-def _config(path: str):  # type: ignore[no-untyped-def]
+def _config(path: str) -> Config:
     try:
         return load_config(path)
     except FileNotFoundError:
@@ -34,38 +35,38 @@ def _cmd_dev(args: argparse.Namespace) -> None:
     run_dev(Path(args.data_dir), args.api_port)
 
 
-def _run_until_signal(args: argparse.Namespace, which: str) -> None:
+def _run_until_signal(
+    args: argparse.Namespace, run: Callable[[Config, asyncio.Event], Awaitable[None]]
+) -> None:
     """Run a long-lived process (worker, api or both) until SIGINT or SIGTERM."""
-    from deploy.serve import install_stop_signals, serve_all, serve_api
-    from store import db
-    from worker.main import run_worker
+    from deploy.serve import install_stop_signals
 
     config = _config(args.config)
 
     async def go() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        if which == "worker":
-            await db.migrate(config.database.url)
-            await run_worker(config, stop)
-        elif which == "api":
-            await serve_api(config, stop)
-        else:
-            await serve_all(config, stop)
+        await run(config, stop)
 
     asyncio.run(go())
 
 
 def _cmd_worker(args: argparse.Namespace) -> None:
-    _run_until_signal(args, "worker")
+    from deploy.serve import serve_worker
+
+    _run_until_signal(args, serve_worker)
 
 
 def _cmd_api(args: argparse.Namespace) -> None:
-    _run_until_signal(args, "api")
+    from deploy.serve import serve_api
+
+    _run_until_signal(args, serve_api)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    _run_until_signal(args, "serve")
+    from deploy.serve import serve_all
+
+    _run_until_signal(args, serve_all)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> None:

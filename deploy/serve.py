@@ -38,6 +38,12 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+async def serve_worker(config: Config, stop: asyncio.Event) -> None:
+    """Bring the schema up to date, then run a worker until `stop` is set."""
+    await db.migrate(config.database.url)
+    await run_worker(config, stop)
+
+
 async def serve_api(
     config: Config, stop: asyncio.Event, started: asyncio.Event | None = None, client: Client | None = None
 ) -> None:
