@@ -25,7 +25,7 @@ from activities.transports import (
     Transport,
 )
 from activities.webhooks import WebhookQueue
-from domain.addresses import AddressError, parse_address
+from domain.addresses import AddressError, envelope_path, parse_address
 from domain.backoff import DELAYED_DSN_ATTEMPT, backoff
 from domain.config import DIRECT, LOCALSERVE, Config, FailTransport, SocksTransport
 from domain.config import SMTPTransport as SMTPTransportConfig
@@ -61,12 +61,6 @@ HEARTBEAT_EVERY = timedelta(seconds=20)
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _path(localpart: str, domain: str) -> str:
-    if not localpart and not domain:
-        return ""
-    return f"{localpart}@{domain}"
 
 
 def _reply_secode(reply: str) -> str:
@@ -325,7 +319,7 @@ class DeliveryActivities:
                 rep = replies[r["id"]]
                 secode = rep.secode
                 response = [rep.error[4:]] if rep.code and rep.error[:3].isdigit() else []
-                sender_path = _path(r["sender_localpart"], r["sender_domain"])
+                sender_path = envelope_path(r["sender_localpart"], r["sender_domain"])
                 rcpt = q.recipient_address(r)
                 upcoming: list[datetime] = []
                 if plan is not None and kind == DSNKind.DELAYED:
@@ -334,7 +328,7 @@ class DeliveryActivities:
                     kind=kind,
                     hostname=self._config.hostname,
                     sender_path=sender_path,
-                    recipient=_path(r["recipient_localpart"], r["recipient_domain"]),
+                    recipient=envelope_path(r["recipient_localpart"], r["recipient_domain"]),
                     recipient_unicode=rcpt,
                     message_id=r["message_id"],
                     queued=r["queued"],
@@ -455,8 +449,8 @@ class DeliveryActivities:
             # admin can fix the configuration or the message's transport before attempts run out.
             return [RcptReply(False, False, 0, "", f'cannot find transport "{name}"')] * len(rows)
         env = Envelope(
-            mail_from=_path(first["sender_localpart"], first["sender_domain"]),
-            recipients=[_path(r["recipient_localpart"], r["recipient_domain"]) for r in rows],
+            mail_from=envelope_path(first["sender_localpart"], first["sender_domain"]),
+            recipients=[envelope_path(r["recipient_localpart"], r["recipient_domain"]) for r in rows],
             data=body,
             has8bit=first["has8bit"],
             smtputf8=any(r["smtputf8"] for r in rows),

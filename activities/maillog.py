@@ -11,15 +11,12 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 
+from domain.addresses import envelope_path
 from domain.contracts import AttemptMsg, Outcome, RecipientOutcome
 
 log = logging.getLogger("tempost.delivery")
 
 _EVENTS = {Outcome.DELIVERED: "delivered", Outcome.DEFERRED: "deferred", Outcome.FAILED: "failed"}
-
-
-def _address(localpart: str, domain: str) -> str:
-    return f"{localpart}@{domain}" if localpart or domain else ""
 
 
 def log_attempt(
@@ -45,8 +42,8 @@ def log_attempt(
             "event": event,
             "msg_id": msg_id,
             "base_id": row["base_id"],
-            "from": _address(row["sender_localpart"], row["sender_domain"]),
-            "to": _address(row["recipient_localpart"], row["recipient_domain"]),
+            "from": envelope_path(row["sender_localpart"], row["sender_domain"]),
+            "to": envelope_path(row["recipient_localpart"], row["recipient_domain"]),
             "attempt": attempt,
             "code": out.code,
             "secode": out.secode,

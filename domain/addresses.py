@@ -120,3 +120,8 @@ def parse_address(s: str) -> Address:
 def parse_domain(s: str) -> tuple[str, str]:
     """A domain name (or address literal) as (ASCII, Unicode) forms; AddressError when it is not one."""
     return _domain(s)
+
+
+def envelope_path(localpart: str, domain: str) -> str:
+    """An SMTP path from its stored parts; the null reverse path (a DSN's sender) is ""."""
+    return f"{localpart}@{domain}" if localpart or domain else ""
