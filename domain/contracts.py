@@ -49,6 +49,11 @@ class DeliveryInput(BaseModel):
     max_attempts: int = 8
     backoff_base_s: float = 450.0
     attempt_timeout_s: float = 600.0
+    # Attempts this submission runs at once (the global delivery cap; 0: no bound, as inputs before it),
+    # and per recipient domain where the configuration allows more than one. A big submission keeps
+    # its other groups waiting inside the workflow instead of sending attempts the leases refuse.
+    max_in_flight: int = 0
+    domain_concurrency: dict[str, int] = Field(default_factory=dict)
 
 
 class AttemptMsg(BaseModel):

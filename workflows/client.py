@@ -102,6 +102,10 @@ def delivery_input(
         max_attempts=queue.max_attempts,
         backoff_base_s=queue.backoff_base.total_seconds(),
         attempt_timeout_s=queue.attempt_timeout.total_seconds(),
+        max_in_flight=queue.max_concurrent_deliveries,
+        domain_concurrency={
+            d: n for d in {d for d, _ in groups} if (n := queue.concurrency(d)) != 1
+        },
     )
 
 

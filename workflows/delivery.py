@@ -8,6 +8,7 @@ groups run concurrently inside the workflow.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,6 +54,9 @@ _LEASE_FALLBACK = timedelta(seconds=60)
 ADMIN_CANCEL_ERROR = "delivery canceled by admin"
 # A timer may fire a hair before the instant the workflow computed; treat that as due.
 _DUE_SLACK = timedelta(milliseconds=5)
+# Most recipients one attempt carries in a big submission: an attempt's input and result travel through
+# history, and an SMTP transaction takes at most this many RCPT TO anyway (mox's limit).
+MAX_BATCH = 1000
 
 
 @dataclass
@@ -69,6 +73,33 @@ class _Msg:
     # What it waits for: a slot of the global cap (else the domain's own), and its place in line.
     wait_global: bool = False
     wait_seq: int = 0
+    # Refused by a busy lease and waiting to try again (by signal or retry time): a big submission's
+    # group keeps its delivery slots meanwhile, so its other groups do not each get refused in turn.
+    slot_wait: bool = False
+
+
+class _Slots:
+    """A first-come-first-served counting semaphore for workflow code.
+
+    Its order depends only on the workflow's own events, whatever asyncio's Semaphore does in the Python
+    version a worker runs (replay must give the same grants on every worker).
+    """
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._line: deque[int] = deque()
+        self._tickets = 0
+
+    async def acquire(self) -> None:
+        self._tickets += 1
+        ticket = self._tickets
+        self._line.append(ticket)
+        await workflow.wait_condition(lambda: self._free > 0 and self._line[0] == ticket)
+        self._line.popleft()
+        self._free -= 1
+
+    def release(self) -> None:
+        self._free += 1
 
 
 @workflow.defn(name=WORKFLOW_DELIVERY)
@@ -108,9 +139,22 @@ class Delivery:
         self._published: tuple | None = None
         # Set while handing over to a fresh run: no new attempt starts.
         self._draining = False
+        # Big submissions (more groups than may deliver at once, groups sharing a domain, groups larger
+        # than one attempt takes) bound the work of each workflow task: at most max_in_flight attempts
+        # (and the domain's concurrency) run at once, the others wait on these slots without commands,
+        # and search attributes are published once per task instead of by every group. Decided in run().
+        self._bounded = False
+        self._publish_due = False
+        self._slots = _Slots(max(inp.max_in_flight, 1))
+        self._domain_slots: dict[str, _Slots] = {}
 
     @workflow.run
     async def run(self, inp: DeliveryInput) -> DeliveryStatus:
+        # Released histories ran every group at once and published from every group; a marker is
+        # written only for submissions big enough to need the bound, so small ones keep their history.
+        self._bounded = _is_big(inp) and workflow.patched("bounded-groups")
+        if self._bounded:
+            asyncio.create_task(self._publisher())
         delivering = asyncio.gather(*(self._deliver_group(g.domain, g.msg_ids) for g in inp.groups))
         # A submission whose history grows long (a big fan-out deferring to the end) carries on in a fresh
         # run before Temporal's history limit would end it. Released histories have no marker: replaying
@@ -137,44 +181,95 @@ class Delivery:
     async def _deliver_group(self, domain: str, msg_ids: list[int]) -> None:
         assert self._input is not None
         base = timedelta(seconds=self._input.backoff_base_s)
-        while True:
-            pending = [self._msgs[i] for i in msg_ids if self._msgs[i].done is None]
-            if not pending:
-                return
-            now = workflow.now()
-            due = [m for m in pending if not m.hold and not m.busy and m.next_attempt <= now + _DUE_SLACK]
-            if not due:
-                await self._wait_for_due(domain, pending, now)
-                continue
-            if self._draining:
-                # The run is about to continue as new; the next run makes this attempt.
-                await workflow.wait_condition(lambda: not self._draining)
-                continue
-            batch: list[AttemptMsg] = []
-            for m in due:
-                jitter = workflow.random().randint(JITTER_MIN, JITTER_MAX)
-                # Like mox, the next attempt time moves forward before the attempt starts, so a crash
-                # mid-attempt cannot cause a tight retry loop.
-                m.next_attempt = now + backoff(m.attempts, base, jitter)
-                m.attempts += 1
-                m.busy = True
-                m.lease_wait = False
-                final = m.attempts >= self._input.max_attempts
-                batch.append(
-                    AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final)
-                )
-            frees = self._lease_frees
+        # Whether this group holds its delivery slots (bounded submissions only).
+        holding = False
+        try:
+            while True:
+                pending = [self._msgs[i] for i in msg_ids if self._msgs[i].done is None]
+                if not pending:
+                    return
+                now = workflow.now()
+                due = [
+                    m for m in pending if not m.hold and not m.busy and m.next_attempt <= now + _DUE_SLACK
+                ]
+                if not due:
+                    if holding and not any(m.slot_wait and not m.hold for m in pending):
+                        holding = self._release_slots(domain)
+                    await self._wait_for_due(domain, pending, now)
+                    continue
+                if self._draining:
+                    holding = holding and self._release_slots(domain)
+                    # The run is about to continue as new; the next run makes this attempt.
+                    await workflow.wait_condition(lambda: not self._draining)
+                    continue
+                if self._bounded and not holding:
+                    # Domain first, then the submission's share of the global cap, always in this order.
+                    await self._domain_slot(domain).acquire()
+                    await self._slots.acquire()
+                    holding = True
+                    # Waiting for the slots took time: hold, drop or a drain may have come meanwhile.
+                    continue
+                if self._bounded:
+                    due = due[:MAX_BATCH]
+                batch: list[AttemptMsg] = []
+                for m in due:
+                    jitter = workflow.random().randint(JITTER_MIN, JITTER_MAX)
+                    # Like mox, the next attempt time moves forward before the attempt starts, so a crash
+                    # mid-attempt cannot cause a tight retry loop.
+                    m.next_attempt = now + backoff(m.attempts, base, jitter)
+                    m.attempts += 1
+                    m.busy = True
+                    m.lease_wait = False
+                    m.slot_wait = False
+                    final = m.attempts >= self._input.max_attempts
+                    batch.append(
+                        AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final)
+                    )
+                frees = self._lease_frees
+                self._publish_soon()
+                outcomes = await self._attempt(domain, batch)
+                if outcomes and all(o.outcome == Outcome.BUSY for o in outcomes):
+                    # A wake-up that came while the attempt was out was meant for it: try again at once.
+                    woken = self._lease_frees != frees
+                    self._lease_busy(
+                        due, workflow.now() if woken else outcomes[0].retry_at, outcomes[0].busy_global
+                    )
+                    continue
+                for out in outcomes:
+                    self._apply_outcome(out)
+                # The group's turn ends with its attempt: the next group of the domain goes first.
+                holding = holding and self._release_slots(domain)
+        finally:
+            if holding:
+                self._release_slots(domain)
+
+    def _domain_slot(self, domain: str) -> _Slots:
+        assert self._input is not None
+        sem = self._domain_slots.get(domain)
+        if sem is None:
+            sem = _Slots(self._input.domain_concurrency.get(domain, 1))
+            self._domain_slots[domain] = sem
+        return sem
+
+    def _release_slots(self, domain: str) -> bool:
+        """Give back a group's delivery slots; returns False, for the group's `holding`."""
+        self._slots.release()
+        self._domain_slot(domain).release()
+        return False
+
+    def _publish_soon(self) -> None:
+        """Publish the search attributes now, or (bounded) once the current workflow task's work is done."""
+        if self._bounded:
+            self._publish_due = True
+        else:
             self._publish()
-            outcomes = await self._attempt(domain, batch)
-            if outcomes and all(o.outcome == Outcome.BUSY for o in outcomes):
-                # A wake-up that came while the attempt was out was meant for it: try again at once.
-                woken = self._lease_frees != frees
-                self._lease_busy(
-                    due, workflow.now() if woken else outcomes[0].retry_at, outcomes[0].busy_global
-                )
-                continue
-            for out in outcomes:
-                self._apply_outcome(out)
+
+    async def _publisher(self) -> None:
+        # Runs after the other coroutines of a task have settled: one computation and upsert per task.
+        while True:
+            await workflow.wait_condition(lambda: self._publish_due)
+            self._publish_due = False
+            self._publish()
 
     def _carried_over(self, inp: DeliveryInput) -> DeliveryInput:
         """The next run's input: the messages still queued, each with its attempts, next attempt and hold.
@@ -249,6 +344,7 @@ class Delivery:
         for m in batch:
             m.attempts -= 1
             m.busy = False
+            m.slot_wait = True
             m.lease_wait = retry_at is None
             m.wait_global = global_cap
             m.wait_seq = self._waits
@@ -303,7 +399,7 @@ class Delivery:
 
     async def _wait_for_due(self, domain: str, pending: list[_Msg], now: datetime) -> None:
         # Attributes are published only where the workflow blocks, so one workflow task upserts once.
-        self._publish()
+        self._publish_soon()
         changed = self._changed(domain)
         waiting = [m.next_attempt for m in pending if not m.hold and not m.busy]
         if not waiting:
@@ -519,3 +615,16 @@ class Delivery:
             next_attempt=None if m.done else m.next_attempt,
             hold=m.hold,
         )
+
+
+def _is_big(inp: DeliveryInput) -> bool:
+    """Whether a submission needs its attempts bounded: more groups than may deliver at once, groups
+    sharing a recipient domain (FromID: one group per recipient), or a group larger than one attempt."""
+    if inp.max_in_flight <= 0:
+        return False
+    domains = [g.domain for g in inp.groups]
+    return (
+        len(domains) > inp.max_in_flight
+        or len(set(domains)) < len(domains)
+        or any(len(g.msg_ids) > MAX_BATCH for g in inp.groups)
+    )
