@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.config import Config
-from domain.contracts import WORKFLOW_DELIVERY, WORKFLOW_WEBHOOK, delivery_workflow_id, webhook_workflow_id
+from domain.contracts import delivery_workflow_id, webhook_workflow_id
 from store import bounces, hooks
 from store import queue as q
 from store.db import Pool
@@ -31,6 +31,8 @@ ORPHAN_AGE = timedelta(seconds=30)
 # Queued mail and webhook calls whose workflow is gone are looked for at start and then every this many
 # sweeps (10 minutes): it lists every running workflow, so not at every sweep.
 LOST_CHECK_ROUNDS = 20
+# Describe calls in flight at once while looking for lost workflows.
+_DESCRIBE_CONCURRENCY = 16
 LOST_RECOVERED = Counter(
     "tempost_queue_lost_workflows_recovered_total",
     "Workflows started again because theirs had ended with mail queued or a webhook call pending.",
@@ -131,13 +133,13 @@ async def recover_lost(client: Client, pool: Pool, config: Config) -> list[str]:
     tq = config.temporal.task_queue
     restarted: list[str] = []
     submissions = {delivery_workflow_id(b): b for b in await q.started_submissions_with_queued_mail(pool)}
-    for workflow_id, how in await _not_running(client, tq, WORKFLOW_DELIVERY, list(submissions)):
+    for workflow_id, how in await _not_running(client, list(submissions)):
         start = start_submission(client, pool, config, submissions[workflow_id])
         if await _started("delivery", f"{workflow_id} again", start):
             log.warning("%s had queued mail but %s: started it again", workflow_id, how)
             restarted.append(workflow_id)
     pending = {webhook_workflow_id(r["id"]): r for r in await hooks.started_pending(pool)}
-    for workflow_id, how in await _not_running(client, tq, WORKFLOW_WEBHOOK, list(pending)):
+    for workflow_id, how in await _not_running(client, list(pending)):
         r = pending[workflow_id]
         again = start_webhook(client, tq, r["id"], r["next_attempt"], f"hook {r['id']}")
         if await _started("webhook", f"{workflow_id} again", again):
@@ -147,29 +149,29 @@ async def recover_lost(client: Client, pool: Pool, config: Config) -> list[str]:
     return restarted
 
 
-async def _not_running(
-    client: Client, task_queue: str, workflow_type: str, workflow_ids: list[str]
-) -> list[tuple[str, str]]:
-    """Those of the workflow ids with no running workflow, each with how its last run ended."""
-    if not workflow_ids:
-        return []
-    query = f"WorkflowType = '{workflow_type}' AND ExecutionStatus = 'Running' AND TaskQueue = '{task_queue}'"
-    running = {w.id async for w in client.list_workflows(query)}
-    gone = []
-    for workflow_id in workflow_ids:
-        if workflow_id in running:
-            continue
-        # The list comes from visibility, which lags behind; the workflow's own record decides.
-        try:
-            status = (await client.get_workflow_handle(workflow_id).describe()).status
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise
-            gone.append((workflow_id, "Temporal does not know its workflow"))
-            continue
-        if status != WorkflowExecutionStatus.RUNNING:
-            gone.append((workflow_id, f"its workflow ended {status.name.lower() if status else 'somehow'}"))
-    return gone
+async def _not_running(client: Client, workflow_ids: list[str]) -> list[tuple[str, str]]:
+    """Those of the workflow ids with no running workflow, each with how its last run ended.
+
+    Each workflow's own record decides, never the visibility list: visibility lags behind a start and
+    behind a terminate, so it would take a just-terminated workflow for a running one (and its mail
+    would wait another ten minutes) as readily as the reverse.
+    """
+    limit = asyncio.Semaphore(_DESCRIBE_CONCURRENCY)
+
+    async def ended(workflow_id: str) -> str | None:
+        async with limit:
+            try:
+                status = (await client.get_workflow_handle(workflow_id).describe()).status
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                return "Temporal does not know its workflow"
+        if status == WorkflowExecutionStatus.RUNNING:
+            return None
+        return f"its workflow ended {status.name.lower() if status else 'somehow'}"
+
+    hows = await asyncio.gather(*(ended(w) for w in workflow_ids))
+    return [(w, how) for w, how in zip(workflow_ids, hows, strict=True) if how is not None]
 
 
 async def run_sweeper(client: Client, pool: Pool, config: Config) -> None:

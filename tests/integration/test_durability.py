@@ -281,3 +281,23 @@ async def test_workflow_lost_by_temporal_is_started_again_with_its_attempt_limit
     async with asyncio.timeout(20):
         while not any(t.rcpt_tos == ["alice@example.org"] for t in stack.sink.transactions):
             await asyncio.sleep(0.05)
+
+
+async def test_workflows_terminated_just_now_are_all_started_again(stack_factory) -> None:
+    # Visibility lags behind a terminate: a sweep right after it still lists the workflows as running.
+    # Each workflow's own record must decide, or their mail waits for the next sweep ten minutes later.
+    from worker.sweeper import recover_lost
+
+    stack = await stack_factory(backoff_base="1h", max_attempts=4)
+    stack.sink.behaviour.rcpt_replies.update({f"bob{i}@example.com": "451 4.3.0 not now" for i in range(12)})
+    ids = []
+    for i in range(12):
+        resp = await stack.send_ok(text_msg(f"bob{i}@example.com"))
+        ids.append(resp["Submissions"][0]["QueueMsgID"])
+    async with asyncio.timeout(30):
+        for msg_id in ids:
+            while (await stack.handle(msg_id).query(Delivery.status)).msgs[0].attempts != 1:
+                await asyncio.sleep(0.05)
+    await asyncio.gather(*(stack.handle(i).terminate(reason="clicked in the UI") for i in ids))
+    restarted = await recover_lost(stack.client, stack.pool, stack.config)
+    assert sorted(restarted) == sorted(stack.handle(i).id for i in ids)
