@@ -235,11 +235,12 @@ class DirectTransport:
             try:
                 return await self._deliver_to_host(host, env, on_accepted, mode, pkix, hop, track)
             except SessionError as err:
-                # Spec 02 §1.4 step 5: a TLS-class failure under opportunistic TLS without DANE (or for a
-                # TLS-Required: No message) retries the same host once in plaintext.
-                if err.tls and (
-                    (not err.dane and mode == "opportunistic" and not pkix) or env.require_tls is False
-                ):
+                # Spec 02 §1.4 step 5: a TLS-class failure retries the same host once in plaintext only
+                # where TLS was opportunistic: never under MTA-STS enforce or REQUIRETLS (mode
+                # requiredstarttls) nor on a host with TLSA records (err.dane), except for a TLS-Required:
+                # No message (RFC 8689 §5).
+                opportunistic = mode == "opportunistic" and not err.dane
+                if err.tls and (opportunistic or env.require_tls is False):
                     PLAINTEXT_FALLBACK.inc()
                     try:
                         return await self._deliver_to_host(host, env, on_accepted, "skip", False, None, None)
@@ -323,13 +324,13 @@ class DirectTransport:
         label: str = mode
         err: BaseException | None = None
         replies: list[RcptReply] | None = None
+        # None: DANE does not apply; a list, even an empty one: DANE is required (spec 02 §2.4).
+        dane: list[TLSARecord] | None = None
         try:
             DESTINATIONS.inc()
             ips, dualstack, ip_authentic, host_expanded, host_expanded_authentic = await self._addresses(
                 host, track
             )
-            # None: DANE does not apply; a list, even an empty one: DANE is required (spec 02 §2.4).
-            dane: list[TLSARecord] | None = None
             tlsa_error: DNSTemporary | None = None
             # The TLSA base domain: the name whose records were used, else the last one asked.
             base = host.name
@@ -377,7 +378,7 @@ class DirectTransport:
                 track.hosts.append(host_result)
             if tlsa_error is not None:
                 if env.require_tls is not False:
-                    raise SessionError(f"looking up tlsa records for {base}: {tlsa_error}", dane=True)
+                    raise SessionError(f"looking up tlsa records for {base}: {tlsa_error}")
                 # TLS-Required: No: go on without DANE verification (spec 02 §1.5 step 3).
                 TLSREQUIREDNO_IGNORED.labels("badtlsa").inc()
             if env.require_tls and not (pkix or usable_dane):
@@ -418,6 +419,13 @@ class DirectTransport:
             finally:
                 await client.close()
             return replies
+        except SessionError as e:
+            # Whatever failed, TLS or not, happened on a host DANE applies to: once its TLSA records are
+            # known (usable or not), the host may only be used over TLS, so the host loop must not retry it
+            # in plaintext (RFC 7672 §2.2; spec 02 §1.4 step 5).
+            e.dane = dane is not None
+            err = e
+            raise
         except BaseException as e:
             err = e
             raise
@@ -512,8 +520,6 @@ class DirectTransport:
                 # apply to the other, so a permanent 7.x on a dual-stack host is not final yet.
                 if err.permanent and dualstack and err.secode.startswith("7.") and env.attempt == 1:
                     err.permanent = False
-                if check is not None and err.tls:
-                    err.dane = True
                 raise
             CONNECTIONS.labels("ok").inc()
             env.dialed.setdefault(host.name, []).append(ip)

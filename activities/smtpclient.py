@@ -85,13 +85,13 @@ class SessionError(Exception):
         code: int = 0,
         secode: str = "",
         tls: bool = False,
-        dane: bool = False,
         command: str = "",
     ) -> None:
         super().__init__(message)
         self.permanent, self.code, self.secode, self.tls = permanent, code, secode, tls
-        # Raised where DANE applied: no plaintext fallback then (RFC 7672 §2.2).
-        self.dane = dane
+        # Raised for a host DANE applies to: no plaintext fallback then (RFC 7672 §2.2). Set by direct
+        # delivery, which alone knows the host's TLSA records.
+        self.dane = False
         # The command whose reply this is ("mailfrom", "rcptto", "data", ...), for operators.
         self.command = command
         # Set by open_session for failures after connecting, for TLS reports (spec 02 §6).
@@ -402,7 +402,7 @@ async def open_session(
             if verify_chain is not None:
                 problem = verify_chain(peer_chain(conn))
                 if problem:
-                    raise SessionError(problem, tls=True, dane=True)
+                    raise SessionError(problem, tls=True)
             await conn.hello(ehlo, helo_fallback=False)
     except SessionError as err:
         err.local_ip, err.remote_helo = conn.local_ip, conn.remote_helo

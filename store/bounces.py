@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,33 +12,62 @@ from store.db import Conn, Pool
 
 Row = dict[str, Any]
 
+# Bodies no recipient waits for any more: dropped, while the row stays as long as its recipients' rows.
+_DROP_UNNEEDED_BODIES = (
+    "UPDATE bounce_messages m SET data = ''::bytea WHERE octet_length(m.data) > 0"
+    " AND NOT EXISTS (SELECT 1 FROM bounces b WHERE b.message_id = m.id AND b.processed IS NULL)"
+)
+
 
 async def store(pool: Pool, mail_from: str, rcpt_to: str, data: bytes) -> int:
-    """Keep an incoming message until the worker has processed it; returns its id."""
-    async with pool.connection() as conn:
+    """Keep an incoming message to one recipient until the worker has processed it; returns its id."""
+    [bounce_id] = await store_message(pool, mail_from, [rcpt_to], data)
+    return bounce_id
+
+
+async def store_message(pool: Pool, mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> list[int]:
+    """Keep one copy of an incoming message and a bounce per recipient pointing at it; returns their ids,
+    in the order of rcpt_tos.
+
+    One transaction: the worker never sees recipients without their message.
+    """
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute("INSERT INTO bounce_messages (data) VALUES (%s) RETURNING id", (data,))
+        message = await cur.fetchone()
+        assert message is not None
         cur = await conn.execute(
-            "INSERT INTO bounces (mail_from, rcpt_to, data) VALUES (%s, %s, %s) RETURNING id",
-            (mail_from, rcpt_to, data),
+            "INSERT INTO bounces (mail_from, rcpt_to, data, message_id)"
+            " SELECT %s, rcpt, ''::bytea, %s FROM unnest(%s::text[]) WITH ORDINALITY AS r(rcpt, n)"
+            " ORDER BY n RETURNING id",
+            (mail_from, message["id"], list(rcpt_tos)),
         )
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row["id"])
+        return [int(r["id"]) for r in await cur.fetchall()]
 
 
 async def get(pool: Pool, bounce_id: int) -> Row | None:
-    """One stored bounce."""
+    """One stored bounce, with the body of its message in `data` (empty once processed)."""
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT * FROM bounces WHERE id = %s", (bounce_id,))
+        cur = await conn.execute(
+            "SELECT b.id, b.received, b.mail_from, b.rcpt_to, b.processed, b.event, b.queue_msg_id,"
+            " b.detail, b.message_id, COALESCE(m.data, b.data) AS data"
+            " FROM bounces b LEFT JOIN bounce_messages m ON m.id = b.message_id WHERE b.id = %s",
+            (bounce_id,),
+        )
         return await cur.fetchone()
 
 
 async def mark(conn: Conn, bounce_id: int, now: datetime, event: str, queue_msg_id: int, detail: str) -> None:
-    """Record what the bounce was taken for; the body is no longer needed and is dropped."""
-    await conn.execute(
+    """Record what the bounce was taken for; the body is dropped once no recipient still needs it."""
+    cur = await conn.execute(
         "UPDATE bounces SET processed = %s, event = %s, queue_msg_id = %s, detail = %s, data = ''::bytea"
-        " WHERE id = %s",
+        " WHERE id = %s RETURNING message_id",
         (now, event, queue_msg_id, detail, bounce_id),
     )
+    row = await cur.fetchone()
+    if row is not None and row["message_id"] is not None:
+        # Recipients processed at the same moment may each still see the other as pending and leave the
+        # body; cleanup_processed drops it later.
+        await conn.execute(_DROP_UNNEEDED_BODIES + " AND m.id = %s", (row["message_id"],))
 
 
 async def unprocessed(pool: Pool, older_than: timedelta) -> list[int]:
@@ -74,4 +104,9 @@ async def cleanup_processed(pool: Pool, before: datetime) -> int:
     """Delete bounces processed before the given time."""
     async with pool.connection() as conn:
         cur = await conn.execute("DELETE FROM bounces WHERE processed < %s", (before,))
+        await conn.execute(_DROP_UNNEEDED_BODIES)
+        await conn.execute(
+            "DELETE FROM bounce_messages m"
+            " WHERE NOT EXISTS (SELECT 1 FROM bounces b WHERE b.message_id = m.id)"
+        )
         return cur.rowcount

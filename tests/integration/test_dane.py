@@ -22,8 +22,9 @@ from prometheus_client import REGISTRY
 
 from domain.contracts import MsgState
 from tests.conftest import Stack
-from tests.integration.test_direct import MX1, _common_port, _sample
+from tests.integration.test_direct import MX1, MX2, _common_port, _sample
 from tests.support.dnsserver import DNSServer
+from tests.support.scriptedsmtp import Script, ScriptedSMTP
 from tests.support.smtpsink import SMTPSink
 
 TLSA_NAME = "_25._tcp.mx1.example.com"
@@ -379,3 +380,113 @@ async def test_tls_required_no_delivers_past_a_tlsa_dnssec_failure_and_still_rep
     # The failed lookup and the TLS session that followed without DANE verification.
     assert host["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 1}
     assert _details(host) == [("dnssec-invalid", "extended-dns-error-6-dnssec-bogus", 1)]
+
+
+# --- No plaintext fallback for a host DANE applies to, whatever the TLS failure (RFC 7672 §2.2; spec 02 §1.4
+# step 5, §2.1) ---
+
+UNUSABLE = "1 1 1 " + "00" * 32  # PKIX-EE: not usable for SMTP, but still makes STARTTLS mandatory
+
+
+def _no_tls_sink(port: int, starttls_reply: str = "") -> SMTPSink:
+    """An MX host that cannot do TLS: aiosmtpd without a certificate neither announces STARTTLS nor takes it
+    (it answers 454); with `starttls_reply` it answers that instead."""
+    sink = SMTPSink(MX1, port=port)
+    sink.behaviour.starttls_reply = starttls_reply
+    return sink.start()
+
+
+@pytest.mark.parametrize(
+    "starttls_reply",
+    ["", "454 4.7.0 TLS not available due to local problem"],
+    ids=["starttls-not-offered", "starttls-454"],
+)
+async def test_unusable_tlsa_and_no_tls_at_the_host_defers_without_plaintext(
+    dane_stack, dns: DNSServer, port: int, starttls_reply: str
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", UNUSABLE)
+    sink = _no_tls_sink(port, starttls_reply)
+    try:
+        stack = await dane_stack(max_attempts=2)
+        msg, row = await _send(stack)
+        # Temporary: tried again at the next attempt, and never delivered in plaintext.
+        assert msg.state == MsgState.FAILED and msg.attempts == 2
+        assert sink.messages() == [] and sink.rcpts_seen == []
+        assert row["Results"][-1]["Code"] == 454
+    finally:
+        sink.stop()
+
+
+async def test_unusable_tlsa_and_a_5xx_to_starttls_fails_without_plaintext(
+    dane_stack, dns: DNSServer, port: int
+) -> None:
+    # Spec 02 §2.1: under DANE a 5xx reply to STARTTLS is a permanent failure (as mox has it), not a reason
+    # to deliver in the clear.
+    dns.add(TLSA_NAME, "TLSA", UNUSABLE)
+    sink = _no_tls_sink(port, "502 5.5.1 command not implemented")
+    try:
+        stack = await dane_stack(max_attempts=2)
+        msg, row = await _send(stack)
+        assert msg.state == MsgState.FAILED and msg.attempts == 1
+        assert sink.messages() == [] and sink.rcpts_seen == []
+        assert row["Results"][-1]["Code"] == 502
+    finally:
+        sink.stop()
+
+
+async def test_unusable_tlsa_on_the_first_mx_makes_delivery_go_to_the_next_one(
+    stack_factory, cert: trustme.LeafCert
+) -> None:
+    # mx1 has only unusable TLSA records and refuses STARTTLS: the host fails (temporarily) and mx2 gets
+    # the message over TLS; mx1 never sees a recipient.
+    port = _common_port([MX1, MX2])
+    dns = DNSServer().start()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    mx1 = _no_tls_sink(port, "454 4.7.0 TLS not available due to local problem")
+    mx2 = SMTPSink(MX2, port=port, tls_context=ctx).start()
+    try:
+        dns.add("example.com", "MX", "10 mx1.example.com.").add("example.com", "MX", "20 mx2.example.com.")
+        dns.add("mx1.example.com", "A", MX1).add("mx2.example.com", "A", MX2)
+        dns.add(TLSA_NAME, "TLSA", UNUSABLE)
+        dns.sign("example.com")
+        stack = await stack_factory(
+            direct={"resolvers": [dns.address], "smtp_port": port}, default_transport="direct"
+        )
+        msg, _ = await _send(stack)
+        assert msg.state == MsgState.DELIVERED and msg.attempts == 1
+        assert mx1.rcpts_seen == [] and len(mx2.messages()) == 1 and mx2.tls_sessions == 1
+    finally:
+        mx1.stop()
+        mx2.stop()
+        dns.stop()
+
+
+def _tls10_only(cert: trustme.LeafCert) -> ssl.SSLContext:
+    """A server context that only speaks TLS 1.0, which the client refuses: the handshake fails."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+    return ctx
+
+
+@pytest.mark.parametrize("usable", [True, False], ids=["usable-tlsa", "unusable-tlsa"])
+async def test_tls_handshake_failure_under_dane_defers_without_plaintext(
+    dane_stack, dns: DNSServer, port: int, cert: trustme.LeafCert, usable: bool
+) -> None:
+    dns.add(TLSA_NAME, "TLSA", f"3 1 1 {_spki_sha256(cert)}" if usable else UNUSABLE)
+    server = await ScriptedSMTP(
+        Script(extensions=["STARTTLS"], refusing_tls=_tls10_only(cert)), MX1, port
+    ).start()
+    try:
+        stack = await dane_stack(max_attempts=2)
+        msg, row = await _send(stack)
+        assert msg.state == MsgState.FAILED and msg.attempts == 2
+        await server.idle()
+        # Every connection ended at STARTTLS: no session went on in plaintext.
+        assert [s.commands[-1] for s in server.sessions] == ["STARTTLS", "STARTTLS"]
+        assert all(s.messages == [] for s in server.sessions)
+        assert "tls" in row["Results"][-1]["Error"].lower()
+    finally:
+        await server.stop()
