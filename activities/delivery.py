@@ -553,4 +553,9 @@ class DeliveryActivities:
     @activity.defn(name=ACTIVITY_PROJECT)
     async def project_state(self, req: ProjectRequest) -> None:
         """Write hold and next-attempt changes into the queue rows the admin API lists."""
-        await q.project(self._pool, req.msg_ids, req.hold, req.next_attempt)
+        if req.states:
+            await q.project_versioned(
+                self._pool, [(s.id, s.hold, s.next_attempt, s.version) for s in req.states]
+            )
+        if req.msg_ids:
+            await q.project(self._pool, req.msg_ids, req.hold, req.next_attempt)

@@ -1,58 +1,57 @@
 """Bulk admin operations over a queue filter (spec 01 §5.3, spec 04 §3): hold, release, kick, reschedule,
 transport, requiretls, fail and drop.
 
-The queue rows are written first (so a listing right after shows the effect), then every affected
-submission's workflow gets one signal. Signals are accepted even while no worker runs, and are sent with
-bounded concurrency, so thousands of workflows are reached in seconds; `Affected` counts the messages whose
-workflow was told.
+The queue rows are written first (so a listing right after shows the effect), together with one pending
+signal per affected submission (store.signals), in one transaction; then every signal is sent. Signals are
+accepted even while no worker runs, and are sent with bounded concurrency, so thousands of workflows are
+reached in seconds; `Affected` counts the messages whose workflow was told. A signal Temporal refuses is
+sent again by the workers' sweeper until it lands: the answer is then 503, and the change still happens.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.admin import AdminError, _state, json_body, parse_queue_filter, parse_reschedule
 from api.state import AppState
-from domain.contracts import BulkOp, delivery_workflow_id
+from domain.contracts import BulkOp
 from store import queue as q
-from workflows.delivery import Delivery
+from store import signals
+from workflows.client import signal_bulk
 
 router = APIRouter(prefix="/admin/v0")
 
-# Signals in flight at once: enough to reach thousands of workflows quickly without flooding the frontend.
-_SIGNAL_CONCURRENCY = 64
 
-
-async def signal_all(st: AppState, rows: Sequence[dict[str, Any]], change: BulkOp) -> int:
-    """Send `change` to each submission of the rows, with its message ids; returns how many messages
-    were reached."""
-    by_base: dict[int, list[int]] = defaultdict(list)
-    for r in rows:
-        by_base[r["base_id"]].append(r["id"])
-    sem = asyncio.Semaphore(_SIGNAL_CONCURRENCY)
-
-    async def one(base_id: int, ids: list[int]) -> int:
-        async with sem:
-            try:
-                await st.client.get_workflow_handle(delivery_workflow_id(base_id)).signal(
-                    Delivery.bulk, change.model_copy(update={"msg_ids": ids})
-                )
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    # The submission finished meanwhile: nothing left to change.
-                    return 0
-                raise AdminError(503, "unavailable", f"temporal: {err.message}") from None
-            return len(ids)
-
-    reached = await asyncio.gather(*(one(b, ids) for b, ids in by_base.items()))
-    return sum(reached)
+async def signal_all(
+    st: AppState, ids: Sequence[int], change: BulkOp, column: str | None = None, value: Any = None
+) -> int:
+    """Write `column` on the queued rows among `ids` and tell each of their submissions `change`; returns
+    how many messages were reached. 503 when some workflows could not be told now (they will be)."""
+    pending = await signals.change_and_queue(
+        st.pool,
+        ids,
+        change.model_dump(mode="json", exclude={"msg_ids", "op_id"}),
+        datetime.now(UTC),
+        column,
+        value,
+    )
+    changes = [signals.bulk_op(p) for p in pending]
+    ok = await signal_bulk(st.client, [(p.base_id, c) for p, c in zip(pending, changes, strict=True)])
+    done = [p.id for p, landed in zip(pending, ok, strict=True) if landed]
+    reached = sum(len(c.msg_ids) for c, landed in zip(changes, ok, strict=True) if landed)
+    await signals.landed(st.pool, done)
+    if len(done) < len(pending):
+        raise AdminError(
+            503,
+            "unavailable",
+            f"temporal did not take {len(pending) - len(done)} of {len(pending)} signals; the change is "
+            "recorded and the workers send them again until they land",
+        )
+    return reached
 
 
 async def _op(request: Request, op: str) -> dict[str, Any]:
@@ -63,21 +62,17 @@ async def _op(request: Request, op: str) -> dict[str, Any]:
     rows = await q.matching(st.pool, f, now)
     ids = [r["id"] for r in rows]
     if op in ("hold", "release"):
-        rows = await q.update_rows(st.pool, ids, "hold", op == "hold")
-        return {"Affected": await signal_all(st, rows, BulkOp(op=op))}
+        return {"Affected": await signal_all(st, ids, BulkOp(op=op), "hold", op == "hold")}
     if op == "kick":
-        rows = await q.update_rows(st.pool, ids, "next_attempt", now)
-        return {"Affected": await signal_all(st, rows, BulkOp(op="kick"))}
+        return {"Affected": await signal_all(st, ids, BulkOp(op="kick"), "next_attempt", now)}
     if op == "nextattempt":
         at, add = parse_reschedule(body)
         if at is not None:
-            rows = await q.update_rows(st.pool, ids, "next_attempt", at)
             change = BulkOp(op="set_next", next_attempt=at)
-        else:
-            assert add is not None
-            rows = await q.update_rows(st.pool, ids, "add_next_attempt", add)
-            change = BulkOp(op="add_next", add_s=add.total_seconds())
-        return {"Affected": await signal_all(st, rows, change)}
+            return {"Affected": await signal_all(st, ids, change, "next_attempt", at)}
+        assert add is not None
+        change = BulkOp(op="add_next", add_s=add.total_seconds())
+        return {"Affected": await signal_all(st, ids, change, "add_next_attempt", add)}
     if op == "transport":
         name = body.get("Transport", "")
         if not isinstance(name, str):
@@ -90,7 +85,7 @@ async def _op(request: Request, op: str) -> dict[str, Any]:
             raise AdminError(400, "badRequest", "RequireTLS: true, false or null")
         return {"Affected": len(await q.update_rows(st.pool, ids, "require_tls", value))}
     # fail and drop: the workflow retires, sends the DSN (fail) and the webhook.
-    return {"Affected": await signal_all(st, rows, BulkOp(op=op))}
+    return {"Affected": await signal_all(st, ids, BulkOp(op=op))}
 
 
 _OPS = ("hold", "release", "kick", "nextattempt", "transport", "requiretls", "fail", "drop")

@@ -13,7 +13,6 @@ from domain.addresses import AddressError, parse_domain
 from domain.contracts import BulkOp
 from domain.holdrules import HoldRule
 from store import holdrules
-from store import queue as q
 
 router = APIRouter(prefix="/admin/v0")
 
@@ -58,8 +57,7 @@ async def add_holdrule(request: Request) -> dict[str, Any]:
     recipient = _domain(body, "RecipientDomain", "RecipientDomainStr")
     rule = await holdrules.add(st.pool, str(body.get("Account") or ""), sender, recipient)
     rows = await holdrules.queued_matches(st.pool, rule)
-    rows = await q.update_rows(st.pool, [r["id"] for r in rows], "hold", True)
-    affected = await signal_all(st, rows, BulkOp(op="hold"))
+    affected = await signal_all(st, [r["id"] for r in rows], BulkOp(op="hold"), "hold", True)
     return {"HoldRule": rule_json(rule), "Affected": affected}
 
 

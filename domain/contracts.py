@@ -130,12 +130,27 @@ class RetireRequest(BaseModel):
     append_result: bool = True
 
 
-class ProjectRequest(BaseModel):
-    """Input of the project activity: write workflow-owned state into the queryable PostgreSQL rows."""
+class MsgProjection(BaseModel):
+    """One message's workflow-owned state as the queue row shows it, with the version that orders it."""
 
-    msg_ids: list[int]
+    id: int
+    hold: bool
+    next_attempt: datetime
+    version: int
+
+
+class ProjectRequest(BaseModel):
+    """Input of the project activity: write workflow-owned state into the queryable PostgreSQL rows.
+
+    `states` carry a version each, and a row only takes a newer one than it has: two projections that
+    run at once (hold and release in quick succession) cannot leave the row on the older state. The
+    unversioned fields are what workflows of earlier releases send.
+    """
+
+    msg_ids: list[int] = Field(default_factory=list)
     hold: bool | None = None
     next_attempt: datetime | None = None
+    states: list[MsgProjection] = Field(default_factory=list)
 
 
 class MsgState(StrEnum):
@@ -256,6 +271,9 @@ class BulkOp(BaseModel):
     msg_ids: list[int] = Field(default_factory=list)
     next_attempt: datetime | None = None  # set_next
     add_s: float = 0.0  # add_next
+    # The operation's row in pending_signals: a signal sent again (the API died before noting it landed)
+    # is applied once. 0: not deduplicated (earlier releases).
+    op_id: int = 0
 
 
 BULK_OPS = ("hold", "release", "kick", "set_next", "add_next", "fail", "drop")

@@ -319,8 +319,22 @@ async def retire(
     return rows
 
 
+async def project_versioned(pool: Pool, states: Sequence[tuple[int, bool, datetime, int]]) -> None:
+    """Copy workflow-owned state (id, hold, next attempt, version) into the queryable rows, where the row
+    has an older version: projections landing out of order keep the newest state."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE queue_msgs q SET hold = s.hold, next_attempt = s.next_attempt, state_version = s.version "
+            "FROM unnest(%s::bigint[], %s::bool[], %s::timestamptz[], %s::bigint[]) "
+            "AS s(id, hold, next_attempt, version) "
+            "WHERE q.id = s.id AND q.state_version < s.version",
+            ([s[0] for s in states], [s[1] for s in states], [s[2] for s in states], [s[3] for s in states]),
+        )
+
+
 async def project(pool: Pool, ids: Sequence[int], hold: bool | None, next_attempt: datetime | None) -> None:
-    """Copy workflow-owned state (hold, next attempt) into the queryable rows."""
+    """Copy workflow-owned state (hold, next attempt) into the queryable rows, unordered (the projections
+    of workflows started by earlier releases)."""
     async with pool.connection() as conn:
         if hold is not None:
             await conn.execute("UPDATE queue_msgs SET hold = %s WHERE id = ANY(%s)", (hold, list(ids)))
@@ -464,6 +478,11 @@ _SETTABLE = {
     "transport": "transport = %s",
     "require_tls": "require_tls = %s",
 }
+
+
+def settable_sql(column: str) -> str:
+    """The SET clause for one admin-settable column, its value a single placeholder."""
+    return _SETTABLE[column]
 
 
 async def update_rows(pool: Pool, ids: Sequence[int], column: str, value: Any) -> list[Row]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -19,10 +19,17 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from domain.config import Config
 from domain.contracts import delivery_workflow_id, webhook_workflow_id
-from store import bounces, hooks
+from store import bounces, hooks, signals
 from store import queue as q
 from store.db import Pool
-from workflows.client import delivery_input, delivery_summary, start_bounce, start_delivery, start_webhook
+from workflows.client import (
+    delivery_input,
+    delivery_summary,
+    signal_bulk,
+    start_bounce,
+    start_delivery,
+    start_webhook,
+)
 
 log = logging.getLogger("tempost.worker")
 
@@ -117,6 +124,25 @@ async def sweep_bounces(client: Client, pool: Pool, config: Config, older_than: 
     return len(ids)
 
 
+async def sweep_signals(client: Client, pool: Pool, older_than: timedelta) -> int:
+    """Send again every bulk-operation signal recorded a while ago and not known to have landed (Temporal
+    refused it, or the API died before noting it); returns how many landed now."""
+    pending = await signals.older_than(pool, older_than, datetime.now(UTC))
+    if not pending:
+        return 0
+    ok = await signal_bulk(client, [(p.base_id, signals.bulk_op(p)) for p in pending])
+    done = [p.id for p, landed in zip(pending, ok, strict=True) if landed]
+    await signals.landed(pool, done)
+    if len(done) < len(pending):
+        START_ERRORS.labels("signal").inc(len(pending) - len(done))
+        log.warning(
+            "%d bulk-operation signals still not taken; trying again next round", len(pending) - len(done)
+        )
+    if done:
+        log.warning("sent %d bulk-operation signals again", len(done))
+    return len(done)
+
+
 async def recover_lost(client: Client, pool: Pool, config: Config) -> list[str]:
     """Start again every workflow that should be running and is not: a submission with queued mail, a
     pending webhook call. Returns the workflow ids started.
@@ -185,6 +211,7 @@ async def run_sweeper(client: Client, pool: Pool, config: Config) -> None:
             await sweep_orphans(client, pool, config, ORPHAN_AGE)
             await sweep_hooks(client, pool, config, ORPHAN_AGE)
             await sweep_bounces(client, pool, config, ORPHAN_AGE)
+            await sweep_signals(client, pool, ORPHAN_AGE)
         except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
             log.exception("sweeping orphaned submissions and hooks")
         await asyncio.sleep(ORPHAN_AGE.total_seconds())

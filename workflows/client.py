@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from datetime import datetime
 
 from temporalio.client import Client, WorkflowHandle
@@ -11,10 +13,11 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from domain.config import QueueConfig
 from domain.contracts import (
+    BulkOp,
     DeliveryInput,
     HookInput,
     RecipientGroup,
@@ -103,10 +106,31 @@ def delivery_input(
         backoff_base_s=queue.backoff_base.total_seconds(),
         attempt_timeout_s=queue.attempt_timeout.total_seconds(),
         max_in_flight=queue.max_concurrent_deliveries,
-        domain_concurrency={
-            d: n for d in {d for d, _ in groups} if (n := queue.concurrency(d)) != 1
-        },
+        domain_concurrency={d: n for d in {d for d, _ in groups} if (n := queue.concurrency(d)) != 1},
     )
+
+
+# Signals in flight at once: enough to reach thousands of workflows quickly without flooding the frontend.
+_SIGNAL_CONCURRENCY = 64
+
+
+async def signal_bulk(client: Client, changes: Sequence[tuple[int, BulkOp]]) -> list[bool]:
+    """Send each (BaseID, change) to its submission's workflow, 64 at a time; for each, whether it is done:
+    the signal landed, or the workflow is gone and has nothing left to change."""
+    sem = asyncio.Semaphore(_SIGNAL_CONCURRENCY)
+
+    async def one(base_id: int, change: BulkOp) -> bool:
+        async with sem:
+            try:
+                await client.get_workflow_handle(delivery_workflow_id(base_id)).signal(Delivery.bulk, change)
+            except RPCError as err:
+                return err.status == RPCStatusCode.NOT_FOUND
+            except RuntimeError:
+                # The client could not connect at all (a lazy client whose server is down).
+                return False
+            return True
+
+    return list(await asyncio.gather(*(one(b, c) for b, c in changes)))
 
 
 async def start_webhook(

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         BulkOp,
         DeliveryInput,
         DeliveryStatus,
+        MsgProjection,
         MsgState,
         MsgStatus,
         Outcome,
@@ -54,6 +55,8 @@ _LEASE_FALLBACK = timedelta(seconds=60)
 ADMIN_CANCEL_ERROR = "delivery canceled by admin"
 # A timer may fire a hair before the instant the workflow computed; treat that as due.
 _DUE_SLACK = timedelta(milliseconds=5)
+# Bulk operations remembered, so that one signalled twice is applied once.
+_SEEN_OPS = 256
 # Most recipients one attempt carries in a big submission: an attempt's input and result travel through
 # history, and an SMTP transaction takes at most this many RCPT TO anyway (mox's limit).
 MAX_BATCH = 1000
@@ -145,6 +148,11 @@ class Delivery:
         # and search attributes are published once per task instead of by every group. Decided in run().
         self._bounded = False
         self._publish_due = False
+        # Orders the projections of hold and next attempt into the queue rows. It follows the clock
+        # (microseconds) so a later run of the same submission (continued as new, recovered) never
+        # writes an older version than an earlier run did.
+        self._version = 0
+        self._seen_ops: deque[int] = deque(maxlen=_SEEN_OPS)
         self._slots = _Slots(max(inp.max_in_flight, 1))
         self._domain_slots: dict[str, _Slots] = {}
 
@@ -476,10 +484,19 @@ class Delivery:
             summary=f"retire {len(msg_ids)} as {event.value}",
         )
 
-    async def _project(self, req: ProjectRequest) -> None:
+    async def _project_msgs(self, msgs: list[_Msg]) -> None:
+        """Write the messages' hold and next attempt, as they are now, into their queue rows."""
+        self._version = max(self._version + 1, int(workflow.now().timestamp() * 1_000_000))
+        states = [
+            MsgProjection(id=m.id, hold=m.hold, next_attempt=m.next_attempt, version=self._version)
+            for m in msgs
+            if m.done is None
+        ]
+        if not states:
+            return
         await workflow.execute_activity(
             ACTIVITY_PROJECT,
-            req,
+            ProjectRequest(states=states),
             start_to_close_timeout=_IO_TIMEOUT,
             retry_policy=_INFRA_RETRY,
             summary="update queue row",
@@ -500,7 +517,7 @@ class Delivery:
         m = self._msgs[op.msg_id]
         m.hold = True
         self._touch([m.domain])
-        await self._project(ProjectRequest(msg_ids=[m.id], hold=True))
+        await self._project_msgs([m])
         return self._status_of(m)
 
     @hold.validator
@@ -512,7 +529,7 @@ class Delivery:
         m = self._msgs[op.msg_id]
         m.hold = False
         self._touch([m.domain])
-        await self._project(ProjectRequest(msg_ids=[m.id], hold=False))
+        await self._project_msgs([m])
         return self._status_of(m)
 
     @release.validator
@@ -524,7 +541,7 @@ class Delivery:
         m = self._msgs[op.msg_id]
         m.next_attempt = workflow.now()
         self._touch([m.domain])
-        await self._project(ProjectRequest(msg_ids=[m.id], next_attempt=m.next_attempt))
+        await self._project_msgs([m])
         return self._status_of(m)
 
     @kick.validator
@@ -561,7 +578,16 @@ class Delivery:
 
     @workflow.signal
     async def bulk(self, op: BulkOp) -> None:
-        """Apply a bulk admin operation to this submission's messages that are still queued."""
+        """Apply a bulk admin operation to this submission's messages that are still queued.
+
+        The API wrote the rows before signalling; the workflow then writes what it made of them, so the
+        rows end at the workflow's state whatever happened in between (a message kicked while its
+        attempt ran, an add to a next attempt the row did not know yet).
+        """
+        if op.op_id:
+            if op.op_id in self._seen_ops:
+                return
+            self._seen_ops.append(op.op_id)
         targets = [self._msgs[i] for i in op.msg_ids if i in self._msgs and self._msgs[i].done is None]
         if not targets:
             return
@@ -591,6 +617,9 @@ class Delivery:
             elif op.op == "add_next":
                 m.next_attempt += timedelta(seconds=op.add_s)
         self._touch({m.domain for m in targets})
+        # Released histories did not project after a bulk operation.
+        if workflow.patched("bulk-projection"):
+            await self._project_msgs(targets)
 
     @workflow.query
     def status(self) -> DeliveryStatus:

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from domain.contracts import MsgState
+from domain.contracts import DeliveryStatus, MsgState
 from tests.conftest import Stack
 
 
@@ -102,3 +102,83 @@ async def test_max_caps_in_id_order_and_a_bad_filter_changes_nothing(stack: Stac
     bad = await stack.admin("POST", "/queue/nextattempt", json={"Filter": {}})
     assert bad.status_code == 400
     assert c not in [m["ID"] for m in await listed(stack, hold="true")]
+
+
+# --- Rows and workflows agree (issue 11 item 11) ---
+
+
+async def test_a_bulk_hold_temporal_refused_reaches_the_workflow_through_the_sweeper(
+    stack: Stack, monkeypatch: Any
+) -> None:
+    # The API writes the rows, then Temporal refuses the signals: the answer is 503, the rows already say
+    # held. The change must still reach the workflow, or a message shown as held would be delivered.
+    import httpx
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from api.app import create_app
+    from store import signals
+    from tests.conftest import ADMIN_TOKEN
+    from worker.sweeper import sweep_signals
+
+    [msg_id] = await queue_later(stack, "a@example.com")
+    dead = await Client.connect("127.0.0.1:1", lazy=True, data_converter=pydantic_data_converter)
+    app = create_app(stack.config, dead, stack.pool)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        r = await http.post(
+            "/admin/v0/queue/hold",
+            json={"Filter": {"IDs": [msg_id]}},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=60,
+        )
+    assert r.status_code == 503, r.text
+    assert r.json()["Code"] == "unavailable"
+    assert [m["ID"] for m in await listed(stack, hold="true")] == [msg_id]
+    status = (await stack.handle(msg_id).query("status", result_type=DeliveryStatus)).msgs[0]
+    assert status.hold is False
+
+    # The workers' sweeper sends what is pending (here at once instead of after half a minute).
+    assert await sweep_signals(stack.client, stack.pool, timedelta(0)) == 1
+    assert await signals.older_than(stack.pool, timedelta(0), datetime.now(UTC)) == []
+    async with asyncio.timeout(20):
+        while not (await stack.handle(msg_id).query("status", result_type=DeliveryStatus)).msgs[0].hold:
+            await asyncio.sleep(0.05)
+    # Held: a kick does not send it.
+    assert await post(stack, "kick", {"Filter": {"IDs": [msg_id]}}) == {"Affected": 1}
+    await asyncio.sleep(0.5)
+    assert stack.sink.delivered_to() == []
+
+
+async def test_a_bulk_signal_sent_twice_is_applied_once(stack: Stack) -> None:
+    # The API can die after a signal landed and before it noted so; the sweeper then sends it again.
+    from domain.contracts import BulkOp
+    from workflows.client import signal_bulk
+
+    [msg_id] = await queue_later(stack, "a@example.com")
+    before = (await stack.handle(msg_id).query("status", result_type=DeliveryStatus)).msgs[0].next_attempt
+    change = BulkOp(op="add_next", msg_ids=[msg_id], add_s=3600, op_id=987654)
+    assert await signal_bulk(stack.client, [(msg_id, change), (msg_id, change)]) == [True, True]
+    async with asyncio.timeout(20):
+        while True:
+            [row] = await listed(stack, ids=str(msg_id))
+            if datetime.fromisoformat(row["NextAttempt"]) != before:
+                break
+            await asyncio.sleep(0.05)
+    after = (await stack.handle(msg_id).query("status", result_type=DeliveryStatus)).msgs[0].next_attempt
+    assert before is not None and after == before + timedelta(hours=1)
+    # The row shows what the workflow has.
+    assert datetime.fromisoformat(row["NextAttempt"]) == after
+
+
+async def test_hold_and_release_racing_leave_the_row_as_the_workflow_has_it(stack: Stack) -> None:
+    # Each update projects the message's state into its row from its own activity; two of them run at
+    # once and can land in either order. The row must end on the workflow's last state.
+    [msg_id] = await queue_later(stack, "a@example.com")
+    for _ in range(15):
+        hold, release = await asyncio.gather(
+            stack.admin("POST", f"/queue/{msg_id}/hold"), stack.admin("POST", f"/queue/{msg_id}/release")
+        )
+        assert hold.status_code == 200 and release.status_code == 200
+        status = (await stack.handle(msg_id).query("status", result_type=DeliveryStatus)).msgs[0]
+        [row] = await listed(stack, ids=str(msg_id))
+        assert row["Hold"] == status.hold
