@@ -84,24 +84,30 @@ class _Msg:
 class _Slots:
     """A first-come-first-served counting semaphore for workflow code.
 
-    Its order depends only on the workflow's own events, whatever asyncio's Semaphore does in the Python
-    version a worker runs (replay must give the same grants on every worker).
+    A freed slot goes straight to the longest waiter, whose future it completes: waiters are not
+    conditions the workflow re-checks after every step (thousands of groups wait on these), and the
+    order depends only on the workflow's own events, whatever asyncio's Semaphore does in the Python
+    version a worker runs.
     """
 
     def __init__(self, n: int) -> None:
         self._free = n
-        self._line: deque[int] = deque()
-        self._tickets = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self) -> None:
-        self._tickets += 1
-        ticket = self._tickets
-        self._line.append(ticket)
-        await workflow.wait_condition(lambda: self._free > 0 and self._line[0] == ticket)
-        self._line.popleft()
-        self._free -= 1
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(granted)
+        await granted
 
     def release(self) -> None:
+        while self._waiters:
+            granted = self._waiters.popleft()
+            if not granted.done():
+                granted.set_result(None)
+                return
         self._free += 1
 
 

@@ -90,3 +90,19 @@ async def test_record_histories(stack_factory) -> None:
     busy.sink.behaviour.data_delay = 0.1
     resp = await busy.send_ok({"To": [{"Address": f"r@d{i}.example"} for i in range(6)], "Text": "x"})
     await save("fan-out-over-the-cap", resp["Submissions"][0]["QueueMsgID"], busy)
+    # A bulk hold and release over a filter: the workflow projects its state into the rows after each.
+    resp = await stack.send_ok({"To": [{"Address": "h@example.com"}], "Text": "x", "FutureRelease": later})
+    msg_id = resp["Submissions"][0]["QueueMsgID"]
+    for op in ("hold", "release", "kick"):
+        r = await stack.admin("POST", f"/queue/{op}", json={"Filter": {"IDs": [msg_id]}})
+        assert r.status_code == 200, r.text
+    await save("bulk-hold-release-kick", msg_id)
+    # FromID: every recipient its own group, two domains, more groups than the cap: bounded slots.
+    fromid: Stack = await stack_factory(
+        max_concurrent_deliveries=2,
+        domains={"example.org": {"localpart_catchall_separator": "+"}},
+        accounts={"alice": {"fromid_login_addresses": ["alice@example.org"]}},
+    )
+    rcpts = [{"Address": f"r{i}@d{i % 2}.example"} for i in range(5)]
+    resp = await fromid.send_ok({"To": rcpts, "Text": "x"})
+    await save("fromid-bounded", resp["Submissions"][0]["QueueMsgID"], fromid)
