@@ -48,9 +48,19 @@ def error_response(err: AdminError) -> JSONResponse:
 
 
 def _state(request: Request) -> AppState:
+    """The app state for an admin call whose bearer token checks out; wrong tokens count against the
+    caller's address in the failed-auth limiter, as wrong webapi passwords do (spec 03 §5.2)."""
     st: AppState = request.app.state.tempost
-    if not st.auth.admin(request.headers.get("authorization")):
+    authorization = request.headers.get("authorization")
+    if not authorization:
         raise AdminError(401, "unauthorized", "admin bearer token required")
+    ip = request.client.host if request.client else ""
+    now = datetime.now(UTC)
+    if not st.auth_limiter.attempt(ip, now):
+        raise AdminError(429, "tooManyAuthAttempts", "too many failed authentication attempts; wait")
+    if not st.auth.admin(authorization):
+        raise AdminError(401, "unauthorized", "admin bearer token required")
+    st.auth_limiter.succeeded(ip, now)
     return st
 
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from starlette.datastructures import UploadFile
 
 from api.admin import message_view
-from api.auth import Login
+from api.auth import AuthBusy, Login
 from api.state import AppState
 from domain import idempotency as idem
 from domain.addresses import AddressError, parse_address
@@ -182,11 +182,19 @@ async def call(method: str, request: Request) -> Response:
         return _unauthorized()
     ip = request.client.host if request.client else ""
     now = datetime.now(UTC)
-    if not st.auth_limiter.allowed(ip, now):
+    if not st.auth_limiter.attempt(ip, now):
         return PlainTextResponse("429 - too many auth attempts", status_code=429)
-    login = st.auth.basic(authorization)
+    try:
+        login = await st.auth.basic(authorization)
+    except AuthBusy:
+        # Not the caller's failure: take the attempt back and ask for a retry.
+        st.auth_limiter.succeeded(ip, now)
+        return JSONResponse(
+            {"Code": "serverBusy", "Message": "too many logins being checked; try again"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
     if login is None:
-        st.auth_limiter.failed(ip, now)
         return _unauthorized()
     st.auth_limiter.succeeded(ip, now)
     try:
