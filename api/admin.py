@@ -13,7 +13,9 @@ from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeou
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import views
+from api.body import BodyTooLarge, read_body
 from api.state import AppState
+from domain.apiinput import ADMIN_JSON_LIMIT, InputError, load_json
 from domain.contracts import AdminOp, MsgStatus, delivery_workflow_id
 from domain.durations import parse_duration
 from domain.filters import (
@@ -65,14 +67,29 @@ def _state(request: Request) -> AppState:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or a 400 badRequest."""
+    """The request's JSON object (strings without NUL, which PostgreSQL cannot store), or a 400
+    badRequest; 413 requestTooLarge past ADMIN_JSON_LIMIT."""
     try:
-        body = await request.json()
-    except ValueError:
-        raise AdminError(400, "badRequest", "body must be a JSON object") from None
+        body = load_json(await read_body(request, ADMIN_JSON_LIMIT))
+    except BodyTooLarge as err:
+        raise AdminError(413, "requestTooLarge", str(err)) from None
+    except InputError as err:
+        raise AdminError(400, "badRequest", f"body must be a JSON object: {err}") from None
     if not isinstance(body, dict):
         raise AdminError(400, "badRequest", "body must be a JSON object")
+    if _has_nul(body):
+        raise AdminError(400, "badRequest", "strings must not contain NUL")
     return body
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _bool(name: str, v: str | None) -> bool | None:

@@ -16,9 +16,11 @@ from starlette.datastructures import UploadFile
 
 from api.admin import message_view
 from api.auth import AuthBusy, Login
+from api.body import BodyTooLarge, read_body, read_form
 from api.state import AppState
 from domain import idempotency as idem
 from domain.addresses import AddressError, parse_address
+from domain.apiinput import InputError, request_body_limit
 from domain.contracts import MsgState, RetireEvent
 from domain.errors import WebAPIError
 from domain.fromid import sender_localpart
@@ -110,17 +112,24 @@ async def _upload(f: UploadFile) -> UploadedFile:
     )
 
 
-async def _request_object(request: Request) -> _Call:
-    """The JSON request object and uploaded files, from a form field `request` or a JSON body."""
+async def _request_object(request: Request, limit: int) -> _Call:
+    """The JSON request object and uploaded files, from a form field `request` or a JSON body of at most
+    `limit` bytes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json":
-        # Tempost extension (spec 04 §1): the request object as the whole body.
-        return _Call((await request.body()).decode("utf-8", "replace"))
-    if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        raise WebAPIError("protocol", f"unsupported content-type {ctype!r}")
     try:
-        form = await request.form()
-    except Exception as err:  # noqa: BLE001 - any parse failure is the caller's protocol error
+        if ctype == "application/json":
+            # Tempost extension (spec 04 §1): the request object as the whole body.
+            body = await read_body(request, limit)
+            try:
+                return _Call(body.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise WebAPIError("protocol", f"body is not valid UTF-8 at byte {err.start}") from None
+        if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            raise WebAPIError("protocol", f"unsupported content-type {ctype!r}")
+        form = await read_form(request, limit)
+    except BodyTooLarge as err:
+        raise WebAPIError("messageTooLarge", str(err)) from None
+    except InputError as err:
         raise WebAPIError("protocol", f"parsing form: {err}") from None
     raw = form.get("request")
     if not isinstance(raw, str) or not raw:
@@ -134,6 +143,7 @@ async def _request_object(request: Request) -> _Call:
         message = await part.read()
     elif part:
         message = part.encode()
+    await form.close()
     return _Call(raw, inline, attached, message)
 
 
@@ -198,7 +208,8 @@ async def call(method: str, request: Request) -> Response:
         return _unauthorized()
     st.auth_limiter.succeeded(ip, now)
     try:
-        form = await _request_object(request)
+        limit = request_body_limit(st.config.api.max_message_size)
+        form = await _request_object(request, limit)
         if method in _QUEUEING:
             return JSONResponse(await _queueing(st, login, method, form, request.headers.get(idem.HEADER)))
         if method == "MessageStatus":

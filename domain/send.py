@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import quopri
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from domain.addresses import Address, AddressError, parse_address
+from domain.apiinput import InputError, load_json
 from domain.errors import WebAPIError
 
 FUTURE_RELEASE_MAX = timedelta(days=60)
@@ -129,8 +129,8 @@ def _fold_keys(value: Any, model: type[BaseModel]) -> Any:
 
 def _json_object(raw: str) -> dict[str, Any]:
     try:
-        obj = json.loads(raw)
-    except ValueError as err:
+        obj = load_json(raw)
+    except InputError as err:
         raise WebAPIError("protocol", f"parsing request: {err}") from None
     if not isinstance(obj, dict):
         raise WebAPIError("protocol", "request must be a JSON object")
