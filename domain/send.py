@@ -194,6 +194,13 @@ def check_own_address(address: Address, account: AccountIdentity) -> None:
         raise WebAPIError("badFrom", "from-address does not belong to this account")
 
 
+def check_extra(extra: dict[str, str]) -> None:
+    """Refuse, with `user`, Extra keys or values with NUL: they are stored as JSON in PostgreSQL (jsonb),
+    which cannot hold it, and passed on in webhooks."""
+    if any("\0" in k or "\0" in v for k, v in extra.items()):
+        raise WebAPIError("user", "Extra keys and values must not contain NUL")
+
+
 def check_future_release(requested: datetime | None, now: datetime) -> tuple[datetime | None, str]:
     """The first attempt time (None: now) and the DSN `until;` value of a FutureRelease (spec 03 §5.4, 12)."""
     if requested is None:
@@ -405,6 +412,7 @@ def compose_send(
             raise WebAPIError("user", f"invalid header name {name!r}")
         _check_text(f"header {name}", value)
     future_release, future_release_request = check_future_release(req.FutureRelease, now)
+    check_extra(req.Extra)
     inline = [
         _file_part(f.Name, f.ContentType, f.ContentID, _decode_file(f), "inline") for f in req.InlineFiles
     ] + [_file_part(u.name, u.content_type, u.content_id, u.data, "inline") for u in inline_uploads]
