@@ -101,3 +101,9 @@ async def test_admin_malformed_requests(
 @pytest.fixture
 async def api(stack_factory) -> Stack:
     return await stack_factory(worker=False)
+
+
+async def test_admin_answers_503_json_while_postgresql_is_unreachable(api: Stack) -> None:
+    await api.pool.close()
+    r = await api.admin("GET", "/queue")
+    assert r.status_code == 503 and r.json()["Code"] == "unavailable", r.text
