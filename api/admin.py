@@ -5,24 +5,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import views
+from api.body import BodyTooLarge, read_body
 from api.state import AppState
+from domain.apiinput import ADMIN_JSON_LIMIT, InputError, load_json
 from domain.contracts import AdminOp, MsgStatus, delivery_workflow_id
 from domain.durations import parse_duration
 from domain.filters import (
+    MAX_ID,
     FilterError,
     QueueFilter,
-    RetiredFilter,
+    parse_bool,
+    parse_int,
     parse_retired_sort,
     parse_sort,
-    parse_time_condition,
+    parse_time,
+    queue_filter,
+    retired_filter,
 )
 from store import dsns, tlsresults
 from store import queue as q
@@ -32,6 +38,9 @@ log = logging.getLogger("tempost.admin")
 _RPC_TIMEOUT = timedelta(seconds=10)
 
 router = APIRouter(prefix="/admin/v0")
+
+# A record id in a path: a positive PostgreSQL bigint; anything else is a 400, not a database error.
+RecordID = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class AdminError(Exception):
@@ -48,69 +57,60 @@ def error_response(err: AdminError) -> JSONResponse:
 
 
 def _state(request: Request) -> AppState:
+    """The app state for an admin call whose bearer token checks out; wrong tokens count against the
+    caller's address in the failed-auth limiter, as wrong webapi passwords do (spec 03 §5.2)."""
     st: AppState = request.app.state.tempost
-    if not st.auth.admin(request.headers.get("authorization")):
+    authorization = request.headers.get("authorization")
+    if not authorization:
         raise AdminError(401, "unauthorized", "admin bearer token required")
+    ip = request.client.host if request.client else ""
+    now = datetime.now(UTC)
+    if not st.auth_limiter.attempt(ip, now):
+        raise AdminError(429, "tooManyAuthAttempts", "too many failed authentication attempts; wait")
+    if not st.auth.admin(authorization):
+        raise AdminError(401, "unauthorized", "admin bearer token required")
+    st.auth_limiter.succeeded(ip, now)
     return st
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or a 400 badRequest."""
+    """The request's JSON object (strings without NUL, which PostgreSQL cannot store), or a 400
+    badRequest; 413 requestTooLarge past ADMIN_JSON_LIMIT."""
     try:
-        body = await request.json()
-    except ValueError:
-        raise AdminError(400, "badRequest", "body must be a JSON object") from None
+        body = load_json(await read_body(request, ADMIN_JSON_LIMIT))
+    except BodyTooLarge as err:
+        raise AdminError(413, "requestTooLarge", str(err)) from None
+    except InputError as err:
+        raise AdminError(400, "badRequest", f"body must be a JSON object: {err}") from None
     if not isinstance(body, dict):
         raise AdminError(400, "badRequest", "body must be a JSON object")
+    if _has_nul(body):
+        raise AdminError(400, "badRequest", "strings must not contain NUL")
     return body
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _bool(name: str, v: str | None) -> bool | None:
-    if v is None or v == "":
-        return None
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    raise AdminError(400, "badFilter", f"{name}: not a boolean: {v!r}")
-
-
-def parse_queue_filter(raw: Mapping[str, Any] | None) -> QueueFilter:
-    """A queue filter from query parameters or a POST body's `Filter`, in mox's field names (any case).
-
-    Values may be strings (query parameters) or JSON values (`"Hold": true`, `"IDs": [1, 2]`).
-    """
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise AdminError(400, "badFilter", "Filter must be an object")
-    f = {k.lower(): v for k, v in raw.items() if v is not None}
-
-    def cond(name: str) -> Any:
-        v = f.get(name)
-        return parse_time_condition(name, str(v)) if v not in (None, "") else None
-
     try:
-        ids = f.get("ids") or []
-        if isinstance(ids, str):
-            ids = [x for x in ids.split(",") if x.strip()]
-        hold = f.get("hold")
-        if isinstance(hold, str):
-            hold = _bool("hold", hold)
-        elif hold is not None and not isinstance(hold, bool):
-            raise FilterError("Hold: must be true, false or null")
-        return QueueFilter(
-            ids=tuple(int(x) for x in ids),
-            account=str(f.get("account", "")),
-            from_=str(f.get("from", "")),
-            to=str(f.get("to", "")),
-            hold=hold,
-            submitted=cond("submitted"),
-            next_attempt=cond("nextattempt"),
-            transport=None if f.get("transport") is None else str(f["transport"]),
-            max=int(f.get("max", 0) or 0),
-        )
-    except (FilterError, ValueError, TypeError) as err:
+        return parse_bool(name, v)
+    except FilterError as err:
+        raise AdminError(400, "badFilter", str(err)) from None
+
+
+def parse_queue_filter(raw: Any) -> QueueFilter:
+    """A queue filter from query parameters or a POST body's `Filter` (domain.filters.queue_filter)."""
+    try:
+        return queue_filter(raw)
+    except FilterError as err:
         raise AdminError(400, "badFilter", str(err)) from None
 
 
@@ -118,18 +118,26 @@ def parse_reschedule(body: Mapping[str, Any]) -> tuple[datetime | None, timedelt
     """`{"Set": time}` or `{"Add": duration}` of a next-attempt change: (time, None) or (None, duration)."""
     if "Set" in body:
         try:
-            at = datetime.fromisoformat(str(body["Set"]).replace("Z", "+00:00"))
-        except ValueError:
-            raise AdminError(400, "badRequest", "Set: not an RFC 3339 time") from None
-        if at.tzinfo is None:
-            raise AdminError(400, "badRequest", "Set: needs a time zone")
-        return at, None
+            return parse_time("Set", body["Set"]), None
+        except FilterError as err:
+            raise AdminError(400, "badRequest", str(err)) from None
     if "Add" in body:
+        if not isinstance(body["Add"], str):
+            raise AdminError(400, "badRequest", 'Add: must be a duration string such as "1h30m"')
         try:
-            return None, parse_duration(str(body["Add"]))
+            return None, parse_duration(body["Add"])
         except ValueError as err:
             raise AdminError(400, "badRequest", f"Add: {err}") from None
     raise AdminError(400, "badRequest", "need Set (a time) or Add (a duration)")
+
+
+def _sort_position(p: Mapping[str, str]) -> tuple[bool, int, str]:
+    """asc, lastid and last of a listing's query parameters."""
+    try:
+        asc = parse_bool("asc", p.get("asc")) or False
+        return asc, parse_int("lastid", p.get("lastid") or 0), p.get("last", "")
+    except FilterError as err:
+        raise AdminError(400, "badFilter", str(err)) from None
 
 
 @router.get("/queue")
@@ -139,13 +147,8 @@ async def list_queue(request: Request) -> dict[str, Any]:
     f = parse_queue_filter(request.query_params)
     p = request.query_params
     try:
-        sort = parse_sort(
-            p.get("sort", ""),
-            _bool("asc", p.get("asc")) or False,
-            int(p.get("lastid", "0") or 0),
-            p.get("last", ""),
-        )
-    except (FilterError, ValueError) as err:
+        sort = parse_sort(p.get("sort", ""), *_sort_position(p))
+    except FilterError as err:
         raise AdminError(400, "badFilter", str(err)) from None
     rows = await q.list_msgs(st.pool, f, sort, datetime.now(UTC))
     return {"Messages": [views.queued_msg(r) for r in rows]}
@@ -158,34 +161,16 @@ async def list_retired(request: Request) -> dict[str, Any]:
     p = request.query_params
     now = datetime.now(UTC)
     try:
-        ids = tuple(int(x) for x in p.get("ids", "").split(",") if x.strip())
-        f = RetiredFilter(
-            ids=ids,
-            account=p.get("account", ""),
-            from_=p.get("from", ""),
-            to=p.get("to", ""),
-            submitted=parse_time_condition("submitted", p["submitted"]) if p.get("submitted") else None,
-            last_activity=parse_time_condition("lastactivity", p["lastactivity"])
-            if p.get("lastactivity")
-            else None,
-            transport=p.get("transport"),
-            success=_bool("success", p.get("success")),
-            max=int(p.get("max", "0") or 0),
-        )
-        sort = parse_retired_sort(
-            p.get("sort", ""),
-            _bool("asc", p.get("asc")) or False,
-            int(p.get("lastid", "0") or 0),
-            p.get("last", ""),
-        )
-    except (FilterError, ValueError) as err:
+        f = retired_filter(p)
+        sort = parse_retired_sort(p.get("sort", ""), *_sort_position(p))
+    except FilterError as err:
         raise AdminError(400, "badFilter", str(err)) from None
     rows = await q.list_retired(st.pool, f, sort, now)
     return {"Messages": [views.retired_msg(r) for r in rows]}
 
 
 @router.get("/retired/{msg_id}")
-async def get_retired(msg_id: int, request: Request) -> dict[str, Any]:
+async def get_retired(msg_id: RecordID, request: Request) -> dict[str, Any]:
     """One retired message with its Results."""
     row = await q.get_retired(_state(request).pool, msg_id)
     if row is None:
@@ -216,7 +201,7 @@ async def list_dsns(request: Request) -> dict[str, Any]:
 
 
 @router.get("/dsns/{dsn_id}/raw")
-async def raw_dsn(dsn_id: int, request: Request) -> Response:
+async def raw_dsn(dsn_id: RecordID, request: Request) -> Response:
     """The DSN message as composed."""
     data = await dsns.raw_dsn(_state(request).pool, dsn_id)
     if data is None:
@@ -282,7 +267,7 @@ async def message_view(st: AppState, msg_id: int) -> dict[str, Any] | None:
 
 
 @router.get("/queue/{msg_id}")
-async def get_msg(msg_id: int, request: Request) -> dict[str, Any]:
+async def get_msg(msg_id: RecordID, request: Request) -> dict[str, Any]:
     """One queued message with its Results and NextAttempt, and its live state from the workflow."""
     out = await message_view(_state(request), msg_id)
     if out is None:
@@ -291,7 +276,7 @@ async def get_msg(msg_id: int, request: Request) -> dict[str, Any]:
 
 
 @router.get("/queue/{msg_id}/raw")
-async def raw(msg_id: int, request: Request) -> Response:
+async def raw(msg_id: RecordID, request: Request) -> Response:
     """The message exactly as it will be sent."""
     st = _state(request)
     data = await q.raw_message(st.pool, msg_id)
@@ -310,7 +295,7 @@ _OPS = {
 
 
 @router.post("/queue/{msg_id}/{op}")
-async def one(msg_id: int, op: str, request: Request) -> dict[str, Any]:
+async def one(msg_id: RecordID, op: str, request: Request) -> dict[str, Any]:
     """Hold, release, fail, drop or kick one message: a validated update of its workflow."""
     st = _state(request)
     update = _OPS.get(op)

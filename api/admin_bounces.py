@@ -14,7 +14,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.admin import AdminError, _state
+from api.body import BodyTooLarge, read_body
 from domain.addresses import AddressError, parse_address
+from domain.apiinput import request_body_limit
 from domain.contracts import BounceResult
 from domain.webhooks import enhanced_code
 from store import bounces
@@ -51,10 +53,13 @@ async def post_bounce(request: Request) -> Any:
         parse_address(rcpt)
     except AddressError as err:
         raise AdminError(400, "badAddress", f"rcpt: {err}") from None
-    data = await request.body()
+    try:
+        data = await read_body(request, request_body_limit(st.config.api.max_message_size))
+    except BodyTooLarge as err:
+        raise AdminError(413, "messageTooLarge", str(err)) from None
     if not data:
         raise AdminError(400, "missingBody", "the raw message is the request body")
-    bounce_id = await bounces.store(st.pool, request.query_params.get("mailfrom", ""), rcpt, data)
+    bounce_id = await bounces.store(st.pool, request.query_params.get("mailfrom", ""), rcpt, bytes(data))
     try:
         handle = await start_bounce(st.client, st.config.temporal.task_queue, bounce_id)
         async with asyncio.timeout(_WAIT.total_seconds()):

@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.admin import AdminError, _state, json_body
+from api.admin import AdminError, RecordID, _state, json_body
 from api.admin_bulk import signal_all
 from domain.addresses import AddressError, parse_domain
 from domain.contracts import BulkOp
+from domain.filters import FilterError, parse_str
 from domain.holdrules import HoldRule
 from store import holdrules
 
@@ -30,9 +31,11 @@ def rule_json(r: HoldRule) -> dict[str, Any]:
 def _domain(body: dict[str, Any], *names: str) -> tuple[str, str] | None:
     for name in names:
         value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise AdminError(400, "badDomain", f"{name}: must be a string")
         if value:
             try:
-                return parse_domain(str(value))
+                return parse_domain(value)
             except AddressError as err:
                 raise AdminError(400, "badDomain", f"{name}: {err}") from None
     return None
@@ -55,14 +58,18 @@ async def add_holdrule(request: Request) -> dict[str, Any]:
     body = await json_body(request)
     sender = _domain(body, "SenderDomain", "SenderDomainStr")
     recipient = _domain(body, "RecipientDomain", "RecipientDomainStr")
-    rule = await holdrules.add(st.pool, str(body.get("Account") or ""), sender, recipient)
+    try:
+        account = parse_str("Account", body.get("Account"))
+    except FilterError as err:
+        raise AdminError(400, "badRequest", str(err)) from None
+    rule = await holdrules.add(st.pool, account, sender, recipient)
     rows = await holdrules.queued_matches(st.pool, rule)
     affected = await signal_all(st, [r["id"] for r in rows], BulkOp(op="hold"), "hold", True)
     return {"HoldRule": rule_json(rule), "Affected": affected}
 
 
 @router.delete("/holdrules/{rule_id}")
-async def remove_holdrule(rule_id: int, request: Request) -> Response:
+async def remove_holdrule(rule_id: RecordID, request: Request) -> Response:
     """Remove a rule; messages it held stay held until released."""
     if not await holdrules.remove(_state(request).pool, rule_id):
         raise AdminError(404, "notFound", f"hold rule {rule_id} not found")

@@ -6,13 +6,14 @@ operation already shows its effect and a workflow that is not running misses not
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from api.admin import AdminError, _bool, _state, json_body, parse_reschedule
-from domain.filters import FilterError, parse_time_condition
+from api.admin import AdminError, RecordID, _bool, _state, json_body, parse_reschedule
+from domain.filters import FilterError, parse_ids, parse_int, parse_str, parse_time, parse_time_condition
 from store import hooks
 from workflows.client import signal_webhook
 
@@ -56,30 +57,31 @@ def hook_json(r: dict[str, Any], retired: bool) -> dict[str, Any]:
     return out
 
 
-def _filter(raw: dict[str, Any], now: datetime) -> hooks.HookFilter:
+def _filter(raw: Any, now: datetime) -> hooks.HookFilter:
     """A hook filter from query parameters or a POST body's Filter (mox names, any case)."""
-    f = {k.lower(): v for k, v in raw.items() if v not in (None, "")}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise AdminError(400, "badFilter", "Filter must be an object")
+    f = {str(k).lower(): v for k, v in raw.items() if v not in (None, "")}
 
     def cond(name: str) -> tuple[str, datetime] | None:
         if name not in f:
             return None
-        c = parse_time_condition(name, str(f[name]))
+        c = parse_time_condition(name, f[name])
         return ("<" if c.before else ">", c.reference(now))
 
     try:
-        ids = f.get("ids", ())
-        if isinstance(ids, str):
-            ids = [x for x in ids.split(",") if x.strip()]
         return hooks.HookFilter(
-            ids=tuple(int(x) for x in ids),
-            account=str(f.get("account", "")),
-            event=str(f.get("event", "")),
+            ids=parse_ids(f.get("ids")),
+            account=parse_str("account", f.get("account")),
+            event=parse_str("event", f.get("event")),
             submitted=cond("submitted"),
             next_attempt=cond("nextattempt"),
             last_activity=cond("lastactivity"),
-            max=int(f.get("max", 0)),
+            max=parse_int("max", f.get("max", 0)),
         )
-    except (FilterError, ValueError, TypeError) as err:
+    except FilterError as err:
         raise AdminError(400, "badFilter", str(err)) from None
 
 
@@ -96,9 +98,9 @@ async def _list(request: Request, retired: bool) -> dict[str, Any]:
     last = None
     if p.get("lastid"):
         try:
-            last = (datetime.fromisoformat(p.get("last", "").replace("Z", "+00:00")), int(p["lastid"]))
-        except ValueError:
-            raise AdminError(400, "badFilter", "last: need the RFC 3339 sort value of the last row") from None
+            last = (parse_time("last", p.get("last", "")), parse_int("lastid", p["lastid"]))
+        except FilterError as err:
+            raise AdminError(400, "badFilter", f"{err} (lastid needs last)") from None
     rows = await hooks.list_hooks(
         st.pool, f, retired=retired, sort=_SORTS[sort], asc=_bool("asc", p.get("asc")) or False, last=last
     )
@@ -124,7 +126,7 @@ async def list_retired_hooks(request: Request) -> dict[str, Any]:
 
 
 @router.get("/hooks/{hook_id}")
-async def get_hook(hook_id: int, request: Request) -> dict[str, Any]:
+async def get_hook(hook_id: RecordID, request: Request) -> dict[str, Any]:
     """One hook, pending or retired."""
     st = _state(request)
     row = await hooks.get(st.pool, hook_id)
@@ -140,7 +142,7 @@ async def _reschedule(request: Request, at: datetime | None, add: timedelta | No
     st = _state(request)
     body = await json_body(request)
     now = datetime.now(UTC)
-    f = _filter(body.get("Filter") or {}, now)
+    f = _filter(body.get("Filter"), now)
     if at is None and add is None:
         at, add = parse_reschedule(body)
     rows = await hooks.schedule(st.pool, f, at=at, add=add)
@@ -167,7 +169,7 @@ async def cancel_hooks(request: Request) -> dict[str, Any]:
     st = _state(request)
     body = await json_body(request)
     now = datetime.now(UTC)
-    f = _filter(body.get("Filter") or {}, now)
+    f = _filter(body.get("Filter"), now)
     ids = await hooks.cancel(st.pool, f, now, st.config.retired_webhook_keep)
     for i in ids:
         await signal_webhook(st.client, i, "stop")

@@ -10,13 +10,16 @@ from fastapi.responses import Response
 from api.admin import AdminError, _state, json_body
 from api.webapi import suppression_json
 from domain.addresses import AddressError, parse_address
+from domain.filters import FilterError, parse_str
 from domain.suppression import base_address, original_address
 from store import suppressions
 
 router = APIRouter(prefix="/admin/v0")
 
 
-def _base(address: str) -> tuple[str, str]:
+def _base(address: Any) -> tuple[str, str]:
+    if not isinstance(address, str):
+        raise AdminError(400, "badAddress", "address must be a string")
     try:
         addr = parse_address(address)
     except AddressError as err:
@@ -24,8 +27,15 @@ def _base(address: str) -> tuple[str, str]:
     return base_address(addr), original_address(addr)
 
 
+def _text(name: str, value: Any) -> str:
+    try:
+        return parse_str(name, value)
+    except FilterError as err:
+        raise AdminError(400, "badRequest", str(err)) from None
+
+
 def _account(value: Any) -> str:
-    account = str(value or "").strip()
+    account = _text("account", value).strip()
     if not account:
         raise AdminError(400, "badRequest", "account is required")
     return account
@@ -40,7 +50,7 @@ async def list_suppressions(request: Request) -> dict[str, Any]:
         base, _ = _base(p["address"])
         return {"Present": await suppressions.present(st.pool, _account(p.get("account")), base)}
     rows = (
-        await suppressions.list_account(st.pool, p["account"])
+        await suppressions.list_account(st.pool, _account(p["account"]))
         if p.get("account")
         else await suppressions.list_all(st.pool)
     )
@@ -53,16 +63,13 @@ async def add_suppression(request: Request) -> dict[str, Any]:
     st = _state(request)
     body = await json_body(request)
     account = _account(body.get("Account"))
-    base, original = _base(str(body.get("EmailAddress", "")))
+    base, original = _base(body.get("EmailAddress", ""))
+    manual = body.get("Manual", True)
+    if not isinstance(manual, bool):
+        raise AdminError(400, "badRequest", "Manual: must be true or false")
+    reason = _text("Reason", body.get("Reason", ""))
     try:
-        row = await suppressions.add(
-            st.pool,
-            account,
-            base,
-            original,
-            manual=bool(body.get("Manual", True)),
-            reason=str(body.get("Reason", "")),
-        )
+        row = await suppressions.add(st.pool, account, base, original, manual=manual, reason=reason)
     except suppressions.DuplicateSuppression as err:
         raise AdminError(409, "duplicate", str(err)) from None
     return suppression_json(row)

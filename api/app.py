@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import psycopg
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from api import (
     admin,
@@ -22,10 +28,36 @@ from api import (
 from api import metrics as queue_metrics
 from api.auth import Authenticator
 from api.state import AppState
+from domain.apiinput import query_string_problem
 from domain.config import Config
 from store.db import Pool
 
 log = logging.getLogger("tempost.api")
+
+
+_HTTP_CODES = {404: "notFound", 405: "methodNotAllowed", 413: "requestTooLarge"}
+# Temporal's answers when its frontend cannot be reached or is not serving yet.
+_TEMPORAL_DOWN = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+
+
+def _json_error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"Code": code, "Message": message}, status_code=status)
+
+
+class _StrictQueryString:
+    """Refuses, before any handler runs, a query string with invalid UTF-8 or a NUL byte: Starlette would
+    hand handlers replacement characters, and PostgreSQL cannot store NUL."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = query_string_problem(scope.get("query_string", b""))
+            if problem is not None:
+                await _json_error(400, "badRequest", problem)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
 
 
 def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
@@ -43,6 +75,35 @@ def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     @app.exception_handler(admin.AdminError)
     async def _admin_error(request: Request, err: admin.AdminError) -> JSONResponse:
         return admin.error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> Response:
+        # Unknown routes (404), wrong methods (405) and the like, in the API's error shape.
+        code = _HTTP_CODES.get(err.status_code, "badRequest" if err.status_code < 500 else "server")
+        return JSONResponse(
+            {"Code": code, "Message": str(err.detail)}, status_code=err.status_code, headers=err.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return _json_error(400, "badRequest", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_down(request: Request, err: Exception) -> JSONResponse:
+        log.warning("%s %s: postgresql unreachable: %s", request.method, request.url.path, type(err).__name__)
+        return _json_error(503, "unavailable", "postgresql is unreachable; try again")
+
+    @app.exception_handler(RPCError)
+    async def _temporal_error(request: Request, err: RPCError) -> JSONResponse:
+        if err.status not in _TEMPORAL_DOWN:
+            raise err
+        log.warning("%s %s: temporal unreachable: %s", request.method, request.url.path, err.status)
+        return _json_error(503, "unavailable", "temporal is unreachable; try again")
+
+    app.add_middleware(_StrictQueryString)
 
     @app.get("/healthz")
     async def healthz() -> Response:

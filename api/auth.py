@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,49 @@ from domain.passwords import verify_password
 
 # Verified credentials are remembered briefly so a busy sender does not pay a PBKDF2 run per request.
 _CACHE_SECONDS = 60.0
+# PBKDF2 runs on worker threads (hashlib releases the GIL), a few at once; beyond that many checks
+# waiting, a login is refused at once rather than queueing work without bound.
+_CHECK_THREADS = min(4, os.cpu_count() or 1)
+_CHECKS_WAITING = 64
+
+
+class AuthBusy(Exception):
+    """Too many password checks are running or waiting; the caller should try again shortly."""
+
+
+class _PasswordChecks:
+    """The process's password-check threads and the bound on how many checks may be pending."""
+
+    def __init__(self, threads: int, waiting: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="password-check")
+        self._slots = threading.BoundedSemaphore(threads + waiting)
+
+    async def run(self, account: AccountConfig, password: str) -> bool:
+        """Whether the password is the account's, checked off the event loop; AuthBusy when full."""
+        if not self._slots.acquire(blocking=False):
+            raise AuthBusy
+        # The slot is freed when the check itself ends, not when its caller stops waiting: a client
+        # that hangs up cannot make room for more work than the threads can do.
+        try:
+            future = self._executor.submit(_password_ok, account, password)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return await asyncio.wrap_future(future)
+
+
+_checks = _PasswordChecks(_CHECK_THREADS, _CHECKS_WAITING)
+
+
+def _password_ok(account: AccountConfig, password: str) -> bool:
+    if account.password_hash:
+        return verify_password(password, account.password_hash)
+    try:
+        stored = Path(account.password_file).read_text().strip()
+    except OSError:
+        return False
+    return hmac.compare_digest(stored.encode(), password.encode())
 
 
 @dataclass(frozen=True)
@@ -36,8 +82,11 @@ class Authenticator:
             token = Path(config.api.admin_token_file).read_text().strip()
         self._admin_digest = hashlib.sha256(token.encode()).digest() if token else b""
 
-    def basic(self, authorization: str | None) -> Login | None:
-        """The login for an `Authorization: Basic ...` header, or None when it does not authenticate."""
+    async def basic(self, authorization: str | None) -> Login | None:
+        """The login for an `Authorization: Basic ...` header, or None when it does not authenticate.
+
+        Raises AuthBusy when too many password checks are already pending.
+        """
         if not authorization or not authorization.lower().startswith("basic "):
             return None
         try:
@@ -48,25 +97,14 @@ class Authenticator:
         if account is None:
             return None
         key = hashlib.sha256(f"{account.name}\0{password}".encode()).digest()
-        now = time.monotonic()
-        if self._cache.get(key, 0.0) > now:
+        if self._cache.get(key, 0.0) > time.monotonic():
             return Login(account, user)
-        if not self._password_ok(account, password):
+        if not await _checks.run(account, password):
             return None
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = now + _CACHE_SECONDS
+        self._cache[key] = time.monotonic() + _CACHE_SECONDS
         return Login(account, user)
-
-    @staticmethod
-    def _password_ok(account: AccountConfig, password: str) -> bool:
-        if account.password_hash:
-            return verify_password(password, account.password_hash)
-        try:
-            stored = Path(account.password_file).read_text().strip()
-        except OSError:
-            return False
-        return hmac.compare_digest(stored.encode(), password.encode())
 
     def admin(self, authorization: str | None) -> bool:
         """Whether an `Authorization: Bearer ...` header carries the admin token."""

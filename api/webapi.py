@@ -15,12 +15,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from starlette.datastructures import UploadFile
 
 from api.admin import message_view
-from api.auth import Login
+from api.auth import AuthBusy, Login
+from api.body import BodyTooLarge, read_body, read_form
 from api.state import AppState
 from domain import idempotency as idem
-from domain.addresses import AddressError, parse_address
+from domain.addresses import MAX_LOCALPART, AddressError, parse_address
+from domain.apiinput import InputError, request_body_limit
 from domain.contracts import MsgState, RetireEvent
 from domain.errors import WebAPIError
+from domain.filters import MAX_ID
 from domain.fromid import sender_localpart
 from domain.holdrules import holds_new
 from domain.send import (
@@ -110,17 +113,24 @@ async def _upload(f: UploadFile) -> UploadedFile:
     )
 
 
-async def _request_object(request: Request) -> _Call:
-    """The JSON request object and uploaded files, from a form field `request` or a JSON body."""
+async def _request_object(request: Request, limit: int) -> _Call:
+    """The JSON request object and uploaded files, from a form field `request` or a JSON body of at most
+    `limit` bytes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json":
-        # Tempost extension (spec 04 §1): the request object as the whole body.
-        return _Call((await request.body()).decode("utf-8", "replace"))
-    if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        raise WebAPIError("protocol", f"unsupported content-type {ctype!r}")
     try:
-        form = await request.form()
-    except Exception as err:  # noqa: BLE001 - any parse failure is the caller's protocol error
+        if ctype == "application/json":
+            # Tempost extension (spec 04 §1): the request object as the whole body.
+            body = await read_body(request, limit)
+            try:
+                return _Call(body.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise WebAPIError("protocol", f"body is not valid UTF-8 at byte {err.start}") from None
+        if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            raise WebAPIError("protocol", f"unsupported content-type {ctype!r}")
+        form = await read_form(request, limit)
+    except BodyTooLarge as err:
+        raise WebAPIError("messageTooLarge", str(err)) from None
+    except InputError as err:
         raise WebAPIError("protocol", f"parsing form: {err}") from None
     raw = form.get("request")
     if not isinstance(raw, str) or not raw:
@@ -134,6 +144,7 @@ async def _request_object(request: Request) -> _Call:
         message = await part.read()
     elif part:
         message = part.encode()
+    await form.close()
     return _Call(raw, inline, attached, message)
 
 
@@ -182,15 +193,24 @@ async def call(method: str, request: Request) -> Response:
         return _unauthorized()
     ip = request.client.host if request.client else ""
     now = datetime.now(UTC)
-    if not st.auth_limiter.allowed(ip, now):
+    if not st.auth_limiter.attempt(ip, now):
         return PlainTextResponse("429 - too many auth attempts", status_code=429)
-    login = st.auth.basic(authorization)
+    try:
+        login = await st.auth.basic(authorization)
+    except AuthBusy:
+        # Not the caller's failure: take the attempt back and ask for a retry.
+        st.auth_limiter.succeeded(ip, now)
+        return JSONResponse(
+            {"Code": "serverBusy", "Message": "too many logins being checked; try again"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
     if login is None:
-        st.auth_limiter.failed(ip, now)
         return _unauthorized()
     st.auth_limiter.succeeded(ip, now)
     try:
-        form = await _request_object(request)
+        limit = request_body_limit(st.config.api.max_message_size)
+        form = await _request_object(request, limit)
         if method in _QUEUEING:
             return JSONResponse(await _queueing(st, login, method, form, request.headers.get(idem.HEADER)))
         if method == "MessageStatus":
@@ -226,22 +246,27 @@ async def _suppression(st: AppState, login: Login, method: str, raw: str) -> dic
         return {
             "Suppressions": [suppression_json(r) for r in await suppressions.list_account(st.pool, account)]
         }
+    email = req.get("EmailAddress", "")
+    if not isinstance(email, str):
+        raise WebAPIError("protocol", "parsing request: EmailAddress must be a string")
     try:
-        addr = parse_address(str(req.get("EmailAddress", "")))
+        addr = parse_address(email)
     except AddressError as err:
         raise WebAPIError("badAddress", f"parsing address: {err}") from None
     base = base_address(addr)
     if method == "SuppressionPresent":
         return {"Present": await suppressions.present(st.pool, account, base)}
     if method == "SuppressionAdd":
+        manual, reason = req.get("Manual", False), req.get("Reason", "")
+        if not isinstance(manual, bool):
+            raise WebAPIError("protocol", "parsing request: Manual must be true or false")
+        if not isinstance(reason, str):
+            raise WebAPIError("protocol", "parsing request: Reason must be a string")
+        if "\0" in reason:
+            raise WebAPIError("user", "Reason contains a NUL byte")
         try:
             await suppressions.add(
-                st.pool,
-                account,
-                base,
-                original_address(addr),
-                manual=bool(req.get("Manual", False)),
-                reason=str(req.get("Reason", "")),
+                st.pool, account, base, original_address(addr), manual=manual, reason=reason
             )
         except suppressions.DuplicateSuppression as err:
             raise WebAPIError("error", str(err)) from None
@@ -337,6 +362,10 @@ async def _queue(
     if use_fromid and not separator:
         raise WebAPIError("user", "from address domain has no catch-all separator for fromid")
     from_ids = [secrets.token_urlsafe(16) if use_fromid else "" for _ in msg.recipients]
+    fromid_localpart = sender_localpart(msg.sender.localpart, separator, from_ids[0]) if use_fromid else ""
+    if len(fromid_localpart.encode()) > MAX_LOCALPART:
+        # The bounce listener could not take replies to such a MAIL FROM (RFC 5321 §4.5.3.1.1).
+        raise WebAPIError("user", "from localpart too long to add a fromid within 64 octets")
     try:
         # One connection for the hold rules and the insert: this is the hot path of every Send.
         async with st.pool.connection() as conn, conn.transaction():
@@ -421,7 +450,8 @@ async def _message_status(st: AppState, login: Login, raw: str) -> dict[str, Any
     msg_id = decode_object(raw, {"QueueMsgID"}).get("QueueMsgID", 0)
     if not isinstance(msg_id, int) or isinstance(msg_id, bool):
         raise WebAPIError("protocol", "parsing request: QueueMsgID must be a number")
-    view = await message_view(st, msg_id)
+    # Ids are positive bigints: anything else names no message.
+    view = await message_view(st, msg_id) if 0 < msg_id <= MAX_ID else None
     # Another account's message is answered exactly like an unknown one, so ids reveal nothing.
     if view is None or view["SenderAccount"] != login.account.name:
         raise WebAPIError("messageNotFound", f"message {msg_id} not found")

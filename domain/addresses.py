@@ -106,19 +106,39 @@ def _domain(s: str) -> tuple[str, str]:
     return ascii_, unicode_
 
 
+# RFC 5321 §4.5.3.1.1 and §4.5.3.1.3: a localpart has at most 64 octets, a path at most 256 including
+# its angle brackets; RFC 6531 §3.3 keeps these limits in octets of UTF-8 for internationalised addresses.
+MAX_LOCALPART = 64
+MAX_ADDRESS = 254
+
+
 def parse_address(s: str) -> Address:
     """Parse `localpart@domain` as an SMTP forward or reverse path takes it (no display name, no <>)."""
+    try:
+        octets = len(s.encode())
+    except UnicodeEncodeError:
+        raise AddressError("address is not valid Unicode (a lone surrogate)") from None
+    if octets > MAX_ADDRESS + 2:
+        raise AddressError(f"address longer than {MAX_ADDRESS} octets")
+    if "\ufffd" in s:
+        # U+FFFD stands for bytes that failed to decode somewhere upstream; no mailbox is named so.
+        raise AddressError("address contains U+FFFD, the replacement character of a decoding error")
     local, at, domain = s.rpartition("@")
     if not at or not local:
         raise AddressError(f"invalid address {s!r}: expected localpart@domain")
-    if len(local.encode()) > 64 * 4:
-        raise AddressError("localpart too long")
     d_ascii, d_unicode = _domain(domain)
-    return Address(_localpart(local), d_ascii, d_unicode)
+    localpart = _localpart(local)
+    if len(localpart.encode()) > MAX_LOCALPART:
+        raise AddressError(f"localpart longer than {MAX_LOCALPART} octets (RFC 5321 §4.5.3.1.1)")
+    if len(localpart.encode()) + 1 + len(d_ascii) > MAX_ADDRESS:
+        raise AddressError(f"address longer than {MAX_ADDRESS} octets (RFC 5321 §4.5.3.1.3)")
+    return Address(localpart, d_ascii, d_unicode)
 
 
 def parse_domain(s: str) -> tuple[str, str]:
     """A domain name (or address literal) as (ASCII, Unicode) forms; AddressError when it is not one."""
+    if len(s) > 1024:
+        raise AddressError("domain too long")
     return _domain(s)
 
 

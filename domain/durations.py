@@ -15,6 +15,7 @@ _UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
+MAX_SECONDS = (2**63 - 1) / 1e9
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -34,11 +35,14 @@ def parse_duration(text: str) -> timedelta:
     while pos < len(s):
         m = _PART.match(s, pos)
         if not m:
-            raise ValueError(f"invalid duration {text!r}")
+            raise ValueError(f"invalid duration {text[:40]!r}")
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if pos == 0:
-        raise ValueError(f"invalid duration {text!r}")
+        raise ValueError(f"invalid duration {text[:40]!r}")
+    # Go's durations are int64 nanoseconds, about 292 years; larger ones are refused as Go refuses them.
+    if not total <= MAX_SECONDS:
+        raise ValueError(f"invalid duration {text[:40]!r}: out of range (at most about 292 years)")
     return timedelta(seconds=sign * total)
 
 

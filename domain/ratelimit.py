@@ -65,6 +65,14 @@ class AuthFailureLimiter:
                 return False
         return True
 
+    def attempt(self, ip: str, now: datetime) -> bool:
+        """Whether an authentication attempt may be checked; an allowed one counts as a failure until
+        `succeeded` takes it back, so checks running at once cannot go past the limits together."""
+        if not self.allowed(ip, now):
+            return False
+        self.failed(ip, now)
+        return True
+
     def failed(self, ip: str, now: datetime) -> None:
         """Count one failed authentication from the address."""
         keys = self._keys(ip)
@@ -74,7 +82,12 @@ class AuthFailureLimiter:
                 w.counts[k] = w.counts.get(k, 0) + 1
 
     def succeeded(self, ip: str, now: datetime) -> None:
-        """Forget the address's own failures (its networks keep theirs)."""
-        key = self._keys(ip)[0]
+        """Take back the attempt's count from the address's networks and forget the address's own
+        failures (its networks keep their earlier ones)."""
+        keys = self._keys(ip)
         for i in range(len(self._limits)):
-            self._window(i, now).counts.pop(key, None)
+            w = self._window(i, now)
+            w.counts.pop(keys[0], None)
+            for k in keys[1:]:
+                if w.counts.get(k, 0) > 0:
+                    w.counts[k] -= 1

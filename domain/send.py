@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import quopri
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from domain.addresses import Address, AddressError, parse_address
+from domain.apiinput import InputError, load_json
 from domain.errors import WebAPIError
 
 FUTURE_RELEASE_MAX = timedelta(days=60)
@@ -129,8 +129,8 @@ def _fold_keys(value: Any, model: type[BaseModel]) -> Any:
 
 def _json_object(raw: str) -> dict[str, Any]:
     try:
-        obj = json.loads(raw)
-    except ValueError as err:
+        obj = load_json(raw)
+    except InputError as err:
         raise WebAPIError("protocol", f"parsing request: {err}") from None
     if not isinstance(obj, dict):
         raise WebAPIError("protocol", "request must be a JSON object")
@@ -192,6 +192,13 @@ def check_own_address(address: Address, account: AccountIdentity) -> None:
             continue
     if address.ascii.lower() not in own:
         raise WebAPIError("badFrom", "from-address does not belong to this account")
+
+
+def check_extra(extra: dict[str, str]) -> None:
+    """Refuse, with `user`, Extra keys or values with NUL: they are stored as JSON in PostgreSQL (jsonb),
+    which cannot hold it, and passed on in webhooks."""
+    if any("\0" in k or "\0" in v for k, v in extra.items()):
+        raise WebAPIError("user", "Extra keys and values must not contain NUL")
 
 
 def check_future_release(requested: datetime | None, now: datetime) -> tuple[datetime | None, str]:
@@ -405,6 +412,7 @@ def compose_send(
             raise WebAPIError("user", f"invalid header name {name!r}")
         _check_text(f"header {name}", value)
     future_release, future_release_request = check_future_release(req.FutureRelease, now)
+    check_extra(req.Extra)
     inline = [
         _file_part(f.Name, f.ContentType, f.ContentID, _decode_file(f), "inline") for f in req.InlineFiles
     ] + [_file_part(u.name, u.content_type, u.content_id, u.data, "inline") for u in inline_uploads]

@@ -19,6 +19,7 @@ from domain.errors import WebAPIError
 from domain.send import (
     AccountIdentity,
     ComposedMessage,
+    check_extra,
     check_future_release,
     check_own_address,
     decode_object,
@@ -84,6 +85,8 @@ def parse_header_section(message: bytes) -> list[HeaderField]:
         head = message[:-2]  # a message of headers only
     elif not sep:
         raise WebAPIError("malformedMessage", "message has no header section ending in an empty line")
+    if b"\0" in head:
+        raise WebAPIError("malformedMessage", "NUL byte in the header section (RFC 5322 §2.2)")
     fields: list[tuple[bytes, bytes]] = []
     for line in head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and fields:
@@ -106,9 +109,11 @@ def _header(fields: list[HeaderField], name: str) -> list[str]:
 def _decoded(value: str) -> str:
     """A header value with RFC 2047 encoded-words decoded, for display (the queue's Subject column)."""
     try:
-        return str(make_header(decode_header(value)))
+        decoded = str(make_header(decode_header(value)))
     except (ValueError, LookupError):
         return value
+    # An encoded-word can hold any byte; the queue's text column cannot hold NUL.
+    return decoded.replace("\0", "")
 
 
 def _header_from(fields: list[HeaderField]) -> Address:
@@ -155,6 +160,7 @@ def check_send_raw(
         raise WebAPIError("noRecipients", "no recipients")
     recipients = [(given, _parse(given, "RcptTo")) for given in req.RcptTo]
     future_release, future_release_request = check_future_release(req.FutureRelease, now)
+    check_extra(req.Extra)
     data = normalize_line_endings(message)
     if len(data) > max_message_size:
         raise WebAPIError("messageTooLarge", f"message too large, {len(data)} > {max_message_size} bytes")

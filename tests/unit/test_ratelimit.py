@@ -44,3 +44,21 @@ def test_success_resets_the_address() -> None:
         lim.failed("192.0.2.1", T0)
     lim.succeeded("192.0.2.1", T0)
     assert lim.allowed("192.0.2.1", T0)
+
+
+def test_attempts_in_flight_count_until_they_succeed() -> None:
+    lim = AuthFailureLimiter()
+    # Ten checks started together use up the address's minute before any of them has failed.
+    assert all(lim.attempt("192.0.2.1", T0) for _ in range(10))
+    assert not lim.attempt("192.0.2.1", T0)
+    lim.succeeded("192.0.2.1", T0)
+    assert lim.attempt("192.0.2.1", T0)
+
+
+def test_successful_logins_do_not_fill_the_network_limit() -> None:
+    lim = AuthFailureLimiter()
+    # 40 different hosts of one /26 each log in successfully: the network limit (30) is not reached.
+    for i in range(40):
+        assert lim.attempt(f"192.0.2.{i}", T0)
+        lim.succeeded(f"192.0.2.{i}", T0)
+    assert lim.allowed("192.0.2.50", T0)
