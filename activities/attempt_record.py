@@ -14,8 +14,9 @@ What a retry of the same attempt sees, by where the earlier try died (DESIGN §5
 - after the 250, before the journal: the same; the journal write is retried for up to RETRY_FOR (never past
   half the attempt's remaining time) so a PostgreSQL blip does not widen this window. If it still fails,
   the acceptance lives on in memory and the outcome transaction is its record, retried the same way;
-- after the journal, before the outcome commit: journaled messages are delivered without sending; the
-  others had no copy accepted and are attempted again, their earlier replies never recorded;
+- after the journal, before the outcome commit (or the transaction failed, rolling all of it back):
+  journaled messages are delivered without sending; the others had no copy accepted and are attempted
+  again, their earlier replies never recorded;
 - after the outcome commit, before the workflow heard: every message of the attempt has its recorded
   outcome; the retry returns those and sends nothing. DSNs and webhooks were queued in the commit, so the
   sweeper starts any the dead try did not. Only the mail-log lines of that try can be missing.
