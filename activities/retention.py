@@ -8,12 +8,14 @@ from temporalio import activity
 
 from domain.contracts import ACTIVITY_CLEANUP, CleanupResult
 from domain.idempotency import WINDOW as IDEMPOTENCY_WINDOW
-from store import bounces, hooks, idempotency
+from store import attempts, bounces, hooks, idempotency
 from store import queue as q
 from store.db import Pool
 
 # Processed bounces keep only their verdict (the body is dropped when processed); a week is plenty to look.
 BOUNCE_KEEP = timedelta(days=7)
+# An attempt's recorded outcome only serves retries of its activity, which end within minutes.
+ATTEMPT_OUTCOME_KEEP = timedelta(days=1)
 
 
 class RetentionActivities:
@@ -28,13 +30,15 @@ class RetentionActivities:
 
     @activity.defn(name=ACTIVITY_CLEANUP)
     async def cleanup_retired(self) -> CleanupResult:
-        """Delete retired messages and hooks past KeepUntil, old processed bounces and idempotency keys."""
+        """Delete retired messages and hooks past KeepUntil, old processed bounces, idempotency keys and
+        attempt outcomes."""
         now = datetime.now(UTC)
         result = CleanupResult(
             messages=await q.cleanup_retired(self._pool, now),
             hooks=await hooks.cleanup_retired(self._pool, now),
             bounces=await bounces.cleanup_processed(self._pool, now - BOUNCE_KEEP),
             idempotency_keys=await idempotency.cleanup(self._pool, now - IDEMPOTENCY_WINDOW),
+            attempt_outcomes=await attempts.cleanup(self._pool, now - ATTEMPT_OUTCOME_KEEP),
         )
         if result.messages or result.hooks or result.bounces or result.idempotency_keys:
             activity.logger.info(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from activities.tlsbinding import channel_binding
+from domain.attempt import RcptReply
 from domain.sasl import SASLError, Scram, choose_mechanism, make_client
 
 TLSMode = Literal["immediate", "requiredstarttls", "opportunistic", "skip"]
@@ -56,19 +57,6 @@ class Envelope:
     require_tls: bool | None = None
     # Direct delivery's memory of connected IPs per host (spec 02 §1.5); updated in place.
     dialed: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RcptReply:
-    """The next hop's verdict on one recipient."""
-
-    success: bool
-    permanent: bool = False
-    code: int = 0
-    secode: str = ""
-    error: str = ""
-    # The server that gave the reply, for the mail log: "name[ip]:port" and the TLS version, if any.
-    relay: str = ""
 
 
 OnAccepted = Callable[[list[int], str], Awaitable[None]]

@@ -297,6 +297,7 @@ class CleanupResult(BaseModel):
     hooks: int = 0
     bounces: int = 0
     idempotency_keys: int = 0
+    attempt_outcomes: int = 0
 
 
 # --- MTA-STS policy cache refresh (spec 02 §2.3 item 6) ---

@@ -17,6 +17,7 @@ from domain.filters import (
     RetiredFilter,
     TimeCondition,
 )
+from store import attempts as attempt_outcomes
 from store.db import Conn, Pool
 
 Row = dict[str, Any]
@@ -160,10 +161,20 @@ async def submission_rows(pool: Pool, base_id: int) -> list[Row]:
         return list(await cur.fetchall())
 
 
+@dataclass(frozen=True)
+class AttemptStart:
+    """Where a delivery attempt starts: its queued rows, the body, the outcomes earlier tries recorded."""
+
+    rows: list[Row]
+    body: bytes | None
+    # Message id -> the outcome an earlier try of the same attempt recorded (a RecipientOutcome as JSON).
+    recorded: dict[int, dict[str, Any]]
+
+
 async def begin_attempt(
     pool: Pool, attempts: Mapping[int, tuple[int, datetime]], now: datetime
-) -> tuple[list[Row], bytes | None]:
-    """Write the attempt's bookkeeping before any network activity (spec 01 §2.3); return rows and body.
+) -> AttemptStart:
+    """Write the attempt's bookkeeping before any network activity (spec 01 §2.3); return where it starts.
 
     attempts maps message id to (attempt number, next attempt time). A retried activity for the same
     attempt number does not append a second placeholder result.
@@ -185,13 +196,14 @@ async def begin_attempt(
                    WHERE id = %s""",
                 (attempt, now, next_attempt, Jsonb(results), r["id"]),
             )
+        recorded = await attempt_outcomes.recorded(conn, {i: a for i, (a, _) in attempts.items()})
         cur = await conn.execute("SELECT * FROM queue_msgs WHERE id = ANY(%s) ORDER BY id", (ids,))
         full = list(await cur.fetchall())
         if not full:
-            return [], None
+            return AttemptStart([], None, recorded)
         cur = await conn.execute("SELECT data FROM submissions WHERE id = %s", (full[0]["base_id"],))
         body = await cur.fetchone()
-    return full, bytes(body["data"]) if body else None
+    return AttemptStart(full, bytes(body["data"]) if body else None, recorded)
 
 
 async def record_accepted(pool: Pool, ids: Sequence[int], reply: str, now: datetime) -> None:
@@ -222,25 +234,26 @@ def outcome_entry(now: datetime, *, success: bool, code: int, secode: str, error
     return e
 
 
-async def record_results(pool: Pool, entries: Mapping[int, dict[str, Any]]) -> None:
-    """Store the outcome of an attempt for messages that stay queued (temporary failures)."""
-    async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
-            "SELECT id, results FROM queue_msgs WHERE id = ANY(%s) FOR UPDATE", (list(entries),)
-        )
-        for r in await cur.fetchall():
-            await conn.execute(
-                "UPDATE queue_msgs SET results = %s WHERE id = %s",
-                (Jsonb(_with_result(r["results"], entries[r["id"]])), r["id"]),
-            )
+async def record_results(conn: Conn, entries: Mapping[int, dict[str, Any]]) -> None:
+    """Store the outcome of an attempt for messages that stay queued (temporary failures).
 
-
-async def record_dialed(pool: Pool, ids: Sequence[int], dialed: Mapping[str, list[str]]) -> None:
-    """Remember which IPs direct delivery connected to, per host, for the next attempt's ordering."""
-    async with pool.connection() as conn:
+    Runs in the caller's transaction, which records the rest of the attempt's outcome with it.
+    """
+    cur = await conn.execute(
+        "SELECT id, results FROM queue_msgs WHERE id = ANY(%s) FOR UPDATE", (list(entries),)
+    )
+    for r in await cur.fetchall():
         await conn.execute(
-            "UPDATE queue_msgs SET dialed_ips = %s WHERE id = ANY(%s)", (Jsonb(dict(dialed)), list(ids))
+            "UPDATE queue_msgs SET results = %s WHERE id = %s",
+            (Jsonb(_with_result(r["results"], entries[r["id"]])), r["id"]),
         )
+
+
+async def record_dialed(conn: Conn, ids: Sequence[int], dialed: Mapping[str, list[str]]) -> None:
+    """Remember which IPs direct delivery connected to, per host, for the next attempt's ordering."""
+    await conn.execute(
+        "UPDATE queue_msgs SET dialed_ips = %s WHERE id = ANY(%s)", (Jsonb(dict(dialed)), list(ids))
+    )
 
 
 _RETIRED_COLUMNS = (
@@ -265,57 +278,68 @@ async def retire(
     event: str,
     keep: Mapping[str, timedelta],
     now: datetime,
+) -> list[Row]:
+    """Move messages out of the queue in a transaction of their own; see retire_rows."""
+    async with pool.connection() as conn, conn.transaction():
+        return await retire_rows(conn, entries, event, keep, now)
+
+
+async def retire_rows(
+    conn: Conn,
+    entries: Mapping[int, dict[str, Any] | None],
+    event: str,
+    keep: Mapping[str, timedelta],
+    now: datetime,
     on_retired: Callable[[Conn, list[Row]], Awaitable[None]] | None = None,
 ) -> list[Row]:
-    """Move messages out of the queue in one transaction (spec 01 §6.2); returns the retired rows.
+    """Move messages out of the queue in the caller's transaction (spec 01 §6.2); returns the retired rows.
 
-    on_retired runs inside that transaction with the rows removed (to queue their webhooks atomically).
+    on_retired runs with the rows removed (to queue their webhooks in the same transaction).
 
     entries maps message id to the result entry to record (None: record nothing new). keep gives the
     account's retention; accounts without one keep nothing. Ids no longer queued are skipped, which
     makes a retried call harmless. The body is deleted with the submission's last queued row.
     """
-    async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute("DELETE FROM queue_msgs WHERE id = ANY(%s) RETURNING *", (list(entries),))
-        rows = list(await cur.fetchall())
-        success = event == "delivered"
-        retired = []
-        for r in rows:
-            entry = entries[r["id"]]
-            if entry is not None:
-                r["results"] = _with_result(r["results"], entry)
-            if event == "failed" and r["last_attempt"] is None:
-                r["last_attempt"] = now
-            period = keep.get(r["sender_account"], timedelta(0))
-            if period <= timedelta(0):
-                continue
-            r.update(
-                recipient_address=recipient_address(r),
-                event=event,
-                success=success,
-                last_activity=now,
-                keep_until=now + period,
+    cur = await conn.execute("DELETE FROM queue_msgs WHERE id = ANY(%s) RETURNING *", (list(entries),))
+    rows = list(await cur.fetchall())
+    success = event == "delivered"
+    retired = []
+    for r in rows:
+        entry = entries[r["id"]]
+        if entry is not None:
+            r["results"] = _with_result(r["results"], entry)
+        if event == "failed" and r["last_attempt"] is None:
+            r["last_attempt"] = now
+        period = keep.get(r["sender_account"], timedelta(0))
+        if period <= timedelta(0):
+            continue
+        r.update(
+            recipient_address=recipient_address(r),
+            event=event,
+            success=success,
+            last_activity=now,
+            keep_until=now + period,
+        )
+        retired.append(r)
+    if retired:
+        cols = [c.strip() for c in _RETIRED_COLUMNS.split(",")]
+        async with conn.cursor() as c2:
+            await c2.executemany(
+                f"INSERT INTO retired_msgs ({_RETIRED_COLUMNS}) VALUES ({', '.join(['%s'] * len(cols))})",
+                [
+                    tuple(Jsonb(r[c]) if c in ("dialed_ips", "results", "extra") else r[c] for c in cols)
+                    for r in retired
+                ],
             )
-            retired.append(r)
-        if retired:
-            cols = [c.strip() for c in _RETIRED_COLUMNS.split(",")]
-            async with conn.cursor() as c2:
-                await c2.executemany(
-                    f"INSERT INTO retired_msgs ({_RETIRED_COLUMNS}) VALUES ({', '.join(['%s'] * len(cols))})",
-                    [
-                        tuple(Jsonb(r[c]) if c in ("dialed_ips", "results", "extra") else r[c] for c in cols)
-                        for r in retired
-                    ],
-                )
-        if on_retired is not None and rows:
-            await on_retired(conn, rows)
-        base_ids = sorted({r["base_id"] for r in rows})
-        if base_ids:
-            await conn.execute(
-                """DELETE FROM submissions s WHERE s.id = ANY(%s)
-                   AND NOT EXISTS (SELECT 1 FROM queue_msgs q WHERE q.base_id = s.id)""",
-                (base_ids,),
-            )
+    if on_retired is not None and rows:
+        await on_retired(conn, rows)
+    base_ids = sorted({r["base_id"] for r in rows})
+    if base_ids:
+        await conn.execute(
+            """DELETE FROM submissions s WHERE s.id = ANY(%s)
+               AND NOT EXISTS (SELECT 1 FROM queue_msgs q WHERE q.base_id = s.id)""",
+            (base_ids,),
+        )
     return rows
 
 
