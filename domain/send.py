@@ -194,6 +194,19 @@ def check_own_address(address: Address, account: AccountIdentity) -> None:
         raise WebAPIError("badFrom", "from-address does not belong to this account")
 
 
+# Most recipients of one submission. Its workflow carries every recipient's id (and, continued as new,
+# each one's schedule) in its input, and Temporal refuses payloads over 2 MB; 10,000 stays near 1.3 MB.
+MAX_RECIPIENTS = 10_000
+
+
+def check_recipient_count(n: int) -> None:
+    """Refuse a submission with more recipients than one workflow carries (MAX_RECIPIENTS)."""
+    if n > MAX_RECIPIENTS:
+        raise WebAPIError(
+            "tooManyRecipients", f"{n} recipients, at most {MAX_RECIPIENTS} per submission: split the mail"
+        )
+
+
 def check_extra(extra: dict[str, str]) -> None:
     """Refuse, with `user`, Extra keys or values with NUL: they are stored as JSON in PostgreSQL (jsonb),
     which cannot hold it, and passed on in webhooks."""
@@ -392,6 +405,7 @@ def compose_send(
     recipients = [(na.Address, a) for na, a in to + cc + bcc]
     if not recipients:
         raise WebAPIError("noRecipients", "no recipients")
+    check_recipient_count(len(recipients))
     # 6. Rate limits: mox counts only SMTP submissions, which Tempost does not take, so none apply here.
     # 7. SMTPUTF8 when any localpart is non-ASCII.
     reply_to = [(na, _parse(na, "reply-to")) for na in req.ReplyTo]

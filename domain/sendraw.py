@@ -22,6 +22,7 @@ from domain.send import (
     check_extra,
     check_future_release,
     check_own_address,
+    check_recipient_count,
     decode_object,
 )
 
@@ -158,6 +159,7 @@ def check_send_raw(
     check_own_address(sender, account)
     if not req.RcptTo:
         raise WebAPIError("noRecipients", "no recipients")
+    check_recipient_count(len(req.RcptTo))
     recipients = [(given, _parse(given, "RcptTo")) for given in req.RcptTo]
     future_release, future_release_request = check_future_release(req.FutureRelease, now)
     check_extra(req.Extra)

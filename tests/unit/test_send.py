@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from domain.errors import WebAPIError
-from domain.send import AccountIdentity, ComposedMessage, UploadedFile, compose_send, decode_send_request
+from domain.send import (
+    MAX_RECIPIENTS,
+    AccountIdentity,
+    ComposedMessage,
+    UploadedFile,
+    compose_send,
+    decode_send_request,
+)
 
 NOW = datetime(2026, 11, 24, 10, 30, 0, tzinfo=UTC)
 ACCOUNT = AccountIdentity(
@@ -213,6 +220,12 @@ def test_keys_are_case_insensitive_and_null_is_zero() -> None:
 )
 def test_refusals_have_their_codes(obj: dict[str, Any], code: str) -> None:
     assert code_of(obj) == code
+
+
+def test_more_recipients_than_one_submission_carries() -> None:
+    many = [{"Address": f"r{i}@x.example"} for i in range(MAX_RECIPIENTS)]
+    assert len(compose({"To": many[:-1], "CC": many[-1:], "Text": "x"}).recipients) == MAX_RECIPIENTS
+    assert code_of({"To": many, "BCC": [{"Address": "one@more.example"}], "Text": "x"}) == "tooManyRecipients"
 
 
 def test_message_too_large() -> None:

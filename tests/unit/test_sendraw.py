@@ -83,6 +83,7 @@ def test_a_checked_message_keeps_its_bytes_and_takes_its_message_id() -> None:
             "multipleFrom",
         ),
         (SendRawRequest(RcptTo=[]), MESSAGE, "noRecipients"),
+        (SendRawRequest(RcptTo=[f"r{i}@x.example" for i in range(10_001)]), MESSAGE, "tooManyRecipients"),
         (SendRawRequest(RcptTo=["@@"]), MESSAGE, "badAddress"),
         (SendRawRequest(RcptTo=["b@x.example"], FutureRelease=NOW + timedelta(days=61)), MESSAGE, "user"),
     ],
