@@ -70,7 +70,7 @@ def _now() -> float:
     return time.monotonic()
 
 
-def _tail(path: Path, offset: int = 0, lines: int = 15) -> str:
+def _tail(path: Path, offset: int = 0, lines: int = 30) -> str:
     """The last lines a process wrote to its log since offset, for reports."""
     try:
         with open(path, "rb") as f:
@@ -209,10 +209,9 @@ class FaultRun:
         self.report = Report(messages=args.messages, log_dir=str(self.logs))
         self.sink = SMTPSink()
         self.pg = EmbeddedPostgres(workdir / "postgres", free_port(), log_file=self.logs / "postgres.log")
-        temporal_port = free_port()
         self.temporal = TemporalDevServer(
             workdir / "temporal.db",
-            port=temporal_port,
+            port=free_port(),
             ui_port=free_port(),
             log_file=self.logs / "temporal.log",
             search_attributes=sorted(CLI_TYPES.items()),
@@ -292,8 +291,6 @@ keep_retired_period = "24h"
             raise RuntimeError(f"tempost migrate failed; see {self.logs / 'migrate.log'}")
         for p in self.tempost:
             p.start()
-        for p in self.tempost:
-            await self._wait_ready(p)
 
     async def _wait_ready(self, p: TempostProcess) -> float:
         """Seconds until the process (or the one the supervisor started in its place) is ready."""
@@ -358,6 +355,9 @@ keep_retired_period = "24h"
             }
             if already:
                 stop["note"] = "had already exited before SIGTERM"
+            elif code is None:
+                limit = self.args.shutdown_grace + STOP_SLACK
+                stop["note"] = f"still running {limit:.0f}s after SIGTERM; killed"
             if code != 0:
                 stop["log_tail"] = p.log_since_start()
             self.report.graceful_stops.append(stop)
@@ -608,8 +608,10 @@ keep_retired_period = "24h"
         try:
             print(f"faults.py: run {self.run_id}, logs in {self.logs}", file=sys.stderr)
             await self.start_stack()
-            self.report.timings["startup_s"] = round(_now() - t, 1)
             supervisor = asyncio.create_task(self.supervise())
+            for p in self.tempost:
+                await self._wait_ready(p)
+            self.report.timings["startup_s"] = round(_now() - t, 1)
             t = _now()
             load_seconds = self.args.messages / self.args.rate
             load = asyncio.create_task(self.run_load())
@@ -657,7 +659,10 @@ DSNs sent: {r.dsns}; delivered though never accepted by Send: {r.delivered_not_a
     for f in r.faults:
         extra = ", ".join(f"{k} {v}" for k, v in f.items() if k not in ("fault", "at_s"))
         print(f"  {f['at_s']:7.1f}s  {f['fault']:22} {extra}")
-    stops = ", ".join(f"{s['process']} ({s['phase']}) {s['exit_code']}" for s in r.graceful_stops)
+    stops = ", ".join(
+        f"{s['process']} ({s['phase']}) {'hung' if s['exit_code'] is None else s['exit_code']}"
+        for s in r.graceful_stops
+    )
     print(f"graceful stops: {stops}")
     for e in r.unexpected_exits:
         print(f"unexpected exit: {e['process']} with {e['exit_code']} at {e['at_s']}s:\n{e['log_tail']}")
