@@ -715,12 +715,17 @@ def main(argv: list[str] | None = None) -> int:
     async def go() -> Report:
         task = asyncio.current_task()
         assert task is not None
-        # SIGTERM to this process cleans up like Ctrl-C does.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        # Ctrl-C and SIGTERM stop the run and its children (also when started where SIGINT is ignored).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
         return await run.run()
 
     try:
         report = asyncio.run(go())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        run.close()
+        print(f"faults.py: interrupted; logs in {run.logs}", file=sys.stderr)
+        return 130
     except BaseException:
         run.close()
         print(f"faults.py: aborted; logs in {run.logs}", file=sys.stderr)
