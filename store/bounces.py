@@ -65,8 +65,9 @@ async def mark(conn: Conn, bounce_id: int, now: datetime, event: str, queue_msg_
     )
     row = await cur.fetchone()
     if row is not None and row["message_id"] is not None:
-        # Recipients processed at the same moment may each still see the other as pending and leave the
-        # body; cleanup_processed drops it later.
+        # Recipients of one message processed at the same moment take turns on its row: the check below
+        # then runs with a snapshot taken after the others committed, so the last one drops the body.
+        await conn.execute("SELECT 1 FROM bounce_messages WHERE id = %s FOR UPDATE", (row["message_id"],))
         await conn.execute(_DROP_UNNEEDED_BODIES + " AND m.id = %s", (row["message_id"],))
 
 
