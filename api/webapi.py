@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from api.admin import message_view
 from api.auth import Login
-from api.state import AppState
+from api.state import AppState, NotConnected
 from domain import idempotency as idem
 from domain.addresses import AddressError, parse_address
 from domain.contracts import MsgState, RetireEvent
@@ -384,7 +384,7 @@ async def _queue(
                 conn, acc.name, key_use.key, key_use.request_hash, response, now, now - idem.WINDOW
             ):
                 raise _KeyTaken
-    except _KeyTaken:
+    except (_KeyTaken, NotConnected):
         raise
     except Exception as err:
         log.exception("queueing submission")

@@ -8,11 +8,13 @@ the log lines, /healthz and /readyz, and the mail at the SMTP sink.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,15 @@ import pytest
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.testing import WorkflowEnvironment
 
-from deploy.embedded import free_port
+from deploy.embedded import EmbeddedPostgres, TemporalDevServer, free_port
 from domain.contracts import MsgState
 from domain.passwords import hash_password
-from tests.conftest import ADMIN_TOKEN, PASSWORD, SENDER, Stack, process_config
+from tests.conftest import ADMIN_TOKEN, PASSWORD, SENDER, TEMPORAL_BIN, Stack, process_config
+from tests.support.smtpsink import SMTPSink
 from worker.main import build_worker
+from workflows.searchattrs import CLI_TYPES
 
 STOP_LOOPS = 5
 # The worker's abort came in about one stop in six, when deliveries were completing as it stopped: enough
@@ -249,3 +254,179 @@ async def test_sigterm_stops_serve_with_exit_0_and_loses_nothing(
     stack.sink.behaviour.data_delay = 0
     async with build_worker(stack.client, stack.pool, stack.config):
         await all_delivered(stack, accepted)
+
+
+def standalone_config(database_url: str, temporal_address: str, sink: SMTPSink, api_port: int) -> str:
+    """The configuration of processes that bring their own PostgreSQL and Temporal (not the session's)."""
+    return f"""hostname = "lifecycle.test"
+[database]
+url = "{database_url}"
+# Several idle connections, as an API has after a busy spell: all of them die with their server.
+pool_min = 4
+pool_max = 4
+[temporal]
+address = "{temporal_address}"
+task_queue = "tq-{uuid.uuid4().hex[:8]}"
+[worker]
+metrics_listen = ""
+shutdown_grace = "1s"
+[queue]
+default_transport = "sink"
+backoff_base = "50ms"
+[transports.sink]
+type = "smtp"
+host = "{sink.host}"
+port = {sink.port}
+starttls = "none"
+{api_section(api_port)}"""
+
+
+async def send(http: httpx.AsyncClient, to: str) -> httpx.Response:
+    return await http.post(
+        "/webapi/v0/Send", data={"request": json.dumps(text_msg(to))}, auth=(SENDER, PASSWORD)
+    )
+
+
+async def admin_list(http: httpx.AsyncClient) -> httpx.Response:
+    return await http.get("/admin/v0/queue", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+async def wait_for_log(proc: Process, text: str, count: int = 1, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while proc.output().count(text) < count:
+            assert proc.running(), proc.output()
+            await asyncio.sleep(0.1)
+
+
+async def wait_delivered(sink: SMTPSink, to: str, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while to not in sink.delivered_to():
+            await asyncio.sleep(0.05)
+
+
+# A password in the URL: PostgreSQL's trust authentication ignores it, and no log line may show it.
+PG_PASSWORD = "pg-url-secret"
+
+
+async def test_api_and_worker_wait_for_postgres_and_temporal_started_after_them(
+    tmp_path: Path, sink: SMTPSink, processes: Callable[..., Process]
+) -> None:
+    pg_port, temporal_port, api_port = free_port(), free_port(), free_port()
+    pg = EmbeddedPostgres(tmp_path / "pg", pg_port, fsync=False)
+    temporal = TemporalDevServer(
+        tmp_path / "temporal.db",
+        port=temporal_port,
+        ui_port=free_port(),
+        search_attributes=sorted(CLI_TYPES.items()),
+        binary=TEMPORAL_BIN,
+    )
+    config = standalone_config(
+        f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{pg_port}/tempost",
+        f"127.0.0.1:{temporal_port}",
+        sink,
+        api_port,
+    )
+    try:
+        api = processes("api", "api", config)
+        worker = processes("worker", "worker", config)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as http:
+            # The API listens at once and says what it is waiting for.
+            async with asyncio.timeout(60):
+                while True:
+                    assert api.running(), api.output()
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get("/healthz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {
+                "Ready": False,
+                "Problems": ["postgresql: not reachable yet", "temporal: not reachable yet"],
+            }
+            r = await send(http, "early@example.com")
+            assert r.status_code == 503 and r.json()["Code"] == "unavailable", r.text
+            r = await admin_list(http)
+            assert r.status_code == 503 and r.json()["Code"] == "unavailable", r.text
+            # Both retry, one line each time, naming what they wait for; no traceback, no password.
+            waiting_pg = f"waiting for PostgreSQL at 127.0.0.1:{pg_port}/tempost"
+            await wait_for_log(api, waiting_pg, count=2)
+            await wait_for_log(worker, waiting_pg, count=2)
+
+            await asyncio.to_thread(pg.start)
+            # The worker brought the schema up to date and now waits for Temporal.
+            waiting_temporal = f"waiting for Temporal at 127.0.0.1:{temporal_port}"
+            await wait_for_log(worker, waiting_temporal, count=2)
+            await wait_for_log(api, waiting_temporal, count=1)
+            async with asyncio.timeout(30):
+                while (await http.get("/readyz")).json()["Problems"] != ["temporal: not reachable yet"]:
+                    await asyncio.sleep(0.1)
+
+            await asyncio.to_thread(temporal.start)
+            await wait_ready(http, api)
+            r = await send(http, "bob@example.com")
+            assert r.status_code == 200, r.text
+            await wait_delivered(sink, "bob@example.com")
+
+            for proc in (api, worker):
+                out = proc.output()
+                assert "Traceback" not in out and PG_PASSWORD not in out, out
+                assert await proc.stop() == 0, proc.output()
+    finally:
+        await asyncio.to_thread(temporal.stop)
+        await asyncio.to_thread(pg.stop)
+
+
+@pytest.mark.parametrize("command", ["worker", "api", "serve"])
+async def test_sigterm_while_waiting_for_postgres_and_temporal_exits_0_at_once(
+    tmp_path: Path, sink: SMTPSink, processes: Callable[..., Process], command: str
+) -> None:
+    config = standalone_config(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/tempost",
+        f"127.0.0.1:{free_port()}",
+        sink,
+        free_port(),
+    )
+    proc = processes(command, command, config)
+    await wait_for_log(proc, "waiting for PostgreSQL", count=2)
+    assert await proc.stop(timeout=10) == 0, proc.output()
+    assert "Traceback" not in proc.output()
+
+
+async def test_first_calls_after_a_postgres_restart_succeed(
+    tmp_path: Path, temporal_env: WorkflowEnvironment, sink: SMTPSink, processes: Callable[..., Process]
+) -> None:
+    pg = EmbeddedPostgres(tmp_path / "pg", free_port(), fsync=False)
+    await asyncio.to_thread(pg.start)
+    api_port = free_port()
+    config = standalone_config(pg.url, temporal_env.client.service_client.config.target_host, sink, api_port)
+    try:
+        api = processes("api", "api", config)
+        worker = processes("worker", "worker", config)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as http:
+            await wait_ready(http, api)
+            # Both pools hold connections: the API's from this Send and the list, the worker's from the
+            # delivery.
+            assert (await send(http, "before@example.com")).status_code == 200
+            await wait_delivered(sink, "before@example.com")
+            # ...and the worker has recorded the delivery: the queue is empty.
+            async with asyncio.timeout(30):
+                while (await admin_list(http)).json()["Messages"]:
+                    await asyncio.sleep(0.1)
+
+            await asyncio.to_thread(pg.stop)
+            # While PostgreSQL is away: a JSON 503 the caller can act on, not a plain-text 500.
+            r = await admin_list(http)
+            assert r.status_code == 503 and r.json()["Code"] == "unavailable", r.text
+
+            await asyncio.to_thread(pg.start)
+            # The very first calls after the restart work: no dead connection is handed out.
+            r = await admin_list(http)
+            assert r.status_code == 200, r.text
+            r = await send(http, "after@example.com")
+            assert r.status_code == 200, r.text
+            await wait_delivered(sink, "after@example.com")
+            for proc in (api, worker):
+                assert await proc.stop() == 0, proc.output()
+    finally:
+        await asyncio.to_thread(pg.stop)
