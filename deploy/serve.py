@@ -180,7 +180,8 @@ async def serve_api(
 ) -> None:
     """Serve the HTTP API until `stop` is set: listening at once, ready once PostgreSQL and Temporal are.
 
-    `client` is the Temporal client of a worker in the same process, when it has one.
+    `started` is set when the API is ready. `client` is the Temporal client of a worker in the same
+    process, when it has one.
     """
     app = create_app(config)
     state: AppState = app.state.tempost
@@ -189,16 +190,16 @@ async def serve_api(
         host, port = _host_port(config.api.listen)
         server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
         task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.05)
-        if started is not None:
-            started.set()
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({task, stopper, connecting}, return_when=asyncio.FIRST_COMPLETED)
-        if connecting.done() and connecting.exception() is not None:
-            stop.set()
-        else:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if connecting.done():
+            if connecting.exception() is not None:
+                stop.set()
+            elif started is not None and not stop.is_set():
+                while not server.started and not task.done():
+                    await asyncio.sleep(0.05)
+                started.set()
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         # Requests in flight are answered before the server returns.
         server.should_exit = True
         await task

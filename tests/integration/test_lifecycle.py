@@ -430,3 +430,46 @@ async def test_first_calls_after_a_postgres_restart_succeed(
                 assert await proc.stop() == 0, proc.output()
     finally:
         await asyncio.to_thread(pg.stop)
+
+
+async def test_worker_and_api_ride_out_a_temporal_restart(
+    tmp_path: Path, database: str, sink: SMTPSink, processes: Callable[..., Process]
+) -> None:
+    temporal_port, api_port = free_port(), free_port()
+    temporal = TemporalDevServer(
+        tmp_path / "temporal.db",
+        port=temporal_port,
+        ui_port=free_port(),
+        search_attributes=sorted(CLI_TYPES.items()),
+        binary=TEMPORAL_BIN,
+    )
+    await asyncio.to_thread(temporal.start)
+    config = standalone_config(database, f"127.0.0.1:{temporal_port}", sink, api_port)
+    try:
+        api = processes("api", "api", config)
+        worker = processes("worker", "worker", config)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as http:
+            await wait_ready(http, api)
+            assert (await send(http, "before@example.com")).status_code == 200
+            await wait_delivered(sink, "before@example.com")
+
+            await asyncio.to_thread(temporal.stop)
+            r = await http.get("/readyz")
+            assert r.status_code == 503 and r.json()["Problems"] == ["temporal: RPCError"], r.text
+            # Send still accepts: the message is in PostgreSQL, and the worker's sweeper starts its workflow
+            # once Temporal is back (after the SDK's own retries of the start, about 10s, give up).
+            r = await send(http, "during@example.com")
+            assert r.status_code == 200, r.text
+            # The worker has noticed (its pollers retry) and keeps running.
+            await wait_for_log(worker, "poll_activity_task_queue retried")
+
+            await asyncio.to_thread(temporal.start)
+            await wait_ready(http, api)
+            assert (await send(http, "after@example.com")).status_code == 200
+            await wait_delivered(sink, "after@example.com")
+            # The sweeper looks for unstarted submissions every 30s.
+            await wait_delivered(sink, "during@example.com", timeout=120)
+            for proc in (api, worker):
+                assert await proc.stop() == 0, proc.output()
+    finally:
+        await asyncio.to_thread(temporal.stop)
