@@ -165,7 +165,7 @@ async def test_sigterm_stops_a_busy_worker_with_exit_0_and_loses_nothing(
         for i in range(6):
             resp = await stack.send_ok(text_msg(f"r{loop}-{i}@d{i}.example"))
             ids.append(resp["Submissions"][0]["QueueMsgID"])
-        await wait_in_flight(stack, 2)
+        await wait_in_flight(stack, 1)
         code = await worker.stop()
         assert code == 0, f"stop {loop}: exit {code}\n{worker.output()[-4000:]}"
         assert "Fatal Python error" not in worker.output()
@@ -247,7 +247,7 @@ async def test_sigterm_stops_serve_with_exit_0_and_loses_nothing(
                         "QueueMsgID"
                     ]
                 )
-            await wait_in_flight(stack, 2)
+            await wait_in_flight(stack, 1)
             accepted += await send_while_stopping(
                 http, serve, [f"t{loop}-{i}@e{i % 3}.example" for i in range(8)]
             )
