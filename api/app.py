@@ -27,7 +27,7 @@ from api import (
 )
 from api import metrics as queue_metrics
 from api.auth import Authenticator
-from api.state import AppState
+from api.state import AppState, NotConnected
 from domain.apiinput import query_string_problem
 from domain.config import Config
 from store.db import Pool
@@ -60,10 +60,11 @@ class _StrictQueryString:
         await self._app(scope, receive, send)
 
 
-def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
-    """An API app bound to already-open Temporal and PostgreSQL connections."""
+def create_app(config: Config, client: Client | None = None, pool: Pool | None = None) -> FastAPI:
+    """An API app; a missing client or pool is handed over later, once reachable (`AppState`)."""
     app = FastAPI(title="Tempost", version="0.1.0")
-    app.state.tempost = AppState(config=config, client=client, pool=pool, auth=Authenticator(config))
+    state = AppState(config, Authenticator(config), client, pool)
+    app.state.tempost = state
     app.include_router(webapi.router)
     app.include_router(admin_bulk.router)
     app.include_router(admin.router)
@@ -75,6 +76,10 @@ def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     @app.exception_handler(admin.AdminError)
     async def _admin_error(request: Request, err: admin.AdminError) -> JSONResponse:
         return admin.error_response(err)
+
+    @app.exception_handler(NotConnected)
+    async def _not_connected(request: Request, err: NotConnected) -> JSONResponse:
+        return JSONResponse({"Code": err.code, "Message": err.message}, status_code=err.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> Response:
@@ -113,27 +118,34 @@ def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     async def readyz() -> Response:
         """200 once Send would be accepted: PostgreSQL answers and Temporal's frontend is serving."""
         problems = []
-        try:
-            async with asyncio.timeout(3):
-                async with pool.connection() as conn:
-                    await conn.execute("SELECT 1 FROM submissions LIMIT 1")
-        except Exception as err:  # noqa: BLE001
-            problems.append(f"postgresql: {type(err).__name__}")
-        try:
-            async with asyncio.timeout(3):
-                await client.service_client.check_health()
-        except Exception as err:  # noqa: BLE001
-            problems.append(f"temporal: {type(err).__name__}")
+        if state.connected_pool is None:
+            problems.append("postgresql: not reachable yet")
+        else:
+            try:
+                async with asyncio.timeout(3):
+                    async with state.connected_pool.connection() as conn:
+                        await conn.execute("SELECT 1 FROM submissions LIMIT 1")
+            except Exception as err:  # noqa: BLE001
+                problems.append(f"postgresql: {type(err).__name__}")
+        if state.connected_client is None:
+            problems.append("temporal: not reachable yet")
+        else:
+            try:
+                async with asyncio.timeout(3):
+                    await state.connected_client.service_client.check_health()
+            except Exception as err:  # noqa: BLE001
+                problems.append(f"temporal: {type(err).__name__}")
         if problems:
             return JSONResponse({"Ready": False, "Problems": problems}, status_code=503)
         return JSONResponse({"Ready": True})
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        try:
-            await queue_metrics.refresh(pool)
-        except Exception:  # noqa: BLE001 - the process metrics still answer while PostgreSQL is away
-            log.warning("refreshing queue gauges", exc_info=True)
+        if state.connected_pool is not None:
+            try:
+                await queue_metrics.refresh(state.connected_pool)
+            except Exception:  # noqa: BLE001 - the process metrics still answer while PostgreSQL is away
+                log.warning("refreshing queue gauges", exc_info=True)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from api.admin import message_view
 from api.auth import AuthBusy, Login
 from api.body import BodyTooLarge, read_body, read_form
-from api.state import AppState
+from api.state import AppState, NotConnected
 from domain import idempotency as idem
 from domain.addresses import MAX_LOCALPART, AddressError, parse_address
 from domain.apiinput import InputError, request_body_limit
@@ -413,7 +413,7 @@ async def _queue(
                 conn, acc.name, key_use.key, key_use.request_hash, response, now, now - idem.WINDOW
             ):
                 raise _KeyTaken
-    except _KeyTaken:
+    except (_KeyTaken, NotConnected):
         raise
     except Exception as err:
         log.exception("queueing submission")

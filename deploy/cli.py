@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -29,10 +31,30 @@ def _config(path: str) -> Config:
         raise SystemExit(f"tempost: {path}: {err}") from None
 
 
+def _end_process(run: Callable[[], None]) -> None:
+    """Run a long-lived process to its end, then exit at once: 0 after a stop, 1 after an error.
+
+    By the time `run` returns, workers, servers and pools are stopped and nothing is left to clean up. The
+    interpreter's own finalization would only race the Temporal SDK's Rust threads, which can still call
+    into Python then and abort the process with SIGABRT (sdk-python#300): a supervisor would record a
+    crash for a clean stop. So the logs are flushed and the process ends without finalizing.
+    """
+    code = 0
+    try:
+        run()
+    except Exception:  # noqa: BLE001 - reported like an uncaught exception, then the same orderly exit
+        traceback.print_exc()
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _cmd_dev(args: argparse.Namespace) -> None:
     from deploy.dev import run_dev
 
-    run_dev(Path(args.data_dir), args.api_port)
+    _end_process(lambda: run_dev(Path(args.data_dir), args.api_port))
 
 
 def _run_until_signal(
@@ -48,7 +70,7 @@ def _run_until_signal(
         install_stop_signals(stop)
         await run(config, stop)
 
-    asyncio.run(go())
+    _end_process(lambda: asyncio.run(go()))
 
 
 def _cmd_worker(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ import importlib.resources
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -17,19 +18,46 @@ Pool = AsyncConnectionPool[Conn]
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 7_314_159
 
+# The pool retries a failed connection with a backoff that doubles from 1s; after this many seconds it
+# gives up that attempt and the next request starts a fresh one at once. So after PostgreSQL comes back
+# the first request connects right away instead of waiting out a backoff grown during a long outage.
+RECONNECT_GIVE_UP = 10.0
+# How long a request waits for a connection. Requests hold one for milliseconds, so a longer wait means
+# PostgreSQL is away: better to answer 503 soon than to hold the caller for the pool's default 30s.
+CONNECTION_WAIT = 10.0
+
 
 async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> Pool:
-    """Open a pool whose connections return rows as dicts."""
+    """Open a pool whose connections return rows as dicts.
+
+    Every connection is checked with a round trip as it leaves the pool: one that died with its server
+    (a PostgreSQL restart, a failover) is replaced there, instead of failing the request that got it.
+    """
     pool = AsyncConnectionPool(
         url,
         connection_class=Conn,
         min_size=min_size,
         max_size=max_size,
         kwargs={"row_factory": dict_row},
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=RECONNECT_GIVE_UP,
+        timeout=CONNECTION_WAIT,
         open=False,
     )
     await pool.open(wait=True, timeout=30)
     return pool
+
+
+def server_name(url: str) -> str:
+    """Where a connection URL points, as host:port/database: for logs, so without user or password."""
+    info = conninfo_to_dict(url)
+    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+async def probe(url: str) -> None:
+    """Connect once and disconnect; raises psycopg.OperationalError while PostgreSQL is unreachable."""
+    async with await psycopg.AsyncConnection.connect(url, connect_timeout=10):
+        pass
 
 
 def _migrations() -> list[tuple[int, str, str]]:

@@ -108,7 +108,7 @@ def _listen(addr: str) -> tuple[str, int]:
 
 
 async def run_worker(config: Config, stop: asyncio.Event | None = None, client: Client | None = None) -> None:
-    """Run until `stop` is set; running activities finish first.
+    """Run until `stop` is set, then stop in order: nothing new is taken, attempts in flight finish.
 
     `client` is shared with an API in the same process, so the workflows it starts run eagerly here.
     """
@@ -134,11 +134,24 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None, client: 
             host, port = _listen(config.worker.bounces_listen)
             listener = await start_listener(config, pool, client, host, port)
             log.info("accepting bounces by SMTP on %s", config.worker.bounces_listen)
-        async with worker:
-            log.info("worker polling task queue %s", config.temporal.task_queue)
-            await stop.wait()
-        sweeper.cancel()
-        if listener is not None:
-            listener.close()
+        try:
+            async with worker:
+                log.info("worker polling task queue %s", config.temporal.task_queue)
+                await stop.wait()
+                grace = config.worker.shutdown_grace
+                log.info("stopping: no new work is taken; attempts in flight get %s to finish", grace)
+                # Nothing new starts while the worker drains: no sweeps, no bounces accepted.
+                sweeper.cancel()
+                if listener is not None:
+                    listener.close()
+                await asyncio.gather(sweeper, return_exceptions=True)
+            # Leaving the block shut the worker down: polling stopped, attempts in flight finished within
+            # the graceful timeout or were cancelled and handed back to Temporal for another worker.
+        finally:
+            sweeper.cancel()
+            if listener is not None:
+                listener.close()
+        log.info("worker stopped")
     finally:
+        # Last, because the attempts that were finishing wrote their outcomes through it.
         await pool.close()
