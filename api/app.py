@@ -23,6 +23,7 @@ from api import (
     admin_holdrules,
     admin_hooks,
     admin_suppressions,
+    unsubscribe,
     webapi,
 )
 from api import metrics as queue_metrics
@@ -30,6 +31,7 @@ from api.auth import Authenticator
 from api.state import AppState
 from domain.apiinput import query_string_problem
 from domain.config import Config
+from domain.ratelimit import RequestLimiter
 from store.db import Pool
 
 log = logging.getLogger("tempost.api")
@@ -63,8 +65,16 @@ class _StrictQueryString:
 def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     """An API app bound to already-open Temporal and PostgreSQL connections."""
     app = FastAPI(title="Tempost", version="0.1.0")
-    app.state.tempost = AppState(config=config, client=client, pool=pool, auth=Authenticator(config))
+    app.state.tempost = AppState(
+        config=config,
+        client=client,
+        pool=pool,
+        auth=Authenticator(config),
+        unsubscribe_secret=unsubscribe.load_secret(config),
+        unsubscribe_limiter=RequestLimiter(config.api.unsubscribe_per_minute),
+    )
     app.include_router(webapi.router)
+    app.include_router(unsubscribe.router)
     app.include_router(admin_bulk.router)
     app.include_router(admin.router)
     app.include_router(admin_hooks.router)

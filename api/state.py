@@ -8,7 +8,7 @@ from temporalio.client import Client
 
 from api.auth import Authenticator
 from domain.config import Config
-from domain.ratelimit import AuthFailureLimiter
+from domain.ratelimit import AuthFailureLimiter, RequestLimiter
 from store.db import Pool
 
 
@@ -21,3 +21,6 @@ class AppState:
     pool: Pool
     auth: Authenticator
     auth_limiter: AuthFailureLimiter = field(default_factory=AuthFailureLimiter)
+    # Signs one-click unsubscribe tokens; empty when unsubscribe is not set up.
+    unsubscribe_secret: bytes = field(default=b"", repr=False)
+    unsubscribe_limiter: RequestLimiter = field(default_factory=lambda: RequestLimiter(120))
