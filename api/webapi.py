@@ -309,7 +309,7 @@ async def _queueing(
             return earlier
     acc = login.account
     identity = AccountIdentity(name=acc.name, full_name=acc.full_name, addresses=list(acc.addresses))
-    copies: list[_Copy] | None = None
+    unsubscribe_links = False
     if method == "SendRaw":
         if form.message is None:
             raise WebAPIError("protocol", "missing file part message with the RFC 5322 message")
@@ -334,8 +334,14 @@ async def _queueing(
             inline_uploads=form.inline,
             attached_uploads=form.attached,
         )
-        if _list_unsubscribe(st, acc, req):
-            copies = await _unsubscribe_copies(st, acc.name, msg)
+        unsubscribe_links = _list_unsubscribe(st, acc, req)
+    # The bodies to store, each a submission of its own; whatever is added to the bytes from here on (a
+    # signature) goes into each copy.
+    copies = (
+        await _unsubscribe_copies(st, acc.name, msg)
+        if unsubscribe_links
+        else [_Copy(msg.data, list(range(len(msg.recipients))))]
+    )
     try:
         return await _queue(st, login, msg, copies, key_use, now)
     except _KeyTaken:
@@ -412,7 +418,10 @@ async def _unsubscribe_copies(st: AppState, account: str, msg: ComposedMessage) 
             fields = unsubscribe.header_fields(unsubscribe.unsubscribe_url(st.config.api.public_url, token))
         except ValueError as err:
             raise WebAPIError("user", f"one-click unsubscribe: {err}") from None
-        copies.append(_Copy(unsubscribe.add_header_fields(msg.data, fields), [i], [mid]))
+        data = unsubscribe.add_header_fields(msg.data, fields)
+        if len(data) > limit:
+            raise WebAPIError("messageTooLarge", f"message too large, {len(data)} > {limit} bytes")
+        copies.append(_Copy(data, [i], [mid]))
     return copies
 
 
@@ -420,14 +429,12 @@ async def _queue(
     st: AppState,
     login: Login,
     msg: ComposedMessage,
-    copies: list[_Copy] | None,
+    copies: list[_Copy],
     key_use: _KeyUse | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """Queue a checked message: the body once (or the given copies, each a submission of its own), a row
-    per recipient, then start the Delivery workflow of each submission."""
-    if copies is None:
-        copies = [_Copy(msg.data, list(range(len(msg.recipients))))]
+    """Queue a checked message: each copy of its body once, as a submission with a row per recipient of
+    that copy, then start the Delivery workflow of each submission."""
     acc = login.account
     next_attempt = msg.future_release or now
     # A login listed for FromID gets a unique MAIL FROM per recipient, so bounces can be matched.
@@ -477,7 +484,9 @@ async def _queue(
             ids: list[int] = [0] * len(new)
             submissions: list[tuple[int, list[int]]] = []
             for c in copies:
-                rows = [replace(new[i], size=len(c.data)) for i in c.recipients]
+                rows = [new[i] for i in c.recipients]
+                if len(c.data) != len(msg.data):
+                    rows = [replace(r, size=len(c.data)) for r in rows]
                 base_id, copy_ids = await q.insert_submission(conn, acc.name, c.data, now, rows, c.ids)
                 for i, mid in zip(c.recipients, copy_ids, strict=True):
                     ids[i] = mid

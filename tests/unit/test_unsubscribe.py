@@ -180,3 +180,19 @@ def test_example_config_documents_unsubscribe() -> None:
     shop = cfg.account("shop")
     assert shop is not None and shop.list_unsubscribe
     assert cfg.api.public_url == "https://mail.example.org" and cfg.api.unsubscribe_per_minute == 120
+
+
+def test_the_api_does_not_start_without_a_secret_an_account_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.unsubscribe import load_secret
+
+    monkeypatch.delenv("TEMPOST_UNSUBSCRIBE_SECRET", raising=False)
+    cfg = _config({"public_url": "https://mail.example.com"}, True)
+    with pytest.raises(ValueError, match="alice have list_unsubscribe"):
+        load_secret(cfg)
+    missing = _config({"unsubscribe_secret_file": str(tmp_path / "absent")}, False)
+    with pytest.raises(ValueError, match="api.unsubscribe_secret_file"):
+        load_secret(missing)
+    # Nobody needs one: the API starts, and a Send asking for links is refused with a clear error.
+    assert load_secret(_config({}, False)) == b""
