@@ -23,6 +23,7 @@ from api import (
     admin_holdrules,
     admin_hooks,
     admin_suppressions,
+    unsubscribe,
     webapi,
 )
 from api import metrics as queue_metrics
@@ -30,6 +31,7 @@ from api.auth import Authenticator
 from api.state import AppState, NotConnected
 from domain.apiinput import query_string_problem
 from domain.config import Config
+from domain.ratelimit import RequestLimiter
 from store.db import Pool
 
 log = logging.getLogger("tempost.api")
@@ -63,9 +65,17 @@ class _StrictQueryString:
 def create_app(config: Config, client: Client | None = None, pool: Pool | None = None) -> FastAPI:
     """An API app; a missing client or pool is handed over later, once reachable (`AppState`)."""
     app = FastAPI(title="Tempost", version="0.1.0")
-    state = AppState(config, Authenticator(config), client, pool)
+    state = AppState(
+        config,
+        Authenticator(config),
+        client,
+        pool,
+        unsubscribe_secret=unsubscribe.load_secret(config),
+        unsubscribe_limiter=RequestLimiter(config.api.unsubscribe_per_minute),
+    )
     app.state.tempost = state
     app.include_router(webapi.router)
+    app.include_router(unsubscribe.router)
     app.include_router(admin_bulk.router)
     app.include_router(admin.router)
     app.include_router(admin_hooks.router)

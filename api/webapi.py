@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,8 +20,10 @@ from api.auth import AuthBusy, Login
 from api.body import BodyTooLarge, read_body, read_form
 from api.state import AppState, NotConnected
 from domain import idempotency as idem
+from domain import unsubscribe
 from domain.addresses import MAX_LOCALPART, AddressError, parse_address
 from domain.apiinput import InputError, request_body_limit
+from domain.config import AccountConfig
 from domain.contracts import MsgState, RetireEvent
 from domain.errors import WebAPIError
 from domain.filters import MAX_ID
@@ -29,6 +32,7 @@ from domain.holdrules import holds_new
 from domain.send import (
     AccountIdentity,
     ComposedMessage,
+    SendRequest,
     UploadedFile,
     compose_send,
     decode_object,
@@ -41,6 +45,8 @@ from store import queue as q
 from workflows.client import delivery_input, delivery_summary, start_delivery
 
 log = logging.getLogger("tempost.webapi")
+# Workflow starts in flight at once for a Send split into a submission per recipient.
+_CONCURRENT_STARTS = 16
 
 router = APIRouter()
 
@@ -303,6 +309,7 @@ async def _queueing(
             return earlier
     acc = login.account
     identity = AccountIdentity(name=acc.name, full_name=acc.full_name, addresses=list(acc.addresses))
+    unsubscribe_links = False
     if method == "SendRaw":
         if form.message is None:
             raise WebAPIError("protocol", "missing file part message with the RFC 5322 message")
@@ -315,8 +322,9 @@ async def _queueing(
             max_message_size=st.config.api.max_message_size,
         )
     else:
+        req = decode_send_request(form.request)
         msg = compose_send(
-            decode_send_request(form.request),
+            req,
             login_address=login.address,
             account=identity,
             hostname=st.config.hostname,
@@ -326,8 +334,16 @@ async def _queueing(
             inline_uploads=form.inline,
             attached_uploads=form.attached,
         )
+        unsubscribe_links = _list_unsubscribe(st, acc, req)
+    # The bodies to store, each a submission of its own; whatever is added to the bytes from here on (a
+    # signature) goes into each copy.
+    copies = (
+        await _unsubscribe_copies(st, acc.name, msg)
+        if unsubscribe_links
+        else [_Copy(msg.data, list(range(len(msg.recipients))))]
+    )
     try:
-        return await _queue(st, login, msg, key_use, now)
+        return await _queue(st, login, msg, copies, key_use, now)
     except _KeyTaken:
         assert key_use is not None  # only raised when recording a key
         earlier = await _earlier_response(st, acc.name, key_use, now)
@@ -350,10 +366,75 @@ async def _earlier_response(
     return stored.response
 
 
+def _list_unsubscribe(st: AppState, acc: AccountConfig, req: SendRequest) -> bool:
+    """Whether a Send's message gets one-click unsubscribe headers: the request's ListUnsubscribe, else the
+    account's setting, except that a List-Unsubscribe header of the application's own wins over the
+    account's setting."""
+    wanted = acc.list_unsubscribe if req.ListUnsubscribe is None else req.ListUnsubscribe
+    if not wanted:
+        return False
+    if any(name.lower() in ("list-unsubscribe", "list-unsubscribe-post") for name, _ in req.Headers):
+        if req.ListUnsubscribe:
+            raise WebAPIError("user", "ListUnsubscribe and a List-Unsubscribe header of your own: pick one")
+        return False
+    if not st.config.api.public_url or not st.unsubscribe_secret:
+        raise WebAPIError(
+            "user", "one-click unsubscribe is not set up here: it needs api.public_url and a secret"
+        )
+    return True
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A body stored for some of a submission's recipients: indexes into its recipients and, when the
+    bytes name them, the message ids reserved for them."""
+
+    data: bytes
+    recipients: list[int]
+    ids: list[int] | None = None
+
+
+async def _unsubscribe_copies(st: AppState, account: str, msg: ComposedMessage) -> list[_Copy]:
+    """One copy of the message per recipient, each with its own List-Unsubscribe link (RFC 8058 §3.1).
+
+    The link names the recipient, so the copies differ; each is queued as a submission of its own, so a
+    signature over the header section (DKIM, computed per stored body) covers its recipient's link, as
+    RFC 8058 §4 requires. The ids are reserved first because the token names the message.
+    """
+    n = len(msg.recipients)
+    limit = st.config.api.max_message_size
+    if n * len(msg.data) > limit:
+        raise WebAPIError(
+            "messageTooLarge",
+            f"one-click unsubscribe stores a copy per recipient: {n} x {len(msg.data)} bytes is over"
+            f" {limit}; send fewer recipients per Send",
+        )
+    ids = await q.reserve_ids(st.pool, n)
+    copies = []
+    for i, (mid, (_, rcpt)) in enumerate(zip(ids, msg.recipients, strict=True)):
+        named = unsubscribe.Unsubscribe(account=account, recipient=rcpt.unicode, msg_id=mid)
+        token = unsubscribe.make_token(st.unsubscribe_secret, named)
+        try:
+            fields = unsubscribe.header_fields(unsubscribe.unsubscribe_url(st.config.api.public_url, token))
+        except ValueError as err:
+            raise WebAPIError("user", f"one-click unsubscribe: {err}") from None
+        data = unsubscribe.add_header_fields(msg.data, fields)
+        if len(data) > limit:
+            raise WebAPIError("messageTooLarge", f"message too large, {len(data)} > {limit} bytes")
+        copies.append(_Copy(data, [i], [mid]))
+    return copies
+
+
 async def _queue(
-    st: AppState, login: Login, msg: ComposedMessage, key_use: _KeyUse | None, now: datetime
+    st: AppState,
+    login: Login,
+    msg: ComposedMessage,
+    copies: list[_Copy],
+    key_use: _KeyUse | None,
+    now: datetime,
 ) -> dict[str, Any]:
-    """Queue a checked message: the body once, a row per recipient, then start its Delivery workflow."""
+    """Queue a checked message: each copy of its body once, as a submission with a row per recipient of
+    that copy, then start the Delivery workflow of each submission."""
     acc = login.account
     next_attempt = msg.future_release or now
     # A login listed for FromID gets a unique MAIL FROM per recipient, so bounces can be matched.
@@ -400,7 +481,16 @@ async def _queue(
                 )
                 for (_, rcpt), fid, h in zip(msg.recipients, from_ids, held, strict=True)
             ]
-            base_id, ids = await q.insert_submission(conn, acc.name, msg.data, now, new)
+            ids: list[int] = [0] * len(new)
+            submissions: list[tuple[int, list[int]]] = []
+            for c in copies:
+                rows = [new[i] for i in c.recipients]
+                if len(c.data) != len(msg.data):
+                    rows = [replace(r, size=len(c.data)) for r in rows]
+                base_id, copy_ids = await q.insert_submission(conn, acc.name, c.data, now, rows, c.ids)
+                for i, mid in zip(c.recipients, copy_ids, strict=True):
+                    ids[i] = mid
+                submissions.append((base_id, c.recipients))
             response = {
                 "MessageID": msg.message_id,
                 "Submissions": [
@@ -418,21 +508,27 @@ async def _queue(
     except Exception as err:
         log.exception("queueing submission")
         raise WebAPIError("server", "queueing message failed") from err
-    inp = delivery_input(
-        base_id,
-        acc.name,
-        [(mid, rcpt.domain_unicode) for mid, (_, rcpt) in zip(ids, msg.recipients, strict=True)],
-        st.config.queue,
-        release_at=msg.future_release,
-        separate=use_fromid,
-        held_ids=[mid for mid, h in zip(ids, held, strict=True) if h],
-    )
-    summary = delivery_summary(msg.sender.unicode, [r.unicode for _, r in msg.recipients])
-    try:
-        await start_delivery(st.client, st.config.temporal.task_queue, inp, summary)
-        await q.mark_workflow_started(st.pool, base_id)
-    except Exception:  # noqa: BLE001 - the message is durably queued; the worker's sweeper starts it
-        log.exception("starting delivery of submission %d; the worker will start it later", base_id)
+    starts = asyncio.Semaphore(_CONCURRENT_STARTS)
+
+    async def start(base_id: int, members: list[int]) -> None:
+        inp = delivery_input(
+            base_id,
+            acc.name,
+            [(ids[i], msg.recipients[i][1].domain_unicode) for i in members],
+            st.config.queue,
+            release_at=msg.future_release,
+            separate=use_fromid,
+            held_ids=[ids[i] for i in members if held[i]],
+        )
+        summary = delivery_summary(msg.sender.unicode, [msg.recipients[i][1].unicode for i in members])
+        async with starts:
+            try:
+                await start_delivery(st.client, st.config.temporal.task_queue, inp, summary)
+                await q.mark_workflow_started(st.pool, base_id)
+            except Exception:  # noqa: BLE001 - the message is durably queued; the worker's sweeper starts it
+                log.exception("starting delivery of submission %d; the worker will start it later", base_id)
+
+    await asyncio.gather(*(start(b, members) for b, members in submissions))
     return response
 
 

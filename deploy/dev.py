@@ -52,6 +52,9 @@ address = "127.0.0.1:7233"
 [api]
 listen = "127.0.0.1:{api_port}"
 admin_token_file = "{data_dir / "admin-token"}"
+# One-click unsubscribe links (Send with "ListUnsubscribe": true) point here and are signed with this.
+public_url = "http://127.0.0.1:{api_port}"
+unsubscribe_secret_file = "{data_dir / "unsubscribe-secret"}"
 
 [worker]
 metrics_listen = ""
@@ -82,11 +85,15 @@ def run_dev(data_dir: Path, api_port: int | None) -> None:
         write_dev_config(cfg_path, data_dir, api_port or 8025)
     password = _secret_file(data_dir / "dev-password", "TEMPOST_DEV_PASSWORD")
     token = _secret_file(data_dir / "admin-token", "TEMPOST_ADMIN_TOKEN")
+    _secret_file(data_dir / "unsubscribe-secret", "TEMPOST_UNSUBSCRIBE_SECRET")
     config = load_config(cfg_path)
     if api_port is not None:
-        config = config.model_copy(
-            update={"api": config.api.model_copy(update={"listen": f"127.0.0.1:{api_port}"})}
-        )
+        listen = f"127.0.0.1:{api_port}"
+        api = {"listen": listen}
+        if config.api.public_url == f"http://{config.api.listen}":
+            # The links point at the dev API itself: they follow it to its new port.
+            api["public_url"] = f"http://{listen}"
+        config = config.model_copy(update={"api": config.api.model_copy(update=api)})
 
     pg = EmbeddedPostgres(
         data_dir / "postgres",

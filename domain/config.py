@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from domain.durations import parse_duration
+from domain.unsubscribe import MIN_SECRET_LENGTH, check_public_url
 from domain.webhooks import Event
 
 LOCALSERVE = "localserve"
@@ -49,6 +51,10 @@ class TemporalConfig(_Strict):
     task_queue: str = "tempost"
 
 
+# Where the unsubscribe signing secret may come from instead of api.unsubscribe_secret_file.
+UNSUBSCRIBE_SECRET_ENV = "TEMPOST_UNSUBSCRIBE_SECRET"
+
+
 class ApiConfig(_Strict):
     """The HTTP API process."""
 
@@ -57,6 +63,31 @@ class ApiConfig(_Strict):
     # variable, never from this file.
     admin_token_file: str = ""
     max_message_size: int = 100 * 1024 * 1024
+    # The API's public base URL ("https://mail.example.com"), for links in messages: one-click unsubscribe
+    # (RFC 8058) links are <public_url>/unsubscribe/<token>. Required when an account has list_unsubscribe.
+    public_url: str = ""
+    # File holding the secret that signs unsubscribe tokens (at least 16 characters); the
+    # TEMPOST_UNSUBSCRIBE_SECRET environment variable wins over it. The secret itself is never in the
+    # configuration. Changing it invalidates every unsubscribe link already sent.
+    unsubscribe_secret_file: str = ""
+    # Unsubscribe requests (GET and POST) one client IP may make per minute; more get 429. Mailbox
+    # providers make the one-click POSTs from their own servers, so leave room for them.
+    unsubscribe_per_minute: int = Field(default=120, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        return check_public_url(v) if v else v
+
+    def unsubscribe_secret(self, environ: Mapping[str, str] | None = None) -> bytes:
+        """The unsubscribe signing secret ("" when none is set up); ValueError when it is too short."""
+        env = os.environ if environ is None else environ
+        secret = env.get(UNSUBSCRIBE_SECRET_ENV, "")
+        if not secret and self.unsubscribe_secret_file:
+            secret = Path(self.unsubscribe_secret_file).read_text().strip()
+        if secret and len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"the unsubscribe secret must be at least {MIN_SECRET_LENGTH} characters")
+        return secret.encode()
 
 
 class WorkerConfig(_Strict):
@@ -371,6 +402,9 @@ class AccountConfig(_Strict):
     fromid_login_addresses: list[str] = []
     # How long delivered or failed webhook calls stay visible; 0 keeps none.
     keep_retired_webhook_period: Duration = timedelta(0)
+    # Give every Send message one-click unsubscribe headers (RFC 8058) unless the request says
+    # "ListUnsubscribe": false; needs api.public_url and the unsubscribe secret.
+    list_unsubscribe: bool = False
 
     @model_validator(mode="after")
     def _one_password(self) -> AccountConfig:
@@ -426,6 +460,12 @@ class Config(_Strict):
                     raise ValueError(f"{where} is not one of its addresses")
                 if not self.separator(login.rpartition("@")[2]):
                     raise ValueError(f"{where} needs a domain with a catch-all separator")
+        for acc in self.accounts:
+            if acc.list_unsubscribe and not self.api.public_url:
+                raise ValueError(
+                    f"account {acc.name!r}: list_unsubscribe needs api.public_url, the base URL the API is"
+                    " reached at from the internet (e.g. https://mail.example.com)"
+                )
         seen: dict[str, str] = {}
         for acc in self.accounts:
             for addr in acc.addresses:

@@ -68,6 +68,9 @@ class SendRequest(_Strict):
     RequireTLS: bool | None = None
     FutureRelease: datetime | None = None
     SaveSent: bool = False
+    # Tempost extension: one-click unsubscribe headers (RFC 8058) for this submission; null follows the
+    # account's list_unsubscribe setting.
+    ListUnsubscribe: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -70,18 +70,40 @@ def result_entry(
     }
 
 
+async def _next_ids(conn: Conn, n: int) -> list[int]:
+    cur = await conn.execute("SELECT nextval('msg_id_seq') AS id FROM generate_series(1, %s)", (n,))
+    return sorted(r["id"] if isinstance(r, dict) else r[0] for r in await cur.fetchall())
+
+
+async def reserve_ids(pool: Pool, n: int) -> list[int]:
+    """n message ids, ascending, for messages whose bytes must name their own id before they are queued.
+
+    An id reserved and never used leaves a gap, as a rolled-back submission does.
+    """
+    async with pool.connection() as conn:
+        return await _next_ids(conn, n)
+
+
 async def insert_submission(
-    conn: Conn, account: str, data: bytes, queued: datetime, msgs: Sequence[NewMsg]
+    conn: Conn,
+    account: str,
+    data: bytes,
+    queued: datetime,
+    msgs: Sequence[NewMsg],
+    ids: Sequence[int] | None = None,
 ) -> tuple[int, list[int]]:
     """Store a body once and one row per recipient; returns the BaseID and the message ids.
 
-    Runs on the caller's connection so the caller decides the transaction boundary.
+    ids are ids from reserve_ids, ascending, one per message; without them new ones are drawn. Runs on the
+    caller's connection so the caller decides the transaction boundary.
     """
     if not msgs:
         raise ValueError("must queue at least one message")
-    cur = await conn.execute("SELECT nextval('msg_id_seq') AS id FROM generate_series(1, %s)", (len(msgs),))
-    ids = [r["id"] if isinstance(r, dict) else r[0] for r in await cur.fetchall()]
-    ids.sort()
+    if ids is None:
+        ids = await _next_ids(conn, len(msgs))
+    elif len(ids) != len(msgs) or list(ids) != sorted(ids):
+        raise ValueError("reserved ids must be ascending, one per message")
+    ids = list(ids)
     base_id = ids[0]
     await conn.execute(
         "INSERT INTO submissions (id, account, data, created) VALUES (%s, %s, %s, %s)",
@@ -380,6 +402,19 @@ async def get_retired(pool: Pool, msg_id: int) -> Row | None:
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT * FROM retired_msgs WHERE id = %s", (msg_id,))
         return await cur.fetchone()
+
+
+async def message_facts(conn: Conn, msg_id: int) -> Row | None:
+    """What webhooks tell about a message, queued or retired: its account and the ids and subject an
+    application knows it by; None once it is gone."""
+    cur = await conn.execute(
+        """SELECT sender_account, from_id, message_id, subject, extra FROM queue_msgs WHERE id = %s
+           UNION ALL
+           SELECT sender_account, from_id, message_id, subject, extra FROM retired_msgs WHERE id = %s
+           LIMIT 1""",
+        (msg_id, msg_id),
+    )
+    return await cur.fetchone()
 
 
 async def raw_message(pool: Pool, msg_id: int) -> bytes | None:
