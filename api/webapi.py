@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from starlette.datastructures import UploadFile
 
 from api.admin import message_view
-from api.auth import AuthBusy, Login
+from api.auth import AuthBusy, AuthLimited, Login
 from api.body import BodyTooLarge, read_body, read_form
 from api.state import AppState, NotConnected
 from domain import idempotency as idem
@@ -199,21 +199,38 @@ async def call(method: str, request: Request) -> Response:
         return _unauthorized()
     ip = request.client.host if request.client else ""
     now = datetime.now(UTC)
-    if not st.auth_limiter.attempt(ip, now):
-        return PlainTextResponse("429 - too many auth attempts", status_code=429)
+    too_many = PlainTextResponse("429 - too many auth attempts", status_code=429)
+    if not st.auth_limiter.allowed(ip, now):
+        return too_many
+    # Only a request that starts a password check counts as an attempt while it runs (so checks running
+    # at once cannot pass the limit together); one that joins a running check of the same credentials
+    # or fails without a check counts once it failed.
+    counted = False
+
+    def admit() -> bool:
+        nonlocal counted
+        counted = st.auth_limiter.attempt(ip, now)
+        return counted
+
     try:
-        login = await st.auth.basic(authorization)
+        login = await st.auth.basic(authorization, admit)
+    except AuthLimited:
+        return too_many
     except AuthBusy:
         # Not the caller's failure: take the attempt back and ask for a retry.
-        st.auth_limiter.succeeded(ip, now)
+        if counted:
+            st.auth_limiter.succeeded(ip, now)
         return JSONResponse(
             {"Code": "serverBusy", "Message": "too many logins being checked; try again"},
             status_code=503,
             headers={"Retry-After": "1"},
         )
     if login is None:
+        if not counted:
+            st.auth_limiter.failed(ip, now)
         return _unauthorized()
-    st.auth_limiter.succeeded(ip, now)
+    if counted:
+        st.auth_limiter.succeeded(ip, now)
     try:
         limit = request_body_limit(st.config.api.max_message_size)
         form = await _request_object(request, limit)
