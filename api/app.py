@@ -20,6 +20,7 @@ from api import (
     admin,
     admin_bounces,
     admin_bulk,
+    admin_dkim,
     admin_holdrules,
     admin_hooks,
     admin_suppressions,
@@ -31,6 +32,7 @@ from api.state import AppState
 from domain.apiinput import query_string_problem
 from domain.config import Config
 from store.db import Pool
+from store.dkimkeys import load_keyring
 
 log = logging.getLogger("tempost.api")
 
@@ -63,7 +65,9 @@ class _StrictQueryString:
 def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     """An API app bound to already-open Temporal and PostgreSQL connections."""
     app = FastAPI(title="Tempost", version="0.1.0")
-    app.state.tempost = AppState(config=config, client=client, pool=pool, auth=Authenticator(config))
+    app.state.tempost = AppState(
+        config=config, client=client, pool=pool, auth=Authenticator(config), dkim=load_keyring(config)
+    )
     app.include_router(webapi.router)
     app.include_router(admin_bulk.router)
     app.include_router(admin.router)
@@ -71,6 +75,7 @@ def create_app(config: Config, client: Client, pool: Pool) -> FastAPI:
     app.include_router(admin_holdrules.router)
     app.include_router(admin_bounces.router)
     app.include_router(admin_suppressions.router)
+    app.include_router(admin_dkim.router)
 
     @app.exception_handler(admin.AdminError)
     async def _admin_error(request: Request, err: admin.AdminError) -> JSONResponse:

@@ -8,6 +8,7 @@ from temporalio.client import Client
 
 from api.auth import Authenticator
 from domain.config import Config
+from domain.dkim import Keyring
 from domain.ratelimit import AuthFailureLimiter
 from store.db import Pool
 
@@ -20,4 +21,6 @@ class AppState:
     client: Client
     pool: Pool
     auth: Authenticator
+    # DKIM keys, loaded once at start.
+    dkim: Keyring = field(default_factory=Keyring)
     auth_limiter: AuthFailureLimiter = field(default_factory=AuthFailureLimiter)

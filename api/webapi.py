@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -22,6 +23,8 @@ from domain import idempotency as idem
 from domain.addresses import MAX_LOCALPART, AddressError, parse_address
 from domain.apiinput import InputError, request_body_limit
 from domain.contracts import MsgState, RetireEvent
+from domain.dkim import SigningError
+from domain.dkim import sign as dkim_sign
 from domain.errors import WebAPIError
 from domain.filters import MAX_ID
 from domain.fromid import sender_localpart
@@ -33,6 +36,7 @@ from domain.send import (
     compose_send,
     decode_object,
     decode_send_request,
+    received_header,
 )
 from domain.sendraw import check_send_raw, decode_send_raw_request
 from domain.suppression import base_address, original_address
@@ -156,6 +160,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         "RequireTLS": None,
         "FutureRelease": None,
         "Extra": {},
+        "DKIMSign": True,
     },
     "MessageStatus": {"QueueMsgID": 1},
     "SuppressionList": {},
@@ -212,7 +217,10 @@ async def call(method: str, request: Request) -> Response:
         limit = request_body_limit(st.config.api.max_message_size)
         form = await _request_object(request, limit)
         if method in _QUEUEING:
-            return JSONResponse(await _queueing(st, login, method, form, request.headers.get(idem.HEADER)))
+            client = _Client(ip, request.url.scheme.upper())
+            return JSONResponse(
+                await _queueing(st, login, client, method, form, request.headers.get(idem.HEADER))
+            )
         if method == "MessageStatus":
             return JSONResponse(await _message_status(st, login, form.request))
         return JSONResponse(await _suppression(st, login, method, form.request))
@@ -290,8 +298,16 @@ class _KeyTaken(Exception):
     """A concurrent call with the same Idempotency-Key committed its messages first."""
 
 
+@dataclass(frozen=True)
+class _Client:
+    """Where a submission came from, for its Received field: the peer's IP address and HTTP or HTTPS."""
+
+    ip: str
+    protocol: str
+
+
 async def _queueing(
-    st: AppState, login: Login, method: str, form: _Call, key_header: str | None
+    st: AppState, login: Login, client: _Client, method: str, form: _Call, key_header: str | None
 ) -> dict[str, Any]:
     """Send or SendRaw, answering a repeated Idempotency-Key with the first call's response."""
     now = datetime.now(UTC)
@@ -327,7 +343,7 @@ async def _queueing(
             attached_uploads=form.attached,
         )
     try:
-        return await _queue(st, login, msg, key_use, now)
+        return await _queue(st, login, client, msg, key_use, now)
     except _KeyTaken:
         assert key_use is not None  # only raised when recording a key
         earlier = await _earlier_response(st, acc.name, key_use, now)
@@ -350,11 +366,55 @@ async def _earlier_response(
     return stored.response
 
 
+# Messages bigger than this are signed in a thread, so the event loop keeps serving other requests while
+# the body is canonicalized and hashed.
+_SIGN_INLINE_MAX = 256 * 1024
+
+
+async def _signatures(st: AppState, msg: ComposedMessage) -> bytes:
+    """The DKIM-Signature fields of the From domain's signing selectors (spec 03 §5.4 step 11); failing
+    to sign is the `server` error, and nothing is queued."""
+    selectors = st.dkim.signers(msg.dkim_domain) if msg.dkim_domain else []
+    if not selectors:
+        return b""
+    try:
+        if len(msg.data) > _SIGN_INLINE_MAX:
+            return await asyncio.to_thread(dkim_sign, msg.data, selectors)
+        return dkim_sign(msg.data, selectors)
+    except SigningError as err:
+        log.error("dkim signing failed: %s", err)
+        raise WebAPIError("server", "dkim signing failed") from None
+
+
 async def _queue(
-    st: AppState, login: Login, msg: ComposedMessage, key_use: _KeyUse | None, now: datetime
+    st: AppState,
+    login: Login,
+    client: _Client,
+    msg: ComposedMessage,
+    key_use: _KeyUse | None,
+    now: datetime,
 ) -> dict[str, Any]:
-    """Queue a checked message: the body once, a row per recipient, then start its Delivery workflow."""
+    """Queue a checked message: the body once with its prefix (Received, DKIM-Signature), a row per
+    recipient, then start its Delivery workflow."""
     acc = login.account
+    signatures = await _signatures(st, msg)
+
+    def prefix(base_id: int) -> bytes:
+        # Received on top, as the latest trace field (RFC 5321 §4.4), then the signatures.
+        return (
+            received_header(
+                hostname=st.config.hostname,
+                client_ip=client.ip,
+                login=login.address,
+                protocol=client.protocol,
+                trace_id=str(base_id),
+                recipients=[a for _, a in msg.recipients],
+                smtputf8=msg.smtputf8,
+                now=now,
+            )
+            + signatures
+        )
+
     next_attempt = msg.future_release or now
     # A login listed for FromID gets a unique MAIL FROM per recipient, so bounces can be matched.
     use_fromid = login.address.lower() in (a.lower() for a in acc.fromid_login_addresses)
@@ -400,7 +460,7 @@ async def _queue(
                 )
                 for (_, rcpt), fid, h in zip(msg.recipients, from_ids, held, strict=True)
             ]
-            base_id, ids = await q.insert_submission(conn, acc.name, msg.data, now, new)
+            base_id, ids = await q.insert_submission(conn, acc.name, msg.data, now, new, prefix)
             response = {
                 "MessageID": msg.message_id,
                 "Submissions": [

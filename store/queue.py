@@ -36,6 +36,7 @@ class NewMsg:
     recipient_domain: str
     recipient_domain_str: str
     next_attempt: datetime
+    # The stored message's size; insert_submission adds the prefix's.
     size: int
     message_id: str
     subject: str
@@ -71,11 +72,18 @@ def result_entry(
 
 
 async def insert_submission(
-    conn: Conn, account: str, data: bytes, queued: datetime, msgs: Sequence[NewMsg]
+    conn: Conn,
+    account: str,
+    data: bytes,
+    queued: datetime,
+    msgs: Sequence[NewMsg],
+    prefix: bytes | Callable[[int], bytes] = b"",
 ) -> tuple[int, list[int]]:
     """Store a body once and one row per recipient; returns the BaseID and the message ids.
 
-    Runs on the caller's connection so the caller decides the transaction boundary.
+    `prefix` (header fields sent before the body: Received, DKIM-Signature) is stored once with it; given
+    as a function it is made from the BaseID, which a Received field names. Each row's size should count
+    prefix and body. Runs on the caller's connection so the caller decides the transaction boundary.
     """
     if not msgs:
         raise ValueError("must queue at least one message")
@@ -83,9 +91,10 @@ async def insert_submission(
     ids = [r["id"] if isinstance(r, dict) else r[0] for r in await cur.fetchall()]
     ids.sort()
     base_id = ids[0]
+    head = prefix(base_id) if callable(prefix) else prefix
     await conn.execute(
-        "INSERT INTO submissions (id, account, data, created) VALUES (%s, %s, %s, %s)",
-        (base_id, account, data, queued),
+        "INSERT INTO submissions (id, account, prefix, data, created) VALUES (%s, %s, %s, %s, %s)",
+        (base_id, account, head, data, queued),
     )
     async with conn.cursor() as cur2:
         await cur2.executemany(
@@ -113,7 +122,7 @@ async def insert_submission(
                     m.next_attempt,
                     m.has8bit,
                     m.smtputf8,
-                    m.size,
+                    m.size + len(head),
                     m.message_id,
                     m.subject,
                     m.transport,
@@ -201,7 +210,9 @@ async def begin_attempt(
         full = list(await cur.fetchall())
         if not full:
             return AttemptStart([], None, recorded)
-        cur = await conn.execute("SELECT data FROM submissions WHERE id = %s", (full[0]["base_id"],))
+        cur = await conn.execute(
+            "SELECT prefix || data AS data FROM submissions WHERE id = %s", (full[0]["base_id"],)
+        )
         body = await cur.fetchone()
     return AttemptStart(full, bytes(body["data"]) if body else None, recorded)
 
@@ -386,7 +397,8 @@ async def raw_message(pool: Pool, msg_id: int) -> bytes | None:
     """The bytes that will be sent for a queued message."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT s.data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id WHERE q.id = %s",
+            "SELECT s.prefix || s.data AS data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id"
+            " WHERE q.id = %s",
             (msg_id,),
         )
         r = await cur.fetchone()
