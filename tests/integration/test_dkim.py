@@ -399,3 +399,35 @@ def test_dkim_records_and_check_compare_dns_with_the_keys(tmp_path: Path, verifi
     verifier.publish("s1._domainkey.check.example", f"v=DKIM1; k=rsa; p={_b64(other)}")
     bad = tempost("dkim", "check", "-c", str(cfg))
     assert bad.returncode == 1 and "another public key" in bad.stdout
+
+
+async def test_signatures_survive_a_relay_through_postfix(
+    stack_factory: Any, keys: dict[str, Path], verifier: OpenDKIMVerifier, sink: Any
+) -> None:
+    from deploy.embedded import free_port
+    from tests.support.postfix import PostfixInstance, skip_reason
+
+    if skip_reason():
+        pytest.skip(skip_reason() or "")
+    # Postfix relays everything to the sink; Tempost hands the mail to Postfix.
+    postfix = PostfixInstance(free_port(), relay_port=sink.port, bounce_port=free_port()).start()
+    try:
+        stack: Stack = await stack_factory(
+            domains=dkim_domains(keys),
+            transports={
+                "postfix": {"type": "smtp", "host": postfix.host, "port": postfix.port, "starttls": "none"}
+            },
+            default_transport="postfix",
+        )
+        await publish(stack, verifier)
+        text = "Grüße over Postfix\n" + "a long line " * 100 + "\n.leading dot\n"
+        await stack.send_ok({"To": [{"Address": RCPT}], "Subject": "via postfix ☺", "Text": text})
+        try:
+            await until(lambda: stack.sink.messages(), timeout=60)
+        except TimeoutError:
+            pytest.fail(f"Postfix relayed nothing; its log:\n{postfix.maillog()}")
+    finally:
+        postfix.stop()
+    [t] = stack.sink.messages()
+    assert b"postfix.test" in t.data.split(b"DKIM-Signature")[0]  # Postfix's own Received field on top
+    assert verdicts(verifier, t.data) == {"ed@example.org": True, "rs@example.org": True}
