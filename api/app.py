@@ -20,6 +20,7 @@ from api import (
     admin,
     admin_bounces,
     admin_bulk,
+    admin_dkim,
     admin_holdrules,
     admin_hooks,
     admin_suppressions,
@@ -33,6 +34,7 @@ from domain.apiinput import query_string_problem
 from domain.config import Config
 from domain.ratelimit import RequestLimiter
 from store.db import Pool
+from store.dkimkeys import load_keyring
 
 log = logging.getLogger("tempost.api")
 
@@ -72,6 +74,7 @@ def create_app(config: Config, client: Client | None = None, pool: Pool | None =
         pool,
         unsubscribe_secret=unsubscribe.load_secret(config),
         unsubscribe_limiter=RequestLimiter(config.api.unsubscribe_per_minute),
+        dkim=load_keyring(config),
     )
     app.state.tempost = state
     app.include_router(webapi.router)
@@ -82,6 +85,7 @@ def create_app(config: Config, client: Client | None = None, pool: Pool | None =
     app.include_router(admin_holdrules.router)
     app.include_router(admin_bounces.router)
     app.include_router(admin_suppressions.router)
+    app.include_router(admin_dkim.router)
 
     @app.exception_handler(admin.AdminError)
     async def _admin_error(request: Request, err: admin.AdminError) -> JSONResponse:

@@ -6,6 +6,7 @@ from temporalio.client import Client
 
 from api.auth import Authenticator
 from domain.config import Config
+from domain.dkim import Keyring
 from domain.errors import WebAPIError
 from domain.ratelimit import AuthFailureLimiter, RequestLimiter
 from store.db import Pool
@@ -34,6 +35,7 @@ class AppState:
         *,
         unsubscribe_secret: bytes = b"",
         unsubscribe_limiter: RequestLimiter | None = None,
+        dkim: Keyring | None = None,
     ) -> None:
         self.config = config
         self.auth = auth
@@ -43,6 +45,8 @@ class AppState:
         # Signs one-click unsubscribe tokens; empty when unsubscribe is not set up.
         self.unsubscribe_secret = unsubscribe_secret
         self.unsubscribe_limiter = unsubscribe_limiter or RequestLimiter(120)
+        # DKIM keys, loaded once at start.
+        self.dkim = dkim or Keyring()
 
     @property
     def client(self) -> Client:

@@ -7,6 +7,7 @@ import html
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,8 @@ from domain.addresses import MAX_LOCALPART, AddressError, parse_address
 from domain.apiinput import InputError, request_body_limit
 from domain.config import AccountConfig
 from domain.contracts import MsgState, RetireEvent
+from domain.dkim import SigningError
+from domain.dkim import sign as dkim_sign
 from domain.errors import WebAPIError
 from domain.filters import MAX_ID
 from domain.fromid import sender_localpart
@@ -37,6 +40,7 @@ from domain.send import (
     compose_send,
     decode_object,
     decode_send_request,
+    received_header,
 )
 from domain.sendraw import check_send_raw, decode_send_raw_request
 from domain.suppression import base_address, original_address
@@ -162,6 +166,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         "RequireTLS": None,
         "FutureRelease": None,
         "Extra": {},
+        "DKIMSign": True,
     },
     "MessageStatus": {"QueueMsgID": 1},
     "SuppressionList": {},
@@ -235,7 +240,10 @@ async def call(method: str, request: Request) -> Response:
         limit = request_body_limit(st.config.api.max_message_size)
         form = await _request_object(request, limit)
         if method in _QUEUEING:
-            return JSONResponse(await _queueing(st, login, method, form, request.headers.get(idem.HEADER)))
+            client = _Client(ip, request.url.scheme.upper())
+            return JSONResponse(
+                await _queueing(st, login, client, method, form, request.headers.get(idem.HEADER))
+            )
         if method == "MessageStatus":
             return JSONResponse(await _message_status(st, login, form.request))
         return JSONResponse(await _suppression(st, login, method, form.request))
@@ -313,8 +321,16 @@ class _KeyTaken(Exception):
     """A concurrent call with the same Idempotency-Key committed its messages first."""
 
 
+@dataclass(frozen=True)
+class _Client:
+    """Where a submission came from, for its Received field: the peer's IP address and HTTP or HTTPS."""
+
+    ip: str
+    protocol: str
+
+
 async def _queueing(
-    st: AppState, login: Login, method: str, form: _Call, key_header: str | None
+    st: AppState, login: Login, client: _Client, method: str, form: _Call, key_header: str | None
 ) -> dict[str, Any]:
     """Send or SendRaw, answering a repeated Idempotency-Key with the first call's response."""
     now = datetime.now(UTC)
@@ -360,7 +376,7 @@ async def _queueing(
         else [_Copy(msg.data, list(range(len(msg.recipients))))]
     )
     try:
-        return await _queue(st, login, msg, copies, key_use, now)
+        return await _queue(st, login, client, msg, copies, key_use, now)
     except _KeyTaken:
         assert key_use is not None  # only raised when recording a key
         earlier = await _earlier_response(st, acc.name, key_use, now)
@@ -442,17 +458,62 @@ async def _unsubscribe_copies(st: AppState, account: str, msg: ComposedMessage) 
     return copies
 
 
+# Messages bigger than this are signed in a thread, so the event loop keeps serving other requests while
+# the body is canonicalized and hashed.
+_SIGN_INLINE_MAX = 256 * 1024
+
+
+async def _signatures(st: AppState, msg: ComposedMessage, data: bytes) -> bytes:
+    """The DKIM-Signature fields over `data` (the message or one stored copy of it) by the From domain's
+    signing selectors (spec 03 §5.4 step 11); failing to sign is the `server` error, and nothing is
+    queued."""
+    selectors = st.dkim.signers(msg.dkim_domain) if msg.dkim_domain else []
+    if not selectors:
+        return b""
+    try:
+        if len(data) > _SIGN_INLINE_MAX:
+            return await asyncio.to_thread(dkim_sign, data, selectors)
+        return dkim_sign(data, selectors)
+    except SigningError as err:
+        log.error("dkim signing failed: %s", err)
+        raise WebAPIError("server", "dkim signing failed") from None
+
+
 async def _queue(
     st: AppState,
     login: Login,
+    client: _Client,
     msg: ComposedMessage,
     copies: list[_Copy],
     key_use: _KeyUse | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """Queue a checked message: each copy of its body once, as a submission with a row per recipient of
-    that copy, then start the Delivery workflow of each submission."""
+    """Queue a checked message: each copy of its body once with its prefix (Received, DKIM-Signature), as
+    a submission with a row per recipient of that copy, then start the Delivery workflow of each."""
     acc = login.account
+    # Each stored copy is signed over its own bytes: a copy's List-Unsubscribe link is covered (RFC 8058 §4).
+    signatures = [await _signatures(st, msg, c.data) for c in copies]
+
+    def prefix(c: _Copy, sig: bytes) -> Callable[[int], bytes]:
+        def of(base_id: int) -> bytes:
+            # Received on top, as the latest trace field (RFC 5321 §4.4), then the signatures; "for" names
+            # the recipient only when the submission has one (spec 03 §5.4 step 12).
+            return (
+                received_header(
+                    hostname=st.config.hostname,
+                    client_ip=client.ip,
+                    login=login.address,
+                    protocol=client.protocol,
+                    trace_id=str(base_id),
+                    recipients=[msg.recipients[i][1] for i in c.recipients],
+                    smtputf8=msg.smtputf8,
+                    now=now,
+                )
+                + sig
+            )
+
+        return of
+
     next_attempt = msg.future_release or now
     # A login listed for FromID gets a unique MAIL FROM per recipient, so bounces can be matched.
     use_fromid = login.address.lower() in (a.lower() for a in acc.fromid_login_addresses)
@@ -500,11 +561,13 @@ async def _queue(
             ]
             ids: list[int] = [0] * len(new)
             submissions: list[tuple[int, list[int]]] = []
-            for c in copies:
+            for c, sig in zip(copies, signatures, strict=True):
                 rows = [new[i] for i in c.recipients]
                 if len(c.data) != len(msg.data):
                     rows = [replace(r, size=len(c.data)) for r in rows]
-                base_id, copy_ids = await q.insert_submission(conn, acc.name, c.data, now, rows, c.ids)
+                base_id, copy_ids = await q.insert_submission(
+                    conn, acc.name, c.data, now, rows, c.ids, prefix(c, sig)
+                )
                 for i, mid in zip(c.recipients, copy_ids, strict=True):
                     ids[i] = mid
                 submissions.append((base_id, c.recipients))

@@ -36,6 +36,7 @@ class NewMsg:
     recipient_domain: str
     recipient_domain_str: str
     next_attempt: datetime
+    # The stored message's size; insert_submission adds the prefix's.
     size: int
     message_id: str
     subject: str
@@ -91,11 +92,14 @@ async def insert_submission(
     queued: datetime,
     msgs: Sequence[NewMsg],
     ids: Sequence[int] | None = None,
+    prefix: bytes | Callable[[int], bytes] = b"",
 ) -> tuple[int, list[int]]:
     """Store a body once and one row per recipient; returns the BaseID and the message ids.
 
-    ids are ids from reserve_ids, ascending, one per message; without them new ones are drawn. Runs on the
-    caller's connection so the caller decides the transaction boundary.
+    ids are ids from reserve_ids, ascending, one per message; without them new ones are drawn. `prefix`
+    (header fields sent before the body: Received, DKIM-Signature) is stored once with it; given as a
+    function it is made from the BaseID, which a Received field names. Each row's size should count
+    prefix and body. Runs on the caller's connection so the caller decides the transaction boundary.
     """
     if not msgs:
         raise ValueError("must queue at least one message")
@@ -105,9 +109,10 @@ async def insert_submission(
         raise ValueError("reserved ids must be ascending, one per message")
     ids = list(ids)
     base_id = ids[0]
+    head = prefix(base_id) if callable(prefix) else prefix
     await conn.execute(
-        "INSERT INTO submissions (id, account, data, created) VALUES (%s, %s, %s, %s)",
-        (base_id, account, data, queued),
+        "INSERT INTO submissions (id, account, prefix, data, created) VALUES (%s, %s, %s, %s, %s)",
+        (base_id, account, head, data, queued),
     )
     async with conn.cursor() as cur2:
         await cur2.executemany(
@@ -135,7 +140,7 @@ async def insert_submission(
                     m.next_attempt,
                     m.has8bit,
                     m.smtputf8,
-                    m.size,
+                    m.size + len(head),
                     m.message_id,
                     m.subject,
                     m.transport,
@@ -223,7 +228,9 @@ async def begin_attempt(
         full = list(await cur.fetchall())
         if not full:
             return AttemptStart([], None, recorded)
-        cur = await conn.execute("SELECT data FROM submissions WHERE id = %s", (full[0]["base_id"],))
+        cur = await conn.execute(
+            "SELECT prefix || data AS data FROM submissions WHERE id = %s", (full[0]["base_id"],)
+        )
         body = await cur.fetchone()
     return AttemptStart(full, bytes(body["data"]) if body else None, recorded)
 
@@ -421,7 +428,8 @@ async def raw_message(pool: Pool, msg_id: int) -> bytes | None:
     """The bytes that will be sent for a queued message."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT s.data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id WHERE q.id = %s",
+            "SELECT s.prefix || s.data AS data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id"
+            " WHERE q.id = %s",
             (msg_id,),
         )
         r = await cur.fetchone()
