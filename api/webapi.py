@@ -566,7 +566,7 @@ async def _queue(
                 if len(c.data) != len(msg.data):
                     rows = [replace(r, size=len(c.data)) for r in rows]
                 base_id, copy_ids = await q.insert_submission(
-                    conn, acc.name, c.data, now, rows, c.ids, prefix(c, sig)
+                    conn, acc.name, c.data, now, rows, ids=c.ids, prefix=prefix(c, sig)
                 )
                 for i, mid in zip(c.recipients, copy_ids, strict=True):
                     ids[i] = mid

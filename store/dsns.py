@@ -35,7 +35,7 @@ async def store_and_queue(
     row = await cur.fetchone()
     if row is None or delivery is None:
         return None
-    base_id, _ = await insert_submission(conn, account, data, now, [delivery], prefix)
+    base_id, _ = await insert_submission(conn, account, data, now, [delivery], prefix=prefix)
     await conn.execute("UPDATE dsns SET queue_base_id = %s WHERE id = %s", (base_id, row["id"]))
     return base_id
 

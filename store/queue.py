@@ -91,6 +91,7 @@ async def insert_submission(
     data: bytes,
     queued: datetime,
     msgs: Sequence[NewMsg],
+    *,
     ids: Sequence[int] | None = None,
     prefix: bytes | Callable[[int], bytes] = b"",
 ) -> tuple[int, list[int]]:
