@@ -33,12 +33,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SecretFileError(ValueError):
+    """A file the configuration names (a password, key or certificate) cannot be read."""
+
+
+def read_secret_file(setting: str, path: str) -> str:
+    """The stripped contents of a file named by a setting; the error names the setting and the path."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as err:
+        raise SecretFileError(f"{setting} {path}: cannot read: {err.strerror or err}") from None
+
+
 class DatabaseConfig(_Strict):
     """Where the system of record for data lives."""
 
+    # libpq connection URL; TLS through its parameters (sslmode=verify-full, sslrootcert, sslcert, sslkey).
     url: str = "postgresql://postgres@127.0.0.1:5432/tempost"
+    # File holding the password, so the URL (and the configuration file) carries none; "" for none.
+    password_file: str = ""
     pool_min: int = 1
     pool_max: int = 10
+
+    def password(self) -> str:
+        """The password from password_file, "" when none is configured (never kept in this object)."""
+        return read_secret_file("database.password_file", self.password_file) if self.password_file else ""
 
 
 class TemporalConfig(_Strict):

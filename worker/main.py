@@ -43,8 +43,13 @@ SANDBOX = SandboxedWorkflowRunner(
 
 @functools.cache
 def _runtime(sdk_metrics_listen: str) -> Runtime:
-    # One runtime per process and address: its Prometheus exporter binds the port once.
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=sdk_metrics_listen)))
+    # One runtime per process and address: its Prometheus exporter binds the port once. Durations in
+    # seconds, as Prometheus expects (the SDK's default is milliseconds under the same names).
+    return Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=sdk_metrics_listen, durations_as_seconds=True)
+        )
+    )
 
 
 async def connect_temporal(config: Config) -> Client:
@@ -120,7 +125,8 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None, client: 
     added = await ensure_search_attributes(client, config.temporal.namespace)
     if added:
         log.info("registered search attributes %s", ", ".join(added))
-    pool = await db.open_pool(config.database.url, config.database.pool_min, config.database.pool_max)
+    database = config.database
+    pool = await db.open_pool(db.conninfo(database), database.pool_min, database.pool_max)
     try:
         worker = build_worker(client, pool, config)
         sweeper = asyncio.create_task(run_sweeper(client, pool, config))
