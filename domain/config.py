@@ -61,11 +61,35 @@ class DatabaseConfig(_Strict):
 
 
 class TemporalConfig(_Strict):
-    """Which Temporal frontend, namespace and task queue the worker and API use."""
+    """Which Temporal frontend, namespace and task queue the worker and API use, and how to reach it."""
 
     address: str = "127.0.0.1:7233"
     namespace: str = "default"
     task_queue: str = "tempost"
+    # TLS to the frontend; on by itself when any of the files below is set.
+    tls: bool = False
+    # PEM file of the CA that signed the frontend's certificate; "" trusts the system store.
+    tls_ca_file: str = ""
+    # Client certificate and its key (PEM) for mTLS; both or neither.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Name to send (SNI) and verify the certificate against, when it differs from the address's host.
+    tls_server_name: str = ""
+    # File holding an API key (Temporal Cloud), sent as a bearer token; TEMPOST_TEMPORAL_API_KEY wins.
+    api_key_file: str = ""
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TemporalConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("temporal: set both tls_cert_file and tls_key_file, or neither")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the connection is TLS: asked for, or implied by any of the files or the server name (an
+        API key is only ever sent over TLS)."""
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_server_name, self.api_key_file)
+        return self.tls or any(files)
 
 
 class ApiConfig(_Strict):

@@ -22,6 +22,7 @@ from domain.config import Config
 from store import db, hooks
 from store.db import Pool
 from worker.bounce_listener import start_listener
+from worker.connect import TemporalConnectError, describe_connect_error, temporal_connect_options
 from worker.schedules import ensure_mtasts_refresh_schedule, ensure_retention_schedule
 from worker.sweeper import run_sweeper, start_submission
 from workflows.bounce import Bounce
@@ -53,16 +54,20 @@ def _runtime(sdk_metrics_listen: str) -> Runtime:
 
 
 async def connect_temporal(config: Config) -> Client:
-    """A Temporal client with the data converter every Tempost process must share."""
-    extra = {}
+    """A Temporal client with the data converter every Tempost process must share, over TLS and with the
+    client certificate or API key the configuration names.
+
+    Raises TemporalConnectError (a RuntimeError: worth retrying) saying why the connection failed, and
+    SecretFileError when a configured file cannot be read.
+    """
+    extra = temporal_connect_options(config.temporal)
     if config.worker.sdk_metrics_listen:
         extra["runtime"] = _runtime(config.worker.sdk_metrics_listen)
-    return await Client.connect(
-        config.temporal.address,
-        namespace=config.temporal.namespace,
-        data_converter=pydantic_data_converter,
-        **extra,  # type: ignore[arg-type]
-    )
+    try:
+        return await Client.connect(config.temporal.address, data_converter=pydantic_data_converter, **extra)
+    except RuntimeError as err:
+        tls = extra["tls"] is not False
+        raise TemporalConnectError(describe_connect_error(config.temporal, err, tls)) from err
 
 
 def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
