@@ -127,9 +127,9 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None, client: 
         host, port = _listen(config.worker.metrics_listen)
         start_http_server(port, addr=host)
     client = client or await connect_temporal(config)
-    added = await ensure_search_attributes(client, config.temporal.namespace)
-    if added:
-        log.info("registered search attributes %s", ", ".join(added))
+    registration = await ensure_search_attributes(client, config.temporal.namespace)
+    if registration.added:
+        log.info("registered search attributes %s", ", ".join(registration.added))
     database = config.database
     pool = await db.open_pool(db.conninfo(database), database.pool_min, database.pool_max)
     try:
