@@ -12,6 +12,7 @@ from tests.support.metricnames import metric_names, unknown_names
 ROOT = Path(__file__).parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 COMPOSE_PROMETHEUS = ROOT / "deploy" / "compose" / "prometheus.yml"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 
 def _rules() -> list[dict]:
@@ -57,3 +58,8 @@ def test_job_labels_are_scrape_jobs_and_rules_are_loaded() -> None:
             assert job in jobs, f"{rule['alert']}: no scrape job {job!r}"
     assert "/etc/prometheus/alerts.yaml" in prometheus["rule_files"]
 
+
+def test_every_alert_is_explained_in_the_operations_guide() -> None:
+    guide = OPERATIONS.read_text()
+    for rule in _rules():
+        assert f"`{rule['alert']}`" in guide, rule["alert"]
