@@ -43,6 +43,8 @@ from domain.attempt import AttemptPlan, RcptReply
 from domain.backoff import backoff
 from domain.config import Config
 from domain.contracts import AttemptMsg, RetireEvent
+from domain.dkim import Keyring, SigningError
+from domain.dkim import sign as dkim_sign
 from domain.dsn import DSNError, DSNInput, DSNKind, compose_dsn, header_section, message_id_of
 from domain.holdrules import holds_new
 from domain.webhooks import Event, Outgoing
@@ -116,6 +118,8 @@ class _Report:
     kind: DSNKind
     data: bytes
     sender_path: str
+    # DKIM-Signature fields of the host's domain, sent before the DSN.
+    prefix: bytes = b""
 
 
 @dataclass
@@ -135,8 +139,11 @@ class OutcomeRecorder:
         config: Config,
         webhooks: WebhookQueue,
         start_submission: Callable[[int], Awaitable[None]] | None,
+        dkim: Keyring,
     ) -> None:
         self._pool = pool
+        # DSNs come from postmaster@<hostname>: signed by the hostname's domain (or its parent's) keys.
+        self._dsn_signers = dkim.signers(config.hostname)
         self._config = config
         self._webhooks = webhooks
         # Given by the worker, which owns the Temporal client; without it the sweeper starts DSNs.
@@ -399,7 +406,13 @@ class OutcomeRecorder:
             except DSNError as err:
                 activity.logger.warning("no DSN for message %d: %s", i, err)
                 continue
-            reports.append(_Report(r, kind, data, sender_path))
+            try:
+                prefix = dkim_sign(data, self._dsn_signers)
+            except SigningError as err:
+                # Unsigned is better than no DSN at all: the sender still learns its mail failed.
+                activity.logger.error("DSN for message %d left unsigned: %s", i, err)
+                prefix = b""
+            reports.append(_Report(r, kind, data, sender_path, prefix))
         return reports
 
     def _upcoming(self, m: AttemptMsg) -> list[datetime]:
@@ -445,6 +458,7 @@ class OutcomeRecorder:
                 sender=rep.sender_path,
                 recipient=q.recipient_address(r),
                 data=rep.data,
+                prefix=rep.prefix,
                 now=now,
                 delivery=delivery,
             )

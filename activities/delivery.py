@@ -38,6 +38,7 @@ from domain.contracts import (
     RetireEvent,
     RetireRequest,
 )
+from domain.dkim import Keyring
 from domain.routes import select_transport
 from domain.suppression import (
     SUPPRESSED_ERROR,
@@ -79,13 +80,14 @@ class DeliveryActivities:
         start_submission: Callable[[int], Awaitable[None]] | None = None,
         webhooks: WebhookQueue | None = None,
         wake: Callable[[str, list[str]], Awaitable[None]] | None = None,
+        dkim: Keyring | None = None,
     ) -> None:
         self._webhooks = webhooks or WebhookQueue(pool, config, None)
         # Signals a workflow waiting for a delivery lease; given by the worker, which owns the client.
         self._wake = wake
         # start_submission starts the delivery of a submission queued here (a DSN); given by the worker,
         # which owns the Temporal client. Without it the worker's sweeper starts the submission later.
-        self._recorder = OutcomeRecorder(pool, config, self._webhooks, start_submission)
+        self._recorder = OutcomeRecorder(pool, config, self._webhooks, start_submission, dkim or Keyring())
         self._pool = pool
         self._config = config
         resolver = Resolver(config.direct.resolvers)

@@ -94,23 +94,9 @@ class WebhookQueue:
         self, conn: Conn, account: str, out: Outgoing, *, incoming_msg_id: str = ""
     ) -> hooks.Queued | None:
         """Insert the event's hook in the caller's transaction; None when the account does not want it."""
-        acc = self._config.account(account)
-        hook_cfg = acc.outgoing_webhook if acc is not None else None
-        if acc is None or hook_cfg is None or not subscribed(hook_cfg.events, out.event):
+        hook = hooks.event_hook(self._config, account, out, incoming_msg_id=incoming_msg_id)
+        if hook is None:
             return None
-        hook = hooks.NewHook(
-            account=account,
-            url=hook_cfg.url,
-            auth_header=hook_cfg.authorization(),
-            payload=out.payload(),
-            outgoing_event=out.event.value,
-            queue_msg_id=out.queue_msg_id,
-            from_id=out.from_id,
-            # For DSN-triggered hooks the record names the incoming DSN; the payload names the original.
-            message_id=incoming_msg_id or out.message_id,
-            subject=out.subject,
-            extra={} if out.dsn else dict(out.extra),
-        )
         queued = await hooks.insert(conn, hook, out.queued, self.keep(account))
         QUEUED.labels(out.event.value).inc()
         return queued

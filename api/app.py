@@ -20,9 +20,11 @@ from api import (
     admin,
     admin_bounces,
     admin_bulk,
+    admin_dkim,
     admin_holdrules,
     admin_hooks,
     admin_suppressions,
+    unsubscribe,
     webapi,
 )
 from api import metrics as queue_metrics
@@ -30,7 +32,9 @@ from api.auth import Authenticator
 from api.state import AppState, NotConnected
 from domain.apiinput import query_string_problem
 from domain.config import Config
+from domain.ratelimit import RequestLimiter
 from store.db import Pool
+from store.dkimkeys import load_keyring
 
 log = logging.getLogger("tempost.api")
 
@@ -63,15 +67,25 @@ class _StrictQueryString:
 def create_app(config: Config, client: Client | None = None, pool: Pool | None = None) -> FastAPI:
     """An API app; a missing client or pool is handed over later, once reachable (`AppState`)."""
     app = FastAPI(title="Tempost", version="0.1.0")
-    state = AppState(config, Authenticator(config), client, pool)
+    state = AppState(
+        config,
+        Authenticator(config),
+        client,
+        pool,
+        unsubscribe_secret=unsubscribe.load_secret(config),
+        unsubscribe_limiter=RequestLimiter(config.api.unsubscribe_per_minute),
+        dkim=load_keyring(config),
+    )
     app.state.tempost = state
     app.include_router(webapi.router)
+    app.include_router(unsubscribe.router)
     app.include_router(admin_bulk.router)
     app.include_router(admin.router)
     app.include_router(admin_hooks.router)
     app.include_router(admin_holdrules.router)
     app.include_router(admin_bounces.router)
     app.include_router(admin_suppressions.router)
+    app.include_router(admin_dkim.router)
 
     @app.exception_handler(admin.AdminError)
     async def _admin_error(request: Request, err: admin.AdminError) -> JSONResponse:

@@ -9,6 +9,7 @@ import hmac
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ _CHECKS_WAITING = 64
 
 class AuthBusy(Exception):
     """Too many password checks are running or waiting; the caller should try again shortly."""
+
+
+class AuthLimited(Exception):
+    """The caller's address has failed too often: no password check is started for it."""
 
 
 class _PasswordChecks:
@@ -77,15 +82,22 @@ class Authenticator:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._cache: dict[bytes, float] = {}
+        # Checks running, by credentials: requests with the same credentials wait for the one check (a
+        # client's burst of first requests costs one PBKDF2 run and one attempt against the limiter).
+        self._running: dict[bytes, asyncio.Future[bool]] = {}
         token = os.environ.get("TEMPOST_ADMIN_TOKEN", "")
         if not token and config.api.admin_token_file:
             token = Path(config.api.admin_token_file).read_text().strip()
         self._admin_digest = hashlib.sha256(token.encode()).digest() if token else b""
 
-    async def basic(self, authorization: str | None) -> Login | None:
+    async def basic(
+        self, authorization: str | None, admit: Callable[[], bool] | None = None
+    ) -> Login | None:
         """The login for an `Authorization: Basic ...` header, or None when it does not authenticate.
 
-        Raises AuthBusy when too many password checks are already pending.
+        `admit` is asked before a password check starts, not for credentials verified a moment ago or
+        being checked already; when it says no, AuthLimited. Raises AuthBusy when too many password
+        checks are already pending.
         """
         if not authorization or not authorization.lower().startswith("basic "):
             return None
@@ -99,7 +111,15 @@ class Authenticator:
         key = hashlib.sha256(f"{account.name}\0{password}".encode()).digest()
         if self._cache.get(key, 0.0) > time.monotonic():
             return Login(account, user)
-        if not await _checks.run(account, password):
+        running = self._running.get(key)
+        if running is None:
+            if admit is not None and not admit():
+                raise AuthLimited
+            running = asyncio.ensure_future(_checks.run(account, password))
+            self._running[key] = running
+            running.add_done_callback(lambda _: self._running.pop(key, None))
+        # Shielded: one caller hanging up must not cancel the check the others wait for.
+        if not await asyncio.shield(running):
             return None
         if len(self._cache) > 10_000:
             self._cache.clear()

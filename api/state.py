@@ -6,8 +6,9 @@ from temporalio.client import Client
 
 from api.auth import Authenticator
 from domain.config import Config
+from domain.dkim import Keyring
 from domain.errors import WebAPIError
-from domain.ratelimit import AuthFailureLimiter
+from domain.ratelimit import AuthFailureLimiter, RequestLimiter
 from store.db import Pool
 
 
@@ -26,13 +27,26 @@ class AppState:
     """
 
     def __init__(
-        self, config: Config, auth: Authenticator, client: Client | None = None, pool: Pool | None = None
+        self,
+        config: Config,
+        auth: Authenticator,
+        client: Client | None = None,
+        pool: Pool | None = None,
+        *,
+        unsubscribe_secret: bytes = b"",
+        unsubscribe_limiter: RequestLimiter | None = None,
+        dkim: Keyring | None = None,
     ) -> None:
         self.config = config
         self.auth = auth
         self.auth_limiter = AuthFailureLimiter()
         self.connected_client = client
         self.connected_pool = pool
+        # Signs one-click unsubscribe tokens; empty when unsubscribe is not set up.
+        self.unsubscribe_secret = unsubscribe_secret
+        self.unsubscribe_limiter = unsubscribe_limiter or RequestLimiter(120)
+        # DKIM keys, loaded once at start.
+        self.dkim = dkim or Keyring()
 
     @property
     def client(self) -> Client:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,13 +17,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from starlette.datastructures import UploadFile
 
 from api.admin import message_view
-from api.auth import AuthBusy, Login
+from api.auth import AuthBusy, AuthLimited, Login
 from api.body import BodyTooLarge, read_body, read_form
 from api.state import AppState, NotConnected
 from domain import idempotency as idem
+from domain import unsubscribe
 from domain.addresses import MAX_LOCALPART, AddressError, parse_address
 from domain.apiinput import InputError, request_body_limit
+from domain.config import AccountConfig
 from domain.contracts import MsgState, RetireEvent
+from domain.dkim import SigningError
+from domain.dkim import sign as dkim_sign
 from domain.errors import WebAPIError
 from domain.filters import MAX_ID
 from domain.fromid import sender_localpart
@@ -29,10 +35,12 @@ from domain.holdrules import holds_new
 from domain.send import (
     AccountIdentity,
     ComposedMessage,
+    SendRequest,
     UploadedFile,
     compose_send,
     decode_object,
     decode_send_request,
+    received_header,
 )
 from domain.sendraw import check_send_raw, decode_send_raw_request
 from domain.suppression import base_address, original_address
@@ -41,6 +49,8 @@ from store import queue as q
 from workflows.client import delivery_input, delivery_summary, start_delivery
 
 log = logging.getLogger("tempost.webapi")
+# Workflow starts in flight at once for a Send split into a submission per recipient.
+_CONCURRENT_STARTS = 16
 
 router = APIRouter()
 
@@ -156,6 +166,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         "RequireTLS": None,
         "FutureRelease": None,
         "Extra": {},
+        "DKIMSign": True,
     },
     "MessageStatus": {"QueueMsgID": 1},
     "SuppressionList": {},
@@ -193,26 +204,46 @@ async def call(method: str, request: Request) -> Response:
         return _unauthorized()
     ip = request.client.host if request.client else ""
     now = datetime.now(UTC)
-    if not st.auth_limiter.attempt(ip, now):
-        return PlainTextResponse("429 - too many auth attempts", status_code=429)
+    too_many = PlainTextResponse("429 - too many auth attempts", status_code=429)
+    if not st.auth_limiter.allowed(ip, now):
+        return too_many
+    # Only a request that starts a password check counts as an attempt while it runs (so checks running
+    # at once cannot pass the limit together); one that joins a running check of the same credentials
+    # or fails without a check counts once it failed.
+    counted = False
+
+    def admit() -> bool:
+        nonlocal counted
+        counted = st.auth_limiter.attempt(ip, now)
+        return counted
+
     try:
-        login = await st.auth.basic(authorization)
+        login = await st.auth.basic(authorization, admit)
+    except AuthLimited:
+        return too_many
     except AuthBusy:
         # Not the caller's failure: take the attempt back and ask for a retry.
-        st.auth_limiter.succeeded(ip, now)
+        if counted:
+            st.auth_limiter.succeeded(ip, now)
         return JSONResponse(
             {"Code": "serverBusy", "Message": "too many logins being checked; try again"},
             status_code=503,
             headers={"Retry-After": "1"},
         )
     if login is None:
+        if not counted:
+            st.auth_limiter.failed(ip, now)
         return _unauthorized()
-    st.auth_limiter.succeeded(ip, now)
+    if counted:
+        st.auth_limiter.succeeded(ip, now)
     try:
         limit = request_body_limit(st.config.api.max_message_size)
         form = await _request_object(request, limit)
         if method in _QUEUEING:
-            return JSONResponse(await _queueing(st, login, method, form, request.headers.get(idem.HEADER)))
+            client = _Client(ip, request.url.scheme.upper())
+            return JSONResponse(
+                await _queueing(st, login, client, method, form, request.headers.get(idem.HEADER))
+            )
         if method == "MessageStatus":
             return JSONResponse(await _message_status(st, login, form.request))
         return JSONResponse(await _suppression(st, login, method, form.request))
@@ -290,8 +321,16 @@ class _KeyTaken(Exception):
     """A concurrent call with the same Idempotency-Key committed its messages first."""
 
 
+@dataclass(frozen=True)
+class _Client:
+    """Where a submission came from, for its Received field: the peer's IP address and HTTP or HTTPS."""
+
+    ip: str
+    protocol: str
+
+
 async def _queueing(
-    st: AppState, login: Login, method: str, form: _Call, key_header: str | None
+    st: AppState, login: Login, client: _Client, method: str, form: _Call, key_header: str | None
 ) -> dict[str, Any]:
     """Send or SendRaw, answering a repeated Idempotency-Key with the first call's response."""
     now = datetime.now(UTC)
@@ -303,6 +342,7 @@ async def _queueing(
             return earlier
     acc = login.account
     identity = AccountIdentity(name=acc.name, full_name=acc.full_name, addresses=list(acc.addresses))
+    unsubscribe_links = False
     if method == "SendRaw":
         if form.message is None:
             raise WebAPIError("protocol", "missing file part message with the RFC 5322 message")
@@ -315,8 +355,9 @@ async def _queueing(
             max_message_size=st.config.api.max_message_size,
         )
     else:
+        req = decode_send_request(form.request)
         msg = compose_send(
-            decode_send_request(form.request),
+            req,
             login_address=login.address,
             account=identity,
             hostname=st.config.hostname,
@@ -326,8 +367,16 @@ async def _queueing(
             inline_uploads=form.inline,
             attached_uploads=form.attached,
         )
+        unsubscribe_links = _list_unsubscribe(st, acc, req)
+    # The bodies to store, each a submission of its own; whatever is added to the bytes from here on (a
+    # signature) goes into each copy.
+    copies = (
+        await _unsubscribe_copies(st, acc.name, msg)
+        if unsubscribe_links
+        else [_Copy(msg.data, list(range(len(msg.recipients))))]
+    )
     try:
-        return await _queue(st, login, msg, key_use, now)
+        return await _queue(st, login, client, msg, copies, key_use, now)
     except _KeyTaken:
         assert key_use is not None  # only raised when recording a key
         earlier = await _earlier_response(st, acc.name, key_use, now)
@@ -350,11 +399,121 @@ async def _earlier_response(
     return stored.response
 
 
+def _list_unsubscribe(st: AppState, acc: AccountConfig, req: SendRequest) -> bool:
+    """Whether a Send's message gets one-click unsubscribe headers: the request's ListUnsubscribe, else the
+    account's setting, except that a List-Unsubscribe header of the application's own wins over the
+    account's setting."""
+    wanted = acc.list_unsubscribe if req.ListUnsubscribe is None else req.ListUnsubscribe
+    if not wanted:
+        return False
+    if any(name.lower() in ("list-unsubscribe", "list-unsubscribe-post") for name, _ in req.Headers):
+        if req.ListUnsubscribe:
+            raise WebAPIError("user", "ListUnsubscribe and a List-Unsubscribe header of your own: pick one")
+        return False
+    if not st.config.api.public_url or not st.unsubscribe_secret:
+        raise WebAPIError(
+            "user", "one-click unsubscribe is not set up here: it needs api.public_url and a secret"
+        )
+    return True
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A body stored for some of a submission's recipients: indexes into its recipients and, when the
+    bytes name them, the message ids reserved for them."""
+
+    data: bytes
+    recipients: list[int]
+    ids: list[int] | None = None
+
+
+async def _unsubscribe_copies(st: AppState, account: str, msg: ComposedMessage) -> list[_Copy]:
+    """One copy of the message per recipient, each with its own List-Unsubscribe link (RFC 8058 §3.1).
+
+    The link names the recipient, so the copies differ; each is queued as a submission of its own, so a
+    signature over the header section (DKIM, computed per stored body) covers its recipient's link, as
+    RFC 8058 §4 requires. The ids are reserved first because the token names the message.
+    """
+    n = len(msg.recipients)
+    limit = st.config.api.max_message_size
+    if n * len(msg.data) > limit:
+        raise WebAPIError(
+            "messageTooLarge",
+            f"one-click unsubscribe stores a copy per recipient: {n} x {len(msg.data)} bytes is over"
+            f" {limit}; send fewer recipients per Send",
+        )
+    ids = await q.reserve_ids(st.pool, n)
+    copies = []
+    for i, (mid, (_, rcpt)) in enumerate(zip(ids, msg.recipients, strict=True)):
+        named = unsubscribe.Unsubscribe(account=account, recipient=rcpt.unicode, msg_id=mid)
+        token = unsubscribe.make_token(st.unsubscribe_secret, named)
+        try:
+            fields = unsubscribe.header_fields(unsubscribe.unsubscribe_url(st.config.api.public_url, token))
+        except ValueError as err:
+            raise WebAPIError("user", f"one-click unsubscribe: {err}") from None
+        data = unsubscribe.add_header_fields(msg.data, fields)
+        if len(data) > limit:
+            raise WebAPIError("messageTooLarge", f"message too large, {len(data)} > {limit} bytes")
+        copies.append(_Copy(data, [i], [mid]))
+    return copies
+
+
+# Messages bigger than this are signed in a thread, so the event loop keeps serving other requests while
+# the body is canonicalized and hashed.
+_SIGN_INLINE_MAX = 256 * 1024
+
+
+async def _signatures(st: AppState, msg: ComposedMessage, data: bytes) -> bytes:
+    """The DKIM-Signature fields over `data` (the message or one stored copy of it) by the From domain's
+    signing selectors (spec 03 §5.4 step 11); failing to sign is the `server` error, and nothing is
+    queued."""
+    selectors = st.dkim.signers(msg.dkim_domain) if msg.dkim_domain else []
+    if not selectors:
+        return b""
+    try:
+        if len(data) > _SIGN_INLINE_MAX:
+            return await asyncio.to_thread(dkim_sign, data, selectors)
+        return dkim_sign(data, selectors)
+    except SigningError as err:
+        log.error("dkim signing failed: %s", err)
+        raise WebAPIError("server", "dkim signing failed") from None
+
+
 async def _queue(
-    st: AppState, login: Login, msg: ComposedMessage, key_use: _KeyUse | None, now: datetime
+    st: AppState,
+    login: Login,
+    client: _Client,
+    msg: ComposedMessage,
+    copies: list[_Copy],
+    key_use: _KeyUse | None,
+    now: datetime,
 ) -> dict[str, Any]:
-    """Queue a checked message: the body once, a row per recipient, then start its Delivery workflow."""
+    """Queue a checked message: each copy of its body once with its prefix (Received, DKIM-Signature), as
+    a submission with a row per recipient of that copy, then start the Delivery workflow of each."""
     acc = login.account
+    # Each stored copy is signed over its own bytes: a copy's List-Unsubscribe link is covered (RFC 8058 §4).
+    signatures = [await _signatures(st, msg, c.data) for c in copies]
+
+    def prefix(c: _Copy, sig: bytes) -> Callable[[int], bytes]:
+        def of(base_id: int) -> bytes:
+            # Received on top, as the latest trace field (RFC 5321 §4.4), then the signatures; "for" names
+            # the recipient only when the submission has one (spec 03 §5.4 step 12).
+            return (
+                received_header(
+                    hostname=st.config.hostname,
+                    client_ip=client.ip,
+                    login=login.address,
+                    protocol=client.protocol,
+                    trace_id=str(base_id),
+                    recipients=[msg.recipients[i][1] for i in c.recipients],
+                    smtputf8=msg.smtputf8,
+                    now=now,
+                )
+                + sig
+            )
+
+        return of
+
     next_attempt = msg.future_release or now
     # A login listed for FromID gets a unique MAIL FROM per recipient, so bounces can be matched.
     use_fromid = login.address.lower() in (a.lower() for a in acc.fromid_login_addresses)
@@ -400,7 +559,18 @@ async def _queue(
                 )
                 for (_, rcpt), fid, h in zip(msg.recipients, from_ids, held, strict=True)
             ]
-            base_id, ids = await q.insert_submission(conn, acc.name, msg.data, now, new)
+            ids: list[int] = [0] * len(new)
+            submissions: list[tuple[int, list[int]]] = []
+            for c, sig in zip(copies, signatures, strict=True):
+                rows = [new[i] for i in c.recipients]
+                if len(c.data) != len(msg.data):
+                    rows = [replace(r, size=len(c.data)) for r in rows]
+                base_id, copy_ids = await q.insert_submission(
+                    conn, acc.name, c.data, now, rows, c.ids, prefix(c, sig)
+                )
+                for i, mid in zip(c.recipients, copy_ids, strict=True):
+                    ids[i] = mid
+                submissions.append((base_id, c.recipients))
             response = {
                 "MessageID": msg.message_id,
                 "Submissions": [
@@ -418,21 +588,27 @@ async def _queue(
     except Exception as err:
         log.exception("queueing submission")
         raise WebAPIError("server", "queueing message failed") from err
-    inp = delivery_input(
-        base_id,
-        acc.name,
-        [(mid, rcpt.domain_unicode) for mid, (_, rcpt) in zip(ids, msg.recipients, strict=True)],
-        st.config.queue,
-        release_at=msg.future_release,
-        separate=use_fromid,
-        held_ids=[mid for mid, h in zip(ids, held, strict=True) if h],
-    )
-    summary = delivery_summary(msg.sender.unicode, [r.unicode for _, r in msg.recipients])
-    try:
-        await start_delivery(st.client, st.config.temporal.task_queue, inp, summary)
-        await q.mark_workflow_started(st.pool, base_id)
-    except Exception:  # noqa: BLE001 - the message is durably queued; the worker's sweeper starts it
-        log.exception("starting delivery of submission %d; the worker will start it later", base_id)
+    starts = asyncio.Semaphore(_CONCURRENT_STARTS)
+
+    async def start(base_id: int, members: list[int]) -> None:
+        inp = delivery_input(
+            base_id,
+            acc.name,
+            [(ids[i], msg.recipients[i][1].domain_unicode) for i in members],
+            st.config.queue,
+            release_at=msg.future_release,
+            separate=use_fromid,
+            held_ids=[ids[i] for i in members if held[i]],
+        )
+        summary = delivery_summary(msg.sender.unicode, [msg.recipients[i][1].unicode for i in members])
+        async with starts:
+            try:
+                await start_delivery(st.client, st.config.temporal.task_queue, inp, summary)
+                await q.mark_workflow_started(st.pool, base_id)
+            except Exception:  # noqa: BLE001 - the message is durably queued; the worker's sweeper starts it
+                log.exception("starting delivery of submission %d; the worker will start it later", base_id)
+
+    await asyncio.gather(*(start(b, members) for b, members in submissions))
     return response
 
 

@@ -1,4 +1,4 @@
-"""The `tempost` command: dev, worker, api, migrate, config check, passwd."""
+"""The `tempost` command: dev, worker, api, migrate, config check, passwd, dkim."""
 
 from __future__ import annotations
 
@@ -104,8 +104,33 @@ def _cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> None:
+    from store.dkimkeys import KeyFileError, load_keyring
+
     config = _config(args.file)
-    print(f"{args.file}: ok ({len(config.accounts)} accounts, {len(config.transports)} transports)")
+    # DKIM keys are checked as the processes will load them: readable, of the selector's algorithm, RSA
+    # of at least 2048 bits.
+    try:
+        ring = load_keyring(config)
+    except KeyFileError as err:
+        raise SystemExit(f"tempost: {args.file}: {err}") from None
+    print(
+        f"{args.file}: ok ({len(config.accounts)} accounts, {len(config.transports)} transports,"
+        f" {len(ring.selectors)} dkim selectors)"
+    )
+
+
+def _cmd_dkim(args: argparse.Namespace) -> None:
+    from deploy import dkimcli
+
+    try:
+        if args.dkim_cmd == "gen":
+            dkimcli.cmd_gen(args)
+        elif args.dkim_cmd == "records":
+            dkimcli.cmd_records(_config(args.config))
+        else:
+            sys.exit(dkimcli.cmd_check(_config(args.config)))
+    except dkimcli.DKIMCLIError as err:
+        raise SystemExit(f"tempost: {err}") from None
 
 
 def _cmd_passwd(args: argparse.Namespace) -> None:
@@ -143,6 +168,23 @@ def main(argv: list[str] | None = None) -> None:
 
     pw = sub.add_parser("passwd", help="print a password hash for an account's password_hash")
     pw.set_defaults(func=_cmd_passwd)
+
+    dk = sub.add_parser("dkim", help="DKIM keys and their DNS records")
+    dsub = dk.add_subparsers(dest="dkim_cmd", required=True)
+    g = dsub.add_parser("gen", help="write a new private key (mode 0600) and print its DNS record")
+    g.add_argument("--domain", required=True)
+    g.add_argument("--selector", required=True)
+    g.add_argument("--algorithm", choices=("ed25519", "rsa"), default="ed25519")
+    g.add_argument("--bits", type=int, default=2048, help="RSA key size (at least 2048)")
+    g.add_argument("--out", required=True, help="file for the private key; never overwritten")
+    g.set_defaults(func=_cmd_dkim)
+    for name, help_ in (
+        ("records", "print the DNS record of every configured selector"),
+        ("check", "look the records up through [direct] resolvers and compare them with the keys"),
+    ):
+        s = dsub.add_parser(name, help=help_)
+        s.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+        s.set_defaults(func=_cmd_dkim)
 
     add_commands(sub)
 

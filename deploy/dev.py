@@ -13,6 +13,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from deploy.dkimcli import generate_key, write_key
 from deploy.embedded import EmbeddedPostgres, TemporalDevServer, free_port
 from deploy.serve import install_stop_signals, serve_all
 from domain.config import Config, load_config
@@ -20,6 +21,9 @@ from workflows.searchattrs import CLI_TYPES
 
 DEV_ACCOUNT = "dev"
 DEV_ADDRESS = "dev@localhost"
+DEV_DOMAIN = "localhost"
+# The dev domain's DKIM selectors: an Ed25519 and an RSA key signing side by side, as in production.
+DEV_SELECTORS = (("ed25519", "ed25519-sha256"), ("rsa", "rsa-sha256"))
 # Temporal's own convention: the Web UI listens 1000 above the frontend (7233 -> 8233).
 UI_PORT_OFFSET = 1000
 
@@ -34,6 +38,28 @@ def _secret_file(path: Path, env_var: str) -> str:
     path.write_text(value + "\n")
     path.chmod(0o600)
     return value
+
+
+def dev_keys(data_dir: Path) -> None:
+    """Generate the dev domain's DKIM keys under the data directory, once; later starts keep them."""
+    keys = data_dir / "dkim"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    for selector, algorithm in DEV_SELECTORS:
+        path = keys / f"{selector}.pem"
+        if not path.exists():
+            write_key(path, generate_key(algorithm))
+
+
+def _dkim_section(data_dir: Path) -> str:
+    lines = [f'[domains."{DEV_DOMAIN}".dkim]', f"sign = {[s for s, _ in DEV_SELECTORS]!r}".replace("'", '"')]
+    for selector, algorithm in DEV_SELECTORS:
+        lines += [
+            "",
+            f'[domains."{DEV_DOMAIN}".dkim.selectors.{selector}]',
+            f'algorithm = "{algorithm}"',
+            f'private_key_file = "{data_dir / "dkim" / f"{selector}.pem"}"',
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def write_dev_config(path: Path, data_dir: Path, api_port: int) -> None:
@@ -52,6 +78,9 @@ address = "127.0.0.1:7233"
 [api]
 listen = "127.0.0.1:{api_port}"
 admin_token_file = "{data_dir / "admin-token"}"
+# One-click unsubscribe links (Send with "ListUnsubscribe": true) point here and are signed with this.
+public_url = "http://127.0.0.1:{api_port}"
+unsubscribe_secret_file = "{data_dir / "unsubscribe-secret"}"
 
 [worker]
 metrics_listen = ""
@@ -65,7 +94,9 @@ full_name = "Dev"
 addresses = ["{DEV_ADDRESS}"]
 password_file = "{data_dir / "dev-password"}"
 keep_retired_period = "168h"
-"""
+
+# Dev mail is DKIM-signed with keys made on first start (GET /admin/v0/dkim shows their records).
+{_dkim_section(data_dir)}"""
     )
 
 
@@ -78,15 +109,24 @@ def run_dev(data_dir: Path, api_port: int | None) -> None:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = data_dir / "tempost.toml"
+    dev_keys(data_dir)
     if not cfg_path.exists():
         write_dev_config(cfg_path, data_dir, api_port or 8025)
+    elif "[domains" not in cfg_path.read_text():
+        # A data directory from before dev mail was signed: sign it from now on.
+        with cfg_path.open("a") as f:
+            f.write("\n" + _dkim_section(data_dir))
     password = _secret_file(data_dir / "dev-password", "TEMPOST_DEV_PASSWORD")
     token = _secret_file(data_dir / "admin-token", "TEMPOST_ADMIN_TOKEN")
+    _secret_file(data_dir / "unsubscribe-secret", "TEMPOST_UNSUBSCRIBE_SECRET")
     config = load_config(cfg_path)
     if api_port is not None:
-        config = config.model_copy(
-            update={"api": config.api.model_copy(update={"listen": f"127.0.0.1:{api_port}"})}
-        )
+        listen = f"127.0.0.1:{api_port}"
+        api = {"listen": listen}
+        if config.api.public_url == f"http://{config.api.listen}":
+            # The links point at the dev API itself: they follow it to its new port.
+            api["public_url"] = f"http://{listen}"
+        config = config.model_copy(update={"api": config.api.model_copy(update=api)})
 
     pg = EmbeddedPostgres(
         data_dir / "postgres",

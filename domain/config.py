@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from domain.durations import parse_duration
+from domain.unsubscribe import MIN_SECRET_LENGTH, check_public_url
 from domain.webhooks import Event
 
 LOCALSERVE = "localserve"
@@ -92,6 +95,10 @@ class TemporalConfig(_Strict):
         return self.tls or any(files)
 
 
+# Where the unsubscribe signing secret may come from instead of api.unsubscribe_secret_file.
+UNSUBSCRIBE_SECRET_ENV = "TEMPOST_UNSUBSCRIBE_SECRET"
+
+
 class ApiConfig(_Strict):
     """The HTTP API process."""
 
@@ -100,6 +107,31 @@ class ApiConfig(_Strict):
     # variable, never from this file.
     admin_token_file: str = ""
     max_message_size: int = 100 * 1024 * 1024
+    # The API's public base URL ("https://mail.example.com"), for links in messages: one-click unsubscribe
+    # (RFC 8058) links are <public_url>/unsubscribe/<token>. Required when an account has list_unsubscribe.
+    public_url: str = ""
+    # File holding the secret that signs unsubscribe tokens (at least 16 characters); the
+    # TEMPOST_UNSUBSCRIBE_SECRET environment variable wins over it. The secret itself is never in the
+    # configuration. Changing it invalidates every unsubscribe link already sent.
+    unsubscribe_secret_file: str = ""
+    # Unsubscribe requests (GET and POST) one client IP may make per minute; more get 429. Mailbox
+    # providers make the one-click POSTs from their own servers, so leave room for them.
+    unsubscribe_per_minute: int = Field(default=120, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        return check_public_url(v) if v else v
+
+    def unsubscribe_secret(self, environ: Mapping[str, str] | None = None) -> bytes:
+        """The unsubscribe signing secret ("" when none is set up); ValueError when it is too short."""
+        env = os.environ if environ is None else environ
+        secret = env.get(UNSUBSCRIBE_SECRET_ENV, "")
+        if not secret and self.unsubscribe_secret_file:
+            secret = Path(self.unsubscribe_secret_file).read_text().strip()
+        if secret and len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"the unsubscribe secret must be at least {MIN_SECRET_LENGTH} characters")
+        return secret.encode()
 
 
 class WorkerConfig(_Strict):
@@ -379,12 +411,101 @@ class WebhookConfig(_Strict):
     timeout: Duration = timedelta(seconds=60)
 
 
+# Header fields a DKIM signature covers unless a selector says otherwise: mox's list (the fields a reader or
+# mail client interprets), plus the MIME fields that decide how the body is shown and RFC 8058's
+# one-click unsubscribe fields, which RFC 8058 §4 requires to be signed.
+DEFAULT_DKIM_HEADERS = (
+    "From",
+    "To",
+    "Cc",
+    "Bcc",
+    "Reply-To",
+    "References",
+    "In-Reply-To",
+    "Subject",
+    "Date",
+    "Message-Id",
+    "Content-Type",
+    "MIME-Version",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+)
+DKIM_CANONICALIZATIONS = ("relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple")
+# Fields no signature may cover: Return-Path and Received are added or changed by every hop (RFC 6376
+# §5.4.1), and a signature cannot cover itself.
+_UNSIGNABLE = {"return-path", "received", "dkim-signature"}
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+
+
+class DKIMSelector(_Strict):
+    """One DKIM key of a domain, published at <name>._domainkey.<domain> (RFC 6376 §3.6.2.1)."""
+
+    # "ed25519-sha256" (RFC 8463) or "rsa-sha256" (RFC 8301: at least 2048 bits here).
+    algorithm: Literal["ed25519-sha256", "rsa-sha256"]
+    # PEM file with the private key (PKCS#8, or PKCS#1 for RSA); read once when a process starts.
+    private_key_file: str
+    # Header fields to sign. With seal_headers each is signed once more than it occurs, so a copy added
+    # in transit breaks the signature (RFC 6376 §8.15); as mox does by default.
+    headers: list[str] = list(DEFAULT_DKIM_HEADERS)
+    seal_headers: bool = True
+    canonicalization: Literal["relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple"] = (
+        "relaxed/relaxed"
+    )
+    # Signature lifetime: the x= tag (RFC 6376 §3.5), so replayed old mail stops verifying. 0s: none.
+    expiration: Duration = timedelta(0)
+
+    @field_validator("headers")
+    @classmethod
+    def _fields(cls, v: list[str]) -> list[str]:
+        lower = [h.lower() for h in v]
+        for h in v:
+            if not _FIELD_NAME.fullmatch(h):
+                raise ValueError(f"dkim headers: {h!r} is not a header field name")
+            if h.lower() in _UNSIGNABLE:
+                raise ValueError(f"dkim headers: {h} must not be signed (RFC 6376 §5.4.1)")
+        if "from" not in lower:
+            raise ValueError("dkim headers: From must be signed (RFC 6376 §5.4)")
+        if len(set(lower)) != len(lower):
+            raise ValueError("dkim headers: a field is listed twice; seal_headers signs extra copies")
+        return v
+
+    @field_validator("expiration")
+    @classmethod
+    def _not_negative(cls, v: timedelta) -> timedelta:
+        if v < timedelta(0):
+            raise ValueError("dkim expiration must not be negative")
+        return v
+
+
+class DKIMConfig(_Strict):
+    """A domain's DKIM selectors and the ones that sign now; rotation: add one, publish it, switch `sign`."""
+
+    selectors: dict[str, DKIMSelector] = {}
+    # Selectors that sign each message, in this order (e.g. an Ed25519 and an RSA one side by side).
+    sign: list[str] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> DKIMConfig:
+        for name in self.selectors:
+            if not all(_LABEL.fullmatch(label) for label in name.split(".")):
+                raise ValueError(f"dkim selector {name!r}: must be DNS labels (letters, digits, hyphens)")
+        for name in self.sign:
+            if name not in self.selectors:
+                raise ValueError(f"dkim sign: unknown selector {name!r}")
+        if len(set(self.sign)) != len(self.sign):
+            raise ValueError("dkim sign: a selector is listed twice")
+        return self
+
+
 class DomainConfig(_Strict):
     """A sender domain of this installation."""
 
     # With a separator ("+"), localpart+anything@domain reaches localpart@domain: bounces to a unique
     # MAIL FROM (localpart+FROMID@domain) can then be matched to the message that caused them (spec 03 §4).
     localpart_catchall_separator: str = ""
+    dkim: DKIMConfig = DKIMConfig()
 
     @field_validator("localpart_catchall_separator")
     @classmethod
@@ -414,6 +535,9 @@ class AccountConfig(_Strict):
     fromid_login_addresses: list[str] = []
     # How long delivered or failed webhook calls stay visible; 0 keeps none.
     keep_retired_webhook_period: Duration = timedelta(0)
+    # Give every Send message one-click unsubscribe headers (RFC 8058) unless the request says
+    # "ListUnsubscribe": false; needs api.public_url and the unsubscribe secret.
+    list_unsubscribe: bool = False
 
     @model_validator(mode="after")
     def _one_password(self) -> AccountConfig:
@@ -469,6 +593,12 @@ class Config(_Strict):
                     raise ValueError(f"{where} is not one of its addresses")
                 if not self.separator(login.rpartition("@")[2]):
                     raise ValueError(f"{where} needs a domain with a catch-all separator")
+        for acc in self.accounts:
+            if acc.list_unsubscribe and not self.api.public_url:
+                raise ValueError(
+                    f"account {acc.name!r}: list_unsubscribe needs api.public_url, the base URL the API is"
+                    " reached at from the internet (e.g. https://mail.example.com)"
+                )
         seen: dict[str, str] = {}
         for acc in self.accounts:
             for addr in acc.addresses:
@@ -491,19 +621,28 @@ class Config(_Strict):
         acc = self.account(name)
         return acc.keep_retired_webhook_period if acc is not None else timedelta(hours=168)
 
-    def separator(self, domain: str) -> str:
-        """The catch-all separator of a configured domain ("" when none), by Unicode or ASCII name."""
+    def domain_config(self, domain: str) -> DomainConfig | None:
+        """The settings of a configured domain, by Unicode or ASCII name."""
         key = domain.lower().rstrip(".")
         for name, d in self.domains.items():
             n = name.lower().rstrip(".")
             if n == key:
-                return d.localpart_catchall_separator
+                return d
             try:
                 if n.encode("idna").decode() == key or key.encode("idna").decode() == n:
-                    return d.localpart_catchall_separator
+                    return d
             except UnicodeError:
                 continue
-        return ""
+        return None
+
+    def separator(self, domain: str) -> str:
+        """The catch-all separator of a configured domain ("" when none), by Unicode or ASCII name."""
+        d = self.domain_config(domain)
+        return d.localpart_catchall_separator if d is not None else ""
+
+    def dkim_domains(self) -> list[tuple[str, DKIMConfig]]:
+        """Every configured domain with DKIM selectors, by ASCII name (the d= tag and record names)."""
+        return [(_ascii_domain(name), d.dkim) for name, d in self.domains.items() if d.dkim.selectors]
 
     def account_for_address(self, address: str) -> AccountConfig | None:
         """The account that owns this login address (case-insensitive)."""

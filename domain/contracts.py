@@ -283,6 +283,13 @@ class BulkOp(BaseModel):
 BULK_OPS = ("hold", "release", "kick", "set_next", "add_next", "fail", "drop")
 
 
+class SignalTargets(BaseModel):
+    """Input of the signals an admin sends by hand from the Temporal UI or CLI (`hold`, `release`, `kick`,
+    `fail`, `drop`): the messages of the submission to act on; none or empty, every one still queued."""
+
+    MsgIDs: list[int] | None = None
+
+
 # --- Retention (spec 01 §6.4, spec 03 §3.8) ---
 
 WORKFLOW_RETENTION = "Retention"

@@ -91,3 +91,43 @@ class AuthFailureLimiter:
             for k in keys[1:]:
                 if w.counts.get(k, 0) > 0:
                     w.counts[k] -= 1
+
+
+class RequestLimiter:
+    """At most `per_window` requests per client in fixed windows of `seconds`, for routes anyone may call.
+
+    IPv6 clients are counted per /64 (one host's usual allotment). At most `max_clients` are tracked per
+    window, so memory stays bounded under a flood from many addresses; further clients wait for the next
+    window. Pure: the caller passes the time.
+    """
+
+    def __init__(self, per_window: int, seconds: int = 60, max_clients: int = 100_000) -> None:
+        self._limit = per_window
+        self._seconds = seconds
+        self._max_clients = max_clients
+        self._window = _Window()
+
+    @staticmethod
+    def _key(ip: str) -> str:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return ip
+        if addr.version == 6:
+            return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+        return str(addr)
+
+    def attempt(self, ip: str, now: datetime) -> bool:
+        """Whether one more request from the address may be served; an allowed one is counted."""
+        start = int(now.timestamp()) // self._seconds
+        w = self._window
+        if w.start != start:
+            w.start, w.counts = start, {}
+        key = (0, self._key(ip))
+        n = w.counts.get(key)
+        if n is None and len(w.counts) >= self._max_clients:
+            return False
+        if (n or 0) >= self._limit:
+            return False
+        w.counts[key] = (n or 0) + 1
+        return True

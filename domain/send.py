@@ -68,6 +68,9 @@ class SendRequest(_Strict):
     RequireTLS: bool | None = None
     FutureRelease: datetime | None = None
     SaveSent: bool = False
+    # Tempost extension: one-click unsubscribe headers (RFC 8058) for this submission; null follows the
+    # account's list_unsubscribe setting.
+    ListUnsubscribe: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class ComposedMessage:
     future_release: datetime | None
     future_release_request: str
     extra: dict[str, str] = field(default_factory=dict)
+    # The From header's domain, whose DKIM selectors sign the message; "" leaves it unsigned.
+    dkim_domain: str = ""
 
 
 # --- Decoding ---------------------------------------------------------------------------------------
@@ -467,12 +472,8 @@ def compose_send(
     if attached:
         entity = _multipart("mixed", [entity, *attached], _boundary(random_token))
 
-    # 12. A trace header; naming the recipient only when there is one keeps copies identical.
-    rcpt_clause = ""
-    if len(recipients) == 1:
-        rcpt_clause = f" for <{recipients[0][1].unicode if smtputf8 else recipients[0][1].ascii}>"
-    received = _fold("Received", f"by {hostname} ({USER_AGENT}) with HTTP{rcpt_clause}; {format_date(now)}")
-    data = (received + hdr).encode() + _render_headers(entity.headers) + b"\r\n" + entity.body
+    # 11 and 12, DKIM-Signature and Received, go into the submission's prefix when it is queued.
+    data = hdr.encode() + _render_headers(entity.headers) + b"\r\n" + entity.body
     if len(data) > max_message_size:
         raise WebAPIError("messageTooLarge", f"message too large, {len(data)} > {max_message_size} bytes")
     return ComposedMessage(
@@ -487,7 +488,42 @@ def compose_send(
         future_release=future_release,
         future_release_request=future_release_request,
         extra=dict(req.Extra),
+        dkim_domain=sender.domain,
     )
+
+
+def received_header(
+    *,
+    hostname: str,
+    client_ip: str,
+    login: str,
+    protocol: str,
+    trace_id: str,
+    recipients: list[Address],
+    smtputf8: bool,
+    now: datetime,
+) -> bytes:
+    """The Received trace field of a webapi submission (RFC 5321 §4.4, spec 03 §5.4 step 12).
+
+    It names the client's address and, in a comment, the login that authenticated. The "for" clause
+    appears only for a submission with one recipient: the field is stored once for all of them.
+    """
+    if ":" in client_ip:
+        client = f"[IPv6:{client_ip}]"
+    elif client_ip:
+        client = f"[{client_ip}]"
+    else:
+        client = "unknown"
+    try:
+        who = parse_address(login)
+        login = who.unicode if smtputf8 else who.ascii
+    except AddressError:
+        pass
+    comment = "".join("\\" + c if c in "()\\" else c for c in login if c >= " ")
+    value = f"from {client} (login {comment}) by {hostname} ({USER_AGENT}) with {protocol} id {trace_id}"
+    if len(recipients) == 1:
+        value += f" for <{recipients[0].unicode if smtputf8 else recipients[0].ascii}>"
+    return _fold("Received", f"{value}; {format_date(now)}").encode()
 
 
 def _boundary(random_token: Callable[[], str]) -> str:

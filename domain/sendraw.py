@@ -42,6 +42,9 @@ class SendRawRequest(BaseModel):
     RequireTLS: bool | None = None
     FutureRelease: datetime | None = None
     Extra: dict[str, str] = {}
+    # Tempost signs with the From domain's DKIM selectors, when it has any, above any signature the
+    # message carries; false queues the message without Tempost's signature.
+    DKIMSign: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,8 @@ def check_send_raw(
     if len(data) > max_message_size:
         raise WebAPIError("messageTooLarge", f"message too large, {len(data)} > {max_message_size} bytes")
     fields = parse_header_section(data)
-    check_own_address(_header_from(fields), account)
+    header_from = _header_from(fields)
+    check_own_address(header_from, account)
     message_ids = _header(fields, "message-id")
     subjects = _header(fields, "subject")
     head = data.partition(b"\r\n\r\n")[0]
@@ -186,4 +190,5 @@ def check_send_raw(
         future_release=future_release,
         future_release_request=future_release_request,
         extra=dict(req.Extra),
+        dkim_domain=header_from.domain if req.DKIMSign else "",
     )

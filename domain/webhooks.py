@@ -23,6 +23,9 @@ class Event(StrEnum):
     EXPANDED = "expanded"
     CANCELED = "canceled"
     UNRECOGNIZED = "unrecognized"
+    # Tempost extension: the recipient used the message's one-click unsubscribe link (RFC 8058) and is now
+    # on the account's suppression list.
+    UNSUBSCRIBED = "unsubscribed"
 
 
 # The 11 waits after failed attempts 1..11, in units of the first wait (1 minute in production): the

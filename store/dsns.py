@@ -19,9 +19,11 @@ async def store_and_queue(
     recipient: str,
     data: bytes,
     now: datetime,
+    prefix: bytes = b"",
     delivery: NewMsg | None,
 ) -> int | None:
-    """Store the DSN and queue it (when `delivery` says to whom); the new BaseID, or None if nothing new.
+    """Store the DSN and queue it (when `delivery` says to whom) with `prefix` (its DKIM signatures) sent
+    before it; the new BaseID, or None if nothing new.
 
     A DSN that exists already for (msg_id, kind) is left alone: retries never queue a second one.
     """
@@ -33,7 +35,7 @@ async def store_and_queue(
     row = await cur.fetchone()
     if row is None or delivery is None:
         return None
-    base_id, _ = await insert_submission(conn, account, data, now, [delivery])
+    base_id, _ = await insert_submission(conn, account, data, now, [delivery], prefix)
     await conn.execute("UPDATE dsns SET queue_base_id = %s WHERE id = %s", (base_id, row["id"]))
     return base_id
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from domain.webhooks import CANCELED_BY_ADMIN, IN_PROGRESS
+from domain.config import Config
+from domain.webhooks import CANCELED_BY_ADMIN, IN_PROGRESS, Outgoing, subscribed
 from store.db import Conn, Pool
 
 Row = dict[str, Any]
@@ -39,6 +40,30 @@ class NewHook:
     subject: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     is_incoming: bool = False
+
+
+def event_hook(config: Config, account: str, out: Outgoing, *, incoming_msg_id: str = "") -> NewHook | None:
+    """The hook that tells the account about an event; None when it has no webhook subscribed to it.
+
+    The Authorization value is read now and kept with the hook, as mox does (spec 03 §3.1).
+    """
+    acc = config.account(account)
+    hook_cfg = acc.outgoing_webhook if acc is not None else None
+    if hook_cfg is None or not subscribed(hook_cfg.events, out.event):
+        return None
+    return NewHook(
+        account=account,
+        url=hook_cfg.url,
+        auth_header=hook_cfg.authorization(),
+        payload=out.payload(),
+        outgoing_event=out.event.value,
+        queue_msg_id=out.queue_msg_id,
+        from_id=out.from_id,
+        # For DSN-triggered hooks the record names the incoming DSN; the payload names the original.
+        message_id=incoming_msg_id or out.message_id,
+        subject=out.subject,
+        extra={} if out.dsn else dict(out.extra),
+    )
 
 
 @dataclass(frozen=True)

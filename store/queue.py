@@ -36,6 +36,7 @@ class NewMsg:
     recipient_domain: str
     recipient_domain_str: str
     next_attempt: datetime
+    # The stored message's size; insert_submission adds the prefix's.
     size: int
     message_id: str
     subject: str
@@ -70,22 +71,48 @@ def result_entry(
     }
 
 
+async def _next_ids(conn: Conn, n: int) -> list[int]:
+    cur = await conn.execute("SELECT nextval('msg_id_seq') AS id FROM generate_series(1, %s)", (n,))
+    return sorted(r["id"] if isinstance(r, dict) else r[0] for r in await cur.fetchall())
+
+
+async def reserve_ids(pool: Pool, n: int) -> list[int]:
+    """n message ids, ascending, for messages whose bytes must name their own id before they are queued.
+
+    An id reserved and never used leaves a gap, as a rolled-back submission does.
+    """
+    async with pool.connection() as conn:
+        return await _next_ids(conn, n)
+
+
 async def insert_submission(
-    conn: Conn, account: str, data: bytes, queued: datetime, msgs: Sequence[NewMsg]
+    conn: Conn,
+    account: str,
+    data: bytes,
+    queued: datetime,
+    msgs: Sequence[NewMsg],
+    ids: Sequence[int] | None = None,
+    prefix: bytes | Callable[[int], bytes] = b"",
 ) -> tuple[int, list[int]]:
     """Store a body once and one row per recipient; returns the BaseID and the message ids.
 
-    Runs on the caller's connection so the caller decides the transaction boundary.
+    ids are ids from reserve_ids, ascending, one per message; without them new ones are drawn. `prefix`
+    (header fields sent before the body: Received, DKIM-Signature) is stored once with it; given as a
+    function it is made from the BaseID, which a Received field names. Each row's size should count
+    prefix and body. Runs on the caller's connection so the caller decides the transaction boundary.
     """
     if not msgs:
         raise ValueError("must queue at least one message")
-    cur = await conn.execute("SELECT nextval('msg_id_seq') AS id FROM generate_series(1, %s)", (len(msgs),))
-    ids = [r["id"] if isinstance(r, dict) else r[0] for r in await cur.fetchall()]
-    ids.sort()
+    if ids is None:
+        ids = await _next_ids(conn, len(msgs))
+    elif len(ids) != len(msgs) or list(ids) != sorted(ids):
+        raise ValueError("reserved ids must be ascending, one per message")
+    ids = list(ids)
     base_id = ids[0]
+    head = prefix(base_id) if callable(prefix) else prefix
     await conn.execute(
-        "INSERT INTO submissions (id, account, data, created) VALUES (%s, %s, %s, %s)",
-        (base_id, account, data, queued),
+        "INSERT INTO submissions (id, account, prefix, data, created) VALUES (%s, %s, %s, %s, %s)",
+        (base_id, account, head, data, queued),
     )
     async with conn.cursor() as cur2:
         await cur2.executemany(
@@ -113,7 +140,7 @@ async def insert_submission(
                     m.next_attempt,
                     m.has8bit,
                     m.smtputf8,
-                    m.size,
+                    m.size + len(head),
                     m.message_id,
                     m.subject,
                     m.transport,
@@ -201,7 +228,9 @@ async def begin_attempt(
         full = list(await cur.fetchall())
         if not full:
             return AttemptStart([], None, recorded)
-        cur = await conn.execute("SELECT data FROM submissions WHERE id = %s", (full[0]["base_id"],))
+        cur = await conn.execute(
+            "SELECT prefix || data AS data FROM submissions WHERE id = %s", (full[0]["base_id"],)
+        )
         body = await cur.fetchone()
     return AttemptStart(full, bytes(body["data"]) if body else None, recorded)
 
@@ -382,11 +411,25 @@ async def get_retired(pool: Pool, msg_id: int) -> Row | None:
         return await cur.fetchone()
 
 
+async def message_facts(conn: Conn, msg_id: int) -> Row | None:
+    """What webhooks tell about a message, queued or retired: its account and the ids and subject an
+    application knows it by; None once it is gone."""
+    cur = await conn.execute(
+        """SELECT sender_account, from_id, message_id, subject, extra FROM queue_msgs WHERE id = %s
+           UNION ALL
+           SELECT sender_account, from_id, message_id, subject, extra FROM retired_msgs WHERE id = %s
+           LIMIT 1""",
+        (msg_id, msg_id),
+    )
+    return await cur.fetchone()
+
+
 async def raw_message(pool: Pool, msg_id: int) -> bytes | None:
     """The bytes that will be sent for a queued message."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT s.data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id WHERE q.id = %s",
+            "SELECT s.prefix || s.data AS data FROM queue_msgs q JOIN submissions s ON s.id = q.base_id"
+            " WHERE q.id = %s",
             (msg_id,),
         )
         r = await cur.fetchone()

@@ -115,6 +115,7 @@ def make_config(
     accounts: dict[str, dict[str, Any]] | None = None,
     webhooks: dict[str, Any] | None = None,
     domains: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None,
     **queue: Any,
 ) -> Config:
     """A configuration for one test: its own task queue, a sink relay (plus `transports`), fast backoff.
@@ -144,7 +145,7 @@ def make_config(
             "hostname": "tempost.test",
             "database": {"url": database},
             "temporal": {"task_queue": "tq-" + uuid.uuid4().hex[:8]},
-            "api": {"admin_token_file": ""},
+            "api": {"admin_token_file": "", **(api or {})},
             # Background deliveries (DSNs) may outlive a test's servers; do not wait for them at teardown.
             "worker": {
                 "metrics_listen": "",
@@ -255,6 +256,7 @@ async def stack_factory(
         accounts: dict[str, dict[str, Any]] | None = None,
         webhooks: dict[str, Any] | None = None,
         domains: dict[str, Any] | None = None,
+        api: dict[str, Any] | None = None,
         **queue: Any,
     ) -> Stack:
         config = make_config(
@@ -266,6 +268,7 @@ async def stack_factory(
             accounts=accounts,
             webhooks=webhooks,
             domains=domains,
+            api=api,
             **queue,
         )
         pool = await db.open_pool(database, 1, 5)

@@ -21,6 +21,7 @@ from activities.webhooks import HookControl, WebhookActivities, WebhookQueue
 from domain.config import Config
 from store import db, hooks
 from store.db import Pool
+from store.dkimkeys import load_keyring
 from worker.bounce_listener import start_listener
 from worker.connect import TemporalConnectError, describe_connect_error, temporal_connect_options
 from worker.schedules import ensure_mtasts_refresh_schedule, ensure_retention_schedule
@@ -87,7 +88,7 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
         await client.get_workflow_handle(workflow_id).signal(Delivery.lease_free, freed)
 
     webhook_queue = WebhookQueue(pool, config, HookControl(start_hook, stop_hook))
-    acts = DeliveryActivities(pool, config, start, webhook_queue, wake)
+    acts = DeliveryActivities(pool, config, start, webhook_queue, wake, load_keyring(config))
     hook_acts = WebhookActivities(pool, config, webhook_queue)
     bounce_acts = BounceActivities(pool, config, webhook_queue)
     return Worker(

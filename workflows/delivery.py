@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         RecipientOutcome,
         RetireEvent,
         RetireRequest,
+        SignalTargets,
     )
 
 # Retries of an activity cover infrastructure trouble (PostgreSQL restart, worker crash), not SMTP
@@ -631,6 +632,39 @@ class Delivery:
         # Released histories did not project after a bulk operation.
         if workflow.patched("bulk-projection"):
             await self._project_msgs(targets)
+
+    # --- Signals an admin sends by hand (Temporal UI "Send a Signal", `temporal workflow signal`). They
+    # share their names with the one-message updates the admin API uses; Temporal keeps the two apart. The
+    # workflow writes the outcome into the queue rows itself, so the admin API, the CLI and the UI agree.
+
+    async def _by_hand(self, op: str, targets: SignalTargets | None) -> None:
+        ids = targets.MsgIDs if targets is not None and targets.MsgIDs else list(self._msgs)
+        await self.bulk(BulkOp(op=op, msg_ids=ids))
+
+    @workflow.signal(name="hold")
+    async def hold_signal(self, targets: SignalTargets | None = None) -> None:
+        """Hold the messages (all still queued when none are named): no attempt until released."""
+        await self._by_hand("hold", targets)
+
+    @workflow.signal(name="release")
+    async def release_signal(self, targets: SignalTargets | None = None) -> None:
+        """Release held messages; a message due meanwhile is attempted at once."""
+        await self._by_hand("release", targets)
+
+    @workflow.signal(name="kick")
+    async def kick_signal(self, targets: SignalTargets | None = None) -> None:
+        """Make the messages due now."""
+        await self._by_hand("kick", targets)
+
+    @workflow.signal(name="fail")
+    async def fail_signal(self, targets: SignalTargets | None = None) -> None:
+        """Fail the messages as the admin API's fail does: failure DSN, `failed` webhook, retired."""
+        await self._by_hand("fail", targets)
+
+    @workflow.signal(name="drop")
+    async def drop_signal(self, targets: SignalTargets | None = None) -> None:
+        """Drop the messages: no DSN, `canceled` webhook, retired."""
+        await self._by_hand("drop", targets)
 
     @workflow.query
     def status(self) -> DeliveryStatus:

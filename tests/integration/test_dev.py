@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from deploy.embedded import free_port
 
@@ -129,6 +130,7 @@ keep_retired_period = "168h"
             assert time.monotonic() < deadline, row
             time.sleep(0.2)
         next_attempt = row["NextAttempt"]
+        dkim_records = _http.get(f"{api}/admin/v0/dkim", headers=admin).json()
     finally:
         _interrupt(proc)
     # Every child went with it.
@@ -146,6 +148,8 @@ keep_retired_period = "168h"
             time.sleep(0.2)
         row = _http.get(f"{api}/admin/v0/queue/{waiting}", headers=admin).json()
         assert row["Attempts"] == 1 and row["NextAttempt"] == next_attempt
+        # The DKIM keys made on first start are kept: the published records stay valid.
+        assert _http.get(f"{api}/admin/v0/dkim", headers=admin).json() == dkim_records
         # The workflow is alive and still owns the timer: a kick makes it try again now.
         r = _http.post(f"{api}/admin/v0/queue/{waiting}/kick", headers=admin, timeout=30)
         assert r.status_code == 200, r.text
@@ -155,3 +159,72 @@ keep_retired_period = "168h"
             time.sleep(0.2)
     finally:
         _interrupt(proc)
+
+
+def test_dev_signs_mail_out_of_the_box(tmp_path: Path) -> None:
+    """A fresh `tempost dev` signs with an Ed25519 and an RSA key for d=localhost; the raw message carries
+    both signatures and the Received field, and the records GET /admin/v0/dkim returns verify them."""
+    from tests.support.opendkim import OpenDKIMVerifier, unavailable
+
+    if unavailable():
+        pytest.skip(unavailable())
+    data = tmp_path / "data"
+    data.mkdir()
+    temporal_port, pg_port, api_port = _port_pair(), free_port(), free_port()
+    # As above, but with the settings `tempost dev` writes on first start for the dev domain: it adds the
+    # DKIM section to a configuration that has no [domains].
+    (data / "tempost.toml").write_text(
+        f"""hostname = "localhost"
+[database]
+url = "postgresql://postgres@127.0.0.1:{pg_port}/tempost"
+[temporal]
+address = "127.0.0.1:{temporal_port}"
+[api]
+listen = "127.0.0.1:{api_port}"
+admin_token_file = "{data / "admin-token"}"
+[worker]
+metrics_listen = ""
+[queue]
+default_transport = "localserve"
+[[accounts]]
+name = "dev"
+addresses = ["dev@localhost"]
+password_file = "{data / "dev-password"}"
+"""
+    )
+    api = f"http://127.0.0.1:{api_port}"
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    log = tmp_path / "dev.log"
+    verifier = OpenDKIMVerifier()
+    proc = _start(data, api_port, log)
+    try:
+        _wait_ready(api, proc, log)
+        for name in ("ed25519.pem", "rsa.pem"):
+            assert (data / "dkim" / name).stat().st_mode & 0o777 == 0o600
+        records = _http.get(f"{api}/admin/v0/dkim", headers=admin).json()
+        assert {(r["Domain"], r["Selector"], r["Algorithm"], r["Signing"]) for r in records} == {
+            ("localhost", "ed25519", "ed25519-sha256", True),
+            ("localhost", "rsa", "rsa-sha256", True),
+        }
+        for r in records:
+            verifier.publish(r["RecordName"], r["RecordValue"])
+        # A release a day ahead keeps the message queued, so its raw bytes can be read.
+        later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))
+        request = {
+            "To": [{"Address": "bob@example.com"}],
+            "Subject": "hi",
+            "Text": "hello",
+            "FutureRelease": later,
+        }
+        r = _http.post(
+            api + "/webapi/v0/Send", data={"request": json.dumps(request)}, auth=("dev@localhost", PASSWORD)
+        )
+        assert r.status_code == 200, r.text
+        msg_id = r.json()["Submissions"][0]["QueueMsgID"]
+        raw = _http.get(f"{api}/admin/v0/queue/{msg_id}/raw", headers=admin).content
+        assert raw.startswith(b"Received: from [127.0.0.1] (login dev@localhost) by localhost")
+        verdicts = {(v.selector, v.domain): v.ok for v in verifier.verify_each(raw)}
+        assert verdicts == {("ed25519", "localhost"): True, ("rsa", "localhost"): True}
+    finally:
+        _interrupt(proc)
+        verifier.stop()

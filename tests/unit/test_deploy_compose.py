@@ -102,6 +102,7 @@ def test_tempost_services_read_their_config_and_secrets(service: str) -> None:
     mounted = {f"/run/secrets/{s}" for s in svc["secrets"]}
     needed = {config.database.password_file, config.api.admin_token_file}
     needed |= {a.password_file for a in config.accounts if a.password_file}
+    needed |= {sel.private_key_file for _, dkim in config.dkim_domains() for sel in dkim.selectors.values()}
     assert needed <= mounted
     assert svc["environment"]["TEMPOST_CONFIG"] == svc["configs"][0]["target"]
     # Images pinned by version everywhere.

@@ -86,3 +86,5 @@ def test_every_workload_is_disruption_budgeted_non_root_and_reads_its_files() ->
             assert str(Path(path).parent) in mounts, path
         secret_keys = set(_kind("Secret", "tempost-secrets")["stringData"])
         assert Path(config.database.password_file).name in secret_keys
+        keys = [sel.private_key_file for _, dkim in config.dkim_domains() for sel in dkim.selectors.values()]
+        assert keys and all(Path(k).name in secret_keys for k in keys)
