@@ -6,6 +6,11 @@ submitting a message to the sink accepting it (p50, p99). A benchmark: it report
 
     python bench/throughput.py -n 500 --concurrency 32
 
+With --workers N --apis M it runs N `tempost worker` and M `tempost api` processes instead (one
+configuration file, Send calls spread over the APIs) to show how Tempost scales out. Either way it prints
+the CPU time each part used per delivered message (Tempost's processes, the Temporal server, PostgreSQL,
+read from /proc): the numbers docs/operations.md sizes deployments by.
+
 The bench's sender domain signs with an Ed25519 and an RSA-2048 key, as a production setup would
 (`--no-dkim` to compare); the signing cost per submission is timed on its own first.
 """
@@ -15,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,30 +87,104 @@ def _signing_cost(domains: dict[str, Any], rounds: int = 200) -> None:
         print(f"  {label:32} {(time.process_time() - start) / rounds * 1000:7.2f} ms")
 
 
-def _config(
+def _settings(
     database_url: str, temporal_address: str, api_port: int, sink: SMTPSink, domains: dict[str, Any]
-) -> Config:
-    return Config.model_validate(
-        {
-            "hostname": "bench.test",
-            "database": {"url": database_url, "pool_max": 20},
-            "temporal": {"address": temporal_address, "task_queue": "bench"},
-            "api": {"listen": f"127.0.0.1:{api_port}", "admin_token_file": ""},
-            "worker": {"metrics_listen": ""},
-            "queue": {"default_transport": "sink", "backoff_base": "1s"},
-            "transports": {
-                "sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}
-            },
-            "domains": domains,
-            "accounts": [
-                {
-                    "name": "bench",
-                    "addresses": [SENDER],
-                    "password_hash": hash_password(PASSWORD, iterations=1000),
-                }
-            ],
-        }
-    )
+) -> dict[str, Any]:
+    return {
+        "hostname": "bench.test",
+        "database": {"url": database_url, "pool_max": 20},
+        "temporal": {"address": temporal_address, "task_queue": "bench"},
+        "api": {"listen": f"127.0.0.1:{api_port}", "admin_token_file": ""},
+        "worker": {"metrics_listen": ""},
+        "queue": {"default_transport": "sink", "backoff_base": "1s"},
+        "transports": {"sink": {"type": "smtp", "host": sink.host, "port": sink.port, "starttls": "none"}},
+        "domains": domains,
+        "accounts": [
+            {
+                "name": "bench",
+                "addresses": [SENDER],
+                "password_hash": hash_password(PASSWORD, iterations=1000),
+            }
+        ],
+    }
+
+
+def _toml(settings: dict[str, Any], prefix: str = "") -> str:
+    """The settings as a TOML file, for the `tempost` processes (tables, arrays of tables, plain values)."""
+    lines, tables = [], []
+    for key, value in settings.items():
+        bare = key.replace("_", "").replace("-", "").isalnum()
+        quoted = key if bare else json.dumps(key)
+        name = f"{prefix}.{quoted}" if prefix else quoted
+        if isinstance(value, dict):
+            tables.append(f"\n[{name}]\n" + _toml(value, name))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            tables += [f"\n[[{name}]]\n" + _toml(item, name) for item in value]
+        else:
+            lines.append(f"{quoted} = {json.dumps(value)}")
+    return "\n".join(lines) + "".join(tables)
+
+
+class Processes:
+    """N `tempost worker` and M `tempost api` processes from one configuration file, logs in `tmp`."""
+
+    def __init__(self, tmp: Path, settings: dict[str, Any], workers: int, apis: int) -> None:
+        self.tmp = tmp
+        self.config = tmp / "tempost.toml"
+        self.config.write_text(_toml(settings))
+        self.workers = workers
+        self.api_ports = [free_port() for _ in range(apis)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, role: str, index: int, env: dict[str, str]) -> Path:
+        log = self.tmp / f"{role}-{index}.log"
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "deploy.cli", role, "-c", str(self.config)],
+                cwd=Path(__file__).resolve().parent.parent,
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=log.open("wb"),
+            )
+        )
+        return log
+
+    async def start(self) -> None:
+        logs = [self._start("worker", i, {}) for i in range(self.workers)]
+        for i, port in enumerate(self.api_ports):
+            self._start("api", i, {"TEMPOST_API_LISTEN": f"127.0.0.1:{port}"})
+        deadline = time.monotonic() + 120
+        async with httpx.AsyncClient(timeout=5) as http:
+            for port in self.api_ports:
+                while True:
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"api on port {port} not ready; see {self.tmp}")
+                    await asyncio.sleep(0.2)
+        for log in logs:
+            while b"worker polling task queue" not in log.read_bytes():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker not polling; see {log}")
+                await asyncio.sleep(0.2)
+
+    def pids(self, role: str) -> list[int | None]:
+        n = self.workers if role == "worker" else len(self.api_ports)
+        procs = self.procs[: self.workers] if role == "worker" else self.procs[self.workers :]
+        assert len(procs) == n
+        return [p.pid for p in procs]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -113,6 +194,65 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after it are split by the last ")".
+    return raw.rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int | None, with_children: bool = False) -> float:
+    """CPU time (user + system) of a process from /proc; with_children adds its live children and the
+    reaped ones (PostgreSQL's backends are children of the postmaster)."""
+    if pid is None:
+        return 0.0
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    # After the name: state ppid ... utime(14) stime(15) cutime(16) cstime(17), numbered from 1.
+    ticks = int(fields[11]) + int(fields[12])
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                child = _stat(int(entry.name))
+                if child is not None and int(child[1]) == pid:
+                    ticks += int(child[11]) + int(child[12])
+    return ticks / _CLOCK_TICKS
+
+
+class CPUMeter:
+    """CPU seconds each part of the stack used between start() and stop()."""
+
+    def __init__(self, parts: dict[str, list[int | None]], postgres: int | None) -> None:
+        self.parts = parts
+        self.postgres = postgres
+        self.before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in self.parts.items()}
+        now["PostgreSQL"] = _cpu_seconds(self.postgres, with_children=True)
+        return now
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def report(self, delivered: int, seconds: float) -> None:
+        after = self._now()
+        print(f"CPU per delivered message ({delivered} messages, {seconds:.1f}s):")
+        for name, total in after.items():
+            used = total - self.before.get(name, 0.0)
+            print(
+                f"  {name:34} {used * 1000 / max(delivered, 1):6.1f} ms/msg  "
+                f"({used / max(seconds, 1e-9) * 100:5.1f}% of one core)"
+            )
+
+
 async def _wait_delivered(sink: SMTPSink, expected: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while len(sink.delivered_to()) < expected and time.monotonic() < deadline:
@@ -120,7 +260,7 @@ async def _wait_delivered(sink: SMTPSink, expected: int, timeout: float) -> None
 
 
 async def _single(
-    http: httpx.AsyncClient,
+    https: list[httpx.AsyncClient],
     sink: SMTPSink,
     n: int,
     concurrency: int,
@@ -128,6 +268,7 @@ async def _single(
     timeout: float,
     rate: float,
     temporal: Client | None,
+    meter: CPUMeter | None = None,
 ) -> None:
     """N single-recipient messages over `domains` recipient domains, `concurrency` Send calls in flight.
 
@@ -146,11 +287,14 @@ async def _single(
             rcpt = f"rcpt{i}@dest{i % domains}.example"
             req = {"To": [{"Address": rcpt}], "Subject": tag, "Text": "benchmark"}
             submitted[tag] = time.monotonic()
+            http = https[i % len(https)]
             r = await http.post("/webapi/v0/Send", data={"request": json.dumps(req)}, auth=(SENDER, PASSWORD))
             r.raise_for_status()
             workflow_ids[tag] = f"msg-{r.json()['Submissions'][0]['QueueMsgID']}"
 
     before = len(sink.transactions)
+    if meter is not None:
+        meter.start()
     t0 = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(n)))
     t_submitted = time.monotonic()
@@ -172,6 +316,8 @@ async def _single(
         f"(submit {n / (t_submitted - t0):.1f} msg/s); latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
         f"p99 {_pct(lat, 99) * 1000:.0f} ms"
     )
+    if meter is not None:
+        meter.report(done, t1 - t0)
     if temporal is not None:
         await _breakdown(temporal, workflow_ids, submitted, accepted)
 
@@ -258,6 +404,9 @@ async def main() -> None:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--database-url", default="", help="use this PostgreSQL instead of an embedded one")
     ap.add_argument("--temporal-address", default="", help="use this Temporal instead of a dev server")
+    ap.add_argument("--workers", type=int, default=0, help="run N `tempost worker` processes (0: in-process)")
+    ap.add_argument("--apis", type=int, default=1, help="with --workers: M `tempost api` processes")
+    ap.add_argument("--warmup", type=int, default=0, help="messages sent (and not measured) first")
     ap.add_argument("--no-dkim", action="store_true", help="send unsigned mail (to compare)")
     args = ap.parse_args()
 
@@ -277,18 +426,43 @@ async def main() -> None:
             temporal_address = temporal.address
         sink = SMTPSink().start()
         api_port = free_port()
-        config = _config(database_url, temporal_address, api_port, sink, domains)
+        settings = _settings(database_url, temporal_address, api_port, sink, domains)
         stop, started = asyncio.Event(), asyncio.Event()
-        server = asyncio.create_task(serve_all(config, stop, started))
+        server = processes = None
+        if args.workers:
+            processes = Processes(Path(tmp), settings, args.workers, max(args.apis, 1))
+            api_ports = processes.api_ports
+        else:
+            server = asyncio.create_task(serve_all(Config.model_validate(settings), stop, started))
+            api_ports = [api_port]
         try:
-            await asyncio.wait_for(started.wait(), 60)
+            if processes is not None:
+                await processes.start()
+                parts = {
+                    f"tempost worker x{args.workers}": processes.pids("worker"),
+                    f"tempost api x{len(api_ports)}": processes.pids("api"),
+                    "benchmark client and sink": [os.getpid()],
+                }
+                note = ""
+            else:
+                await asyncio.wait_for(started.wait(), 60)
+                parts = {"tempost serve (worker + API)": [os.getpid()]}
+                note = "  (the serve figure includes this benchmark's client and SMTP sink)"
+            parts["Temporal dev server"] = [temporal.pid if temporal is not None else None]
+            meter = CPUMeter(parts, pg.pid if pg is not None else None)
             limits = httpx.Limits(max_connections=args.concurrency)
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{api_port}", limits=limits, timeout=60
-            ) as http:
+            https = [
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60)
+                for port in api_ports
+            ]
+            try:
                 temporal_client = await Client.connect(temporal_address)
+                if args.warmup:
+                    await _single(
+                        https, sink, args.warmup, args.concurrency, args.domains, args.timeout, 0, None
+                    )
                 await _single(
-                    http,
+                    https,
                     sink,
                     args.n,
                     args.concurrency,
@@ -296,14 +470,23 @@ async def main() -> None:
                     args.timeout,
                     args.rate,
                     temporal_client,
+                    meter,
                 )
+                if note:
+                    print(note)
                 if args.fanout_rcpts:
                     await _fanout(
-                        http, sink, args.fanout_rcpts, args.fanout_domains, args.timeout, temporal_client
+                        https[0], sink, args.fanout_rcpts, args.fanout_domains, args.timeout, temporal_client
                     )
+            finally:
+                for http in https:
+                    await http.aclose()
         finally:
             stop.set()
-            await asyncio.gather(server, return_exceptions=True)
+            if server is not None:
+                await asyncio.gather(server, return_exceptions=True)
+            if processes is not None:
+                processes.stop()
             sink.stop()
             if temporal is not None:
                 temporal.stop()

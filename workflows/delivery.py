@@ -12,9 +12,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 
 from workflows import searchattrs
 
@@ -338,17 +339,21 @@ class Delivery:
             return
         self._published = values
         next_attempt = values[3]
-        workflow.upsert_search_attributes(
-            [
-                searchattrs.STATE.value_set(state),
-                searchattrs.RCPT_DOMAINS.value_set(searchattrs.domains_value(values[1])),
-                searchattrs.HELD.value_set(values[2]),
-                searchattrs.NEXT_ATTEMPT.value_set(next_attempt)
-                if next_attempt is not None
-                else searchattrs.NEXT_ATTEMPT.value_unset(),
-                searchattrs.ATTEMPTS.value_set(values[4]),
-            ]
-        )
+        updates: list[SearchAttributeUpdate[Any]] = [
+            searchattrs.STATE.value_set(state),
+            searchattrs.RCPT_DOMAINS.value_set(searchattrs.domains_value(values[1])),
+            searchattrs.HELD.value_set(values[2]),
+            searchattrs.NEXT_ATTEMPT.value_set(next_attempt)
+            if next_attempt is not None
+            else searchattrs.NEXT_ATTEMPT.value_unset(),
+            searchattrs.ATTEMPTS.value_set(values[4]),
+        ]
+        known = self._input.search_attributes if self._input is not None else None
+        if known is not None:
+            # The namespace lacks the others; upserting one would fail every workflow task.
+            updates = [u for u in updates if u.key.name in known]
+        if updates:
+            workflow.upsert_search_attributes(updates)
 
     def _lease_busy(self, batch: list[_Msg], retry_at: datetime | None, global_cap: bool) -> None:
         """The attempt did not happen (spec 01 §3 concurrency): undo its bookkeeping and wait."""

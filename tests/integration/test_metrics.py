@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 
 from deploy.embedded import free_port
 from tests.conftest import Stack
-from worker.main import connect_temporal
+from tests.support.metricnames import SDK_METRICS
+from worker.main import build_worker, connect_temporal
 
 
 def sample(text: str, name: str) -> float | None:
@@ -38,7 +41,8 @@ async def test_queue_gauges_by_state_and_delivery_counters(stack: Stack) -> None
     assert 'result="ok"' in text
 
 
-async def test_temporal_sdk_metrics_on_their_own_port(stack: Stack) -> None:
+async def test_temporal_sdk_metrics_on_their_own_port(stack_factory: Any) -> None:
+    stack = await stack_factory(worker=False)
     port = free_port()
     cfg = stack.config.model_copy(
         update={
@@ -49,12 +53,29 @@ async def test_temporal_sdk_metrics_on_their_own_port(stack: Stack) -> None:
         }
     )
     client = await connect_temporal(cfg)
-    await client.count_workflows()
-    async with asyncio.timeout(10), httpx.AsyncClient() as http:
-        while True:
-            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-            if "temporal_request" in text:
-                break
-            await asyncio.sleep(0.2)
+    async with build_worker(client, stack.pool, cfg):
+        resp = await stack.send_ok({"To": [{"Address": "a@example.com"}], "Text": "x"})
+        await stack.finished(resp["Submissions"][0]["QueueMsgID"])
+        async with asyncio.timeout(20), httpx.AsyncClient() as http:
+            while True:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                if "temporal_activity_execution_latency_count" in text:
+                    break
+                await asyncio.sleep(0.2)
     # The SDK's own series, in Prometheus text format, apart from Tempost's metrics.
     assert "temporal_request" in text and "tempost_queue" not in text
+    # Every SDK metric the dashboard and the alert rules may use is exported under that name.
+    exported = {
+        re.sub(r"_(bucket|count|sum)$", "", line.split("{")[0].split(" ")[0])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert SDK_METRICS <= exported, sorted(SDK_METRICS - exported)
+    # Durations are seconds, as the panels' units say: a loopback SMTP delivery takes well under one.
+    count = sum(_samples(text, "temporal_activity_execution_latency_count"))
+    total = sum(_samples(text, "temporal_activity_execution_latency_sum"))
+    assert count >= 1 and 0 < total / count < 1.0, (total, count)
+
+
+def _samples(text: str, name: str) -> list[float]:
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]

@@ -7,10 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
+import httpx
+import pytest
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
 from domain.contracts import delivery_workflow_id
-from tests.conftest import Stack
+from store import db
+from tests.conftest import ADMIN_TOKEN, TEMPORAL_BIN, Stack, make_config
+from tests.support.smtpsink import SMTPSink
+from worker.main import run_worker
 from workflows import searchattrs
 
 
@@ -66,3 +77,52 @@ async def test_a_fan_out_to_more_domains_than_one_attribute_holds_is_still_sent(
     desc = await stack.handle(ids[0]).describe()
     assert not desc.typed_search_attributes.get(searchattrs.RCPT_DOMAINS)
     assert desc.typed_search_attributes.get(searchattrs.STATE) == "finished"
+
+
+async def test_where_the_worker_may_not_add_them_it_names_the_commands_and_delivers(
+    database: str, sink: SMTPSink, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A namespace whose Int attributes are used up (SQL visibility allows 3): the worker's request to add
+    # Tempost's six is refused, as on Temporal Cloud where workers may not add any.
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=TEMPORAL_BIN,
+        search_attributes=[SearchAttributeKey.for_int(f"OtherCount{i}") for i in range(3)],
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    monkeypatch.setenv("TEMPOST_ADMIN_TOKEN", ADMIN_TOKEN)
+    config = make_config(database, sink)
+    stop = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="tempost.worker")
+    worker = asyncio.create_task(run_worker(config, stop, env.client))
+    pool = await db.open_pool(database, 1, 3)
+    try:
+        async with asyncio.timeout(30):
+            while "Create them with" not in caplog.text:
+                assert not worker.done(), worker.exception()
+                await asyncio.sleep(0.1)
+        ns = config.temporal.namespace
+        for name, kind in searchattrs.CLI_TYPES.items():
+            assert (
+                f"temporal operator search-attribute create --namespace {ns} --name {name} --type {kind}"
+                in caplog.text
+            )
+        tcld = next(line for line in caplog.text.splitlines() if "tcld" in line).strip()
+        assert tcld.startswith(f"tcld namespace search-attributes add --namespace {ns} --search-attribute ")
+        assert '--search-attribute "TempostRcptDomains=KeywordList"' in tcld
+        app = create_app(config, env.client, pool)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            stack = Stack(config, env.client, pool, http, sink)
+            resp = await stack.send_ok({"To": [{"Address": "a@example.com"}], "Text": "x"})
+            base_id = resp["Submissions"][0]["QueueMsgID"]
+            status = await stack.finished(base_id, timeout=60)
+        assert "a@example.com" in sink.delivered_to()
+        assert status is not None
+        # The workflow knew which attributes exist and set none of the missing ones.
+        described = await env.client.get_workflow_handle(delivery_workflow_id(base_id)).describe()
+        assert not any(p.key.name.startswith("Tempost") for p in described.typed_search_attributes)
+    finally:
+        stop.set()
+        await asyncio.gather(worker, return_exceptions=True)
+        await pool.close()
+        await env.shutdown()
