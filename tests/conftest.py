@@ -192,8 +192,11 @@ class Stack:
     def handle(self, base_id: int) -> WorkflowHandle:
         return self.client.get_workflow_handle(delivery_workflow_id(base_id))
 
-    async def finished(self, base_id: int, timeout: float = 30) -> Any:
-        """Wait for the submission's workflow to complete and return its final status."""
+    async def finished(self, base_id: int, timeout: float = 60) -> Any:
+        """Wait for the submission's workflow to complete and return its final status.
+
+        The default leaves room for a few attempts with backoff, each a workflow task, an activity and an
+        SMTP session, on a 2-core machine that is busy with something else."""
         async with asyncio.timeout(timeout):
             return await self.client.get_workflow_handle(
                 delivery_workflow_id(base_id), result_type=DeliveryStatus

@@ -50,7 +50,7 @@ async def test_temporal_sdk_metrics_on_their_own_port(stack: Stack) -> None:
     )
     client = await connect_temporal(cfg)
     await client.count_workflows()
-    async with asyncio.timeout(10), httpx.AsyncClient() as http:
+    async with asyncio.timeout(30), httpx.AsyncClient() as http:
         while True:
             text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
             if "temporal_request" in text:

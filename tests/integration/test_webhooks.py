@@ -47,8 +47,9 @@ async def hooked(
     )
 
 
-async def until(predicate: Any, timeout: float = 20.0) -> None:
-    """Wait until an (async or plain) predicate holds."""
+async def until(predicate: Any, timeout: float = 60.0) -> None:
+    """Wait until an (async or plain) predicate holds; the default deadline leaves a busy machine time for
+    what usually crosses a workflow, an activity and an SMTP session or an HTTP call."""
     async with asyncio.timeout(timeout):
         while True:
             v = predicate()
