@@ -61,7 +61,7 @@ def workers(tmp_path: Path) -> Iterator[list[Any]]:
             p.kill()
 
 
-async def _both_polling(stack: Stack, timeout: float = 60) -> None:
+async def _both_polling(stack: Stack, timeout: float = 120) -> None:
     """Wait until two worker processes poll the stack's task queue for activities (the deliveries)."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
