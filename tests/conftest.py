@@ -52,8 +52,20 @@ pytest_plugins = ["tests.support.mtastsenv"]
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     """One PostgreSQL server for the session; each test gets its own database."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), fsync=False)
-    server.start()
+    base = tmp_path_factory.mktemp("pg")
+    for attempt in range(3):
+        log = base / f"postgres-{attempt}.log"
+        server = EmbeddedPostgres(base / "data", free_port(), log_file=log, fsync=False)
+        try:
+            server.start()
+            break
+        except RuntimeError as err:
+            server.stop()
+            said = log.read_text(errors="replace") if log.exists() else ""
+            # The port was free when picked and taken before postgres bound it (another process picks
+            # ports the same way): pick another. Anything else is a real failure, with postgres's words.
+            if "already in use" not in said or attempt == 2:
+                raise RuntimeError(f"{err}\n{said[-3000:]}") from None
     yield server
     server.stop()
 
@@ -193,8 +205,11 @@ class Stack:
     def handle(self, base_id: int) -> WorkflowHandle:
         return self.client.get_workflow_handle(delivery_workflow_id(base_id))
 
-    async def finished(self, base_id: int, timeout: float = 30) -> Any:
-        """Wait for the submission's workflow to complete and return its final status."""
+    async def finished(self, base_id: int, timeout: float = 60) -> Any:
+        """Wait for the submission's workflow to complete and return its final status.
+
+        The default leaves room for a few attempts with backoff, each a workflow task, an activity and an
+        SMTP session, on a 2-core machine that is busy with something else."""
         async with asyncio.timeout(timeout):
             return await self.client.get_workflow_handle(
                 delivery_workflow_id(base_id), result_type=DeliveryStatus

@@ -36,8 +36,11 @@ async def served(stack_factory: Any) -> AsyncIterator[tuple[Stack, str]]:
         )
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
+    # Started, or failed to (its port taken meanwhile): not a wait without end.
+    async with asyncio.timeout(60):
+        while not server.started:
+            assert not task.done(), "the API did not start serving"
+            await asyncio.sleep(0.05)
     yield stack, f"http://127.0.0.1:{port}"
     server.should_exit = True
     await task

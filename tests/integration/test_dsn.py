@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
@@ -22,15 +23,14 @@ def _dsns(stack: Stack) -> list[tuple[Any, Message]]:
 
 
 async def _wait_for_dsns(stack: Stack, n: int) -> list[tuple[Any, Message]]:
-    import asyncio
-
-    # A DSN is a delivery of its own (a new workflow, an attempt): give a slow machine time for it.
-    for _ in range(600):
-        got = _dsns(stack)
-        if len(got) >= n:
-            return got
+    # A DSN is a delivery of its own (a new workflow, an attempt): give a slow machine time for it, by a
+    # deadline rather than a count of polls.
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(got := _dsns(stack)) < n:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"expected {n} DSNs, got {len(got)}")
         await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {n} DSNs, got {len(_dsns(stack))}")
+    return got
 
 
 async def test_permanent_failure_sends_a_failure_dsn_to_the_sender(stack: Stack) -> None:
@@ -112,15 +112,10 @@ async def test_a_failing_dsn_gets_no_dsn_of_its_own(stack: Stack) -> None:
     stack.sink.behaviour.rcpt_replies[SENDER] = "550 5.1.1 sender gone"
     resp = await stack.send_ok({"To": [{"Address": "nobody@example.com"}], "Text": "x"})
     await stack.finished(resp["Submissions"][0]["QueueMsgID"])
-    listed = (await stack.admin("GET", "/dsns")).json()["DSNs"]
     # The second DSN is stored only after the first one's own delivery failed: allow a slow machine time.
-    for _ in range(600):
-        listed = (await stack.admin("GET", "/dsns")).json()["DSNs"]
-        if len(listed) >= 2:
-            break
-        import asyncio
-
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(60):
+        while len(listed := (await stack.admin("GET", "/dsns")).json()["DSNs"]) < 2:
+            await asyncio.sleep(0.05)
     # One DSN about the original; one stored about the DSN itself, never queued.
     assert sorted((d["Sender"], d["DeliveryBaseID"] is None) for d in listed) == [("", True), (SENDER, False)]
 

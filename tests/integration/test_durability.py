@@ -61,7 +61,8 @@ async def test_worker_killed_during_backoff_new_worker_finishes(stack_factory, t
     with worker_process(stack, tmp_path) as proc:
         resp = await stack.send_ok(text_msg("bob@example.com"))
         msg_id = resp["Submissions"][0]["QueueMsgID"]
-        async with asyncio.timeout(30):
+        # The worker process starts up first (imports, connections): slow on a busy machine.
+        async with asyncio.timeout(90):
             while stack.sink.data_commands < 1:
                 await asyncio.sleep(0.05)
             # The first attempt failed and its outcome reached the workflow: the message now waits in
@@ -79,7 +80,7 @@ async def test_worker_killed_during_backoff_new_worker_finishes(stack_factory, t
     assert stack.sink.messages() == []
     worker = build_worker(stack.client, stack.pool, stack.config)
     async with worker:
-        status = await stack.finished(msg_id, timeout=30)
+        status = await stack.finished(msg_id, timeout=60)
     assert status.msgs[0].state == MsgState.DELIVERED and status.msgs[0].attempts == 2
     assert stack.sink.delivered_to() == ["bob@example.com"]
 
@@ -93,7 +94,7 @@ async def test_attempt_lost_with_its_worker_is_retried_within_the_heartbeat_time
     with worker_process(stack, tmp_path) as proc:
         resp = await stack.send_ok(text_msg("bob@example.com"))
         msg_id = resp["Submissions"][0]["QueueMsgID"]
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(90):
             while not stack.sink.active.get("example.com"):
                 await asyncio.sleep(0.05)
         # Mid-transaction, the worker dies without a word to Temporal.
@@ -212,7 +213,7 @@ async def _deferred_once(stack: Stack) -> int:
     the workflow waits for the next (an hour away with the stacks below)."""
     stack.sink.behaviour.rcpt_replies["bob@example.com"] = "451 4.3.0 not now"
     msg_id = (await stack.send_ok(text_msg("bob@example.com")))["Submissions"][0]["QueueMsgID"]
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(60):
         while True:
             status = (await stack.handle(msg_id).query(Delivery.status)).msgs[0]
             if status.attempts == 1 and status.state == MsgState.QUEUED:
@@ -263,7 +264,7 @@ async def test_workflow_lost_by_temporal_is_started_again_with_its_attempt_limit
             workflow_execution=WorkflowExecution(workflow_id=handle.id, run_id=run_id),
         )
     )
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(60):
         while True:
             try:
                 await stack.client.get_workflow_handle(handle.id, run_id=run_id).describe()
@@ -278,7 +279,7 @@ async def test_workflow_lost_by_temporal_is_started_again_with_its_attempt_limit
     retired = (await stack.admin("GET", f"/retired/{msg_id}")).json()
     assert retired["Attempts"] == 2 and retired["Success"] is False
     # The sender gets the failure DSN.
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(60):
         while not any(t.rcpt_tos == ["alice@example.org"] for t in stack.sink.transactions):
             await asyncio.sleep(0.05)
 
@@ -294,7 +295,8 @@ async def test_workflows_terminated_just_now_are_all_started_again(stack_factory
     for i in range(12):
         resp = await stack.send_ok(text_msg(f"bob{i}@example.com"))
         ids.append(resp["Submissions"][0]["QueueMsgID"])
-    async with asyncio.timeout(30):
+    # Twelve first attempts, one at a time to the one domain.
+    async with asyncio.timeout(120):
         for msg_id in ids:
             while (await stack.handle(msg_id).query(Delivery.status)).msgs[0].attempts != 1:
                 await asyncio.sleep(0.05)

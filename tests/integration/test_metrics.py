@@ -56,7 +56,7 @@ async def test_temporal_sdk_metrics_on_their_own_port(stack_factory: Any) -> Non
     async with build_worker(client, stack.pool, cfg):
         resp = await stack.send_ok({"To": [{"Address": "a@example.com"}], "Text": "x"})
         await stack.finished(resp["Submissions"][0]["QueueMsgID"])
-        async with asyncio.timeout(20), httpx.AsyncClient() as http:
+        async with asyncio.timeout(60), httpx.AsyncClient() as http:
             while True:
                 text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
                 if "temporal_activity_execution_latency_count" in text:

@@ -240,7 +240,7 @@ async def test_worker_creates_a_daily_refresh_schedule_whose_first_run_comes_at_
     try:
         described = await handle.describe()
         assert described.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(hours=24))]
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):
             while not described.info.recent_actions:
                 await asyncio.sleep(0.1)
                 described = await handle.describe()

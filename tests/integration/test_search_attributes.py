@@ -25,7 +25,7 @@ from worker.main import run_worker
 from workflows import searchattrs
 
 
-async def workflow_ids(stack: Stack, query: str, want: set[str], timeout: float = 15) -> set[str]:
+async def workflow_ids(stack: Stack, query: str, want: set[str], timeout: float = 60) -> set[str]:
     """Workflows matching a visibility query, polled until they equal `want` (visibility lags a little);
     a TimeoutError fails the test when they never do."""
     async with asyncio.timeout(timeout):

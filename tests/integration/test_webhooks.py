@@ -47,8 +47,9 @@ async def hooked(
     )
 
 
-async def until(predicate: Any, timeout: float = 20.0) -> None:
-    """Wait until an (async or plain) predicate holds."""
+async def until(predicate: Any, timeout: float = 60.0) -> None:
+    """Wait until an (async or plain) predicate holds; the default deadline leaves a busy machine time for
+    what usually crosses a workflow, an activity and an SMTP session or an HTTP call."""
     async with asyncio.timeout(timeout):
         while True:
             v = predicate()
@@ -215,11 +216,12 @@ async def test_delayed_carries_the_real_error_and_is_superseded_by_delivered(
 ) -> None:
     # The receiver is down while the message is deferred, so the delayed hook is still pending when the
     # delivered event arrives: only the latest event stays pending (spec 03 §3.4).
-    # The message's retry waits an hour and the hook's 30 s, so the delayed call is made (and fails) before
-    # the test kicks the message, and is still pending when the delivered event supersedes it.
+    # The message's retry and the hook's both wait an hour, so the delayed call is made (and fails) before
+    # the test kicks the message, and is still pending when the delivered event supersedes it however long
+    # the kick takes (a 30 s retry could come first on a busy machine, and succeed).
     receiver.script = Script(statuses=[500])
     stack = await hooked(
-        stack_factory, receiver, monkeypatch, webhooks={"first_retry": "30s"}, backoff_base="1h"
+        stack_factory, receiver, monkeypatch, webhooks={"first_retry": "1h"}, backoff_base="1h"
     )
     stack.sink.behaviour.temp_failures = 1
     resp = await stack.send_ok({"To": [{"Address": "slow@example.com"}], "Text": "x"})

@@ -156,13 +156,13 @@ class ScriptedSMTP:
         got.commands.append(cmd)
         return cmd.split(" ", 1)[0].upper()
 
-    async def idle(self, timeout: float = 10.0) -> None:
-        """Wait until every connection so far has ended."""
-        for _ in range(int(timeout / 0.05)):
-            if all(s.closed for s in self.sessions):
-                return
+    async def idle(self, timeout: float = 30.0) -> None:
+        """Wait until every connection so far has ended (by a deadline, not a count of polls)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not all(s.closed for s in self.sessions):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("a connection to the scripted server is still open")
             await asyncio.sleep(0.05)
-        raise TimeoutError("a connection to the scripted server is still open")
 
     async def start(self) -> ScriptedSMTP:
         self._server = await asyncio.start_server(self._session, self.host, self.port)
