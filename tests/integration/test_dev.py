@@ -75,12 +75,11 @@ def _listening(port: int) -> bool:
         return False
 
 
-def test_dev_survives_ctrl_c_with_mail_waiting_in_backoff(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
+def _dev_config(data: Path, extra: str = "") -> tuple[int, int, int]:
+    """Write a configuration for `tempost dev` on free ports (it keeps a configuration it finds, so the
+    test does not take the default ports a developer may be using); returns the Temporal, PostgreSQL and
+    API ports."""
     temporal_port, pg_port, api_port = _port_pair(), free_port(), free_port()
-    # Pre-written configuration so the test does not take the default ports a developer may be using;
-    # `tempost dev` keeps a configuration it finds.
     (data / "tempost.toml").write_text(
         f"""hostname = "localhost"
 [database]
@@ -98,9 +97,15 @@ default_transport = "localserve"
 name = "dev"
 addresses = ["dev@localhost"]
 password_file = "{data / "dev-password"}"
-keep_retired_period = "168h"
-"""
+{extra}"""
     )
+    return temporal_port, pg_port, api_port
+
+
+def test_dev_survives_ctrl_c_with_mail_waiting_in_backoff(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    temporal_port, pg_port, api_port = _dev_config(data, 'keep_retired_period = "168h"\n')
     api = f"http://127.0.0.1:{api_port}"
     admin = {"Authorization": f"Bearer {TOKEN}"}
     log = tmp_path / "dev.log"
@@ -170,28 +175,8 @@ def test_dev_signs_mail_out_of_the_box(tmp_path: Path) -> None:
         pytest.skip(unavailable())
     data = tmp_path / "data"
     data.mkdir()
-    temporal_port, pg_port, api_port = _port_pair(), free_port(), free_port()
-    # As above, but with the settings `tempost dev` writes on first start for the dev domain: it adds the
-    # DKIM section to a configuration that has no [domains].
-    (data / "tempost.toml").write_text(
-        f"""hostname = "localhost"
-[database]
-url = "postgresql://postgres@127.0.0.1:{pg_port}/tempost"
-[temporal]
-address = "127.0.0.1:{temporal_port}"
-[api]
-listen = "127.0.0.1:{api_port}"
-admin_token_file = "{data / "admin-token"}"
-[worker]
-metrics_listen = ""
-[queue]
-default_transport = "localserve"
-[[accounts]]
-name = "dev"
-addresses = ["dev@localhost"]
-password_file = "{data / "dev-password"}"
-"""
-    )
+    # As above: `tempost dev` adds the DKIM section to a configuration that has no [domains].
+    _, _, api_port = _dev_config(data)
     api = f"http://127.0.0.1:{api_port}"
     admin = {"Authorization": f"Bearer {TOKEN}"}
     log = tmp_path / "dev.log"
