@@ -16,7 +16,13 @@ from temporalio import activity
 
 @contextlib.asynccontextmanager
 async def heartbeating(every: timedelta, details: Callable[[], object] | None = None) -> AsyncIterator[None]:
-    """Heartbeat every `every` while the block runs; `details` says how far the activity got."""
+    """Heartbeat every `every` while the block runs; `details` says how far the activity got.
+
+    A local activity has no heartbeats of its own (its workflow task's heartbeats keep it alive).
+    """
+    if activity.info().is_local:
+        yield
+        return
 
     async def beat() -> None:
         while True:

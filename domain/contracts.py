@@ -58,6 +58,15 @@ class DeliveryInput(BaseModel):
     # before it). Only these are set: an unknown one fails the start or every workflow task, and where the
     # worker may not create them (Temporal Cloud) delivery must go on without UI filters.
     search_attributes: list[str] | None = None
+    # The workflow behaviour the starter asked for. Inputs recorded before this field have 0 and replay as
+    # they ran; a revision is chosen once, at start, so the choice itself is in history and costs no marker
+    # event (a patch marker and the SDK's change-version upsert would add two events to every message).
+    revision: int = 0
+
+
+# Revision 1: a fresh group's first attempt runs as a local activity in the workflow task that scheduled
+# it, and search attributes given at start are not upserted again until they change.
+DELIVERY_REVISION = 1
 
 
 class AttemptMsg(BaseModel):

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import shutil
 import sys
 import uuid
@@ -22,6 +23,10 @@ from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+
+# Workflow code runs in Temporal's sandbox under test (worker/main.py): a non-deterministic call in a
+# workflow fails its test. Worker processes the tests start inherit this.
+os.environ["TEMPOST_WORKFLOW_SANDBOX"] = "1"
 
 from api.app import create_app
 from deploy.embedded import EmbeddedPostgres, free_port

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.bounces import BounceActivities
@@ -36,11 +37,21 @@ from workflows.webhook import Webhook
 
 log = logging.getLogger("tempost.worker")
 
-# Our pure rules and pydantic are deterministic; passing them through the sandbox avoids re-importing
-# them for every workflow run (about a third of the worker's CPU otherwise).
+# The sandbox runs workflow code under import and call restrictions, so that a non-deterministic call (the
+# clock, randomness, I/O) fails the workflow task instead of corrupting a replay later. It costs about a
+# third of the worker's CPU per delivered message (re-importing the workflow module for every run, and
+# proxying every activation), so production workers run workflow code directly and the test suite runs it
+# sandboxed (TEMPOST_WORKFLOW_SANDBOX=1, set by tests/conftest.py), where such a call fails a test. The
+# replay tests guard determinism across releases either way. Our pure rules and pydantic are
+# deterministic and pass through the sandbox unchanged.
 SANDBOX = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("domain", "pydantic", "pydantic_core")
 )
+
+
+def workflow_runner() -> WorkflowRunner:
+    """The sandbox when TEMPOST_WORKFLOW_SANDBOX=1 (tests), else workflow code runs directly."""
+    return SANDBOX if os.environ.get("TEMPOST_WORKFLOW_SANDBOX") == "1" else UnsandboxedWorkflowRunner()
 
 
 @functools.cache
@@ -102,8 +113,10 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
             *RetentionActivities(pool).all(),
             *MTASTSRefresher(pool, config.direct).all(),
         ],
-        workflow_runner=SANDBOX,
+        workflow_runner=workflow_runner(),
         max_concurrent_activities=config.worker.max_concurrent_activities,
+        # First attempts run as local activities (workflows/delivery.py): the same bound applies.
+        max_concurrent_local_activities=config.worker.max_concurrent_activities,
         # An SMTP transaction in flight at shutdown gets time to finish and record its outcome rather
         # than being cut off mid-DATA (which would cost a second send later).
         graceful_shutdown_timeout=config.worker.shutdown_grace,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
@@ -18,6 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from domain.config import QueueConfig
 from domain.contracts import (
+    DELIVERY_REVISION,
     BulkOp,
     DeliveryInput,
     HookInput,
@@ -55,10 +56,7 @@ async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, su
     known = await available_search_attributes(client)
     attributes: list[SearchAttributePair[Any]] = [
         SearchAttributePair(searchattrs.ACCOUNT, inp.account),
-        SearchAttributePair(searchattrs.STATE, "held" if inp.hold else "queued"),
-        SearchAttributePair(
-            searchattrs.RCPT_DOMAINS, searchattrs.domains_value(g.domain for g in inp.groups)
-        ),
+        *searchattrs.at_start(inp, datetime.now(UTC)),
     ]
     if known is not None:
         # The namespace lacks some (a worker logged the commands that create them): set only the others.
@@ -113,6 +111,7 @@ def delivery_input(
         attempt_timeout_s=queue.attempt_timeout.total_seconds(),
         max_in_flight=queue.max_concurrent_deliveries,
         domain_concurrency={d: n for d in {d for d, _ in groups} if (n := queue.concurrency(d)) != 1},
+        revision=DELIVERY_REVISION,
     )
 
 

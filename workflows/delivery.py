@@ -59,6 +59,10 @@ ADMIN_CANCEL_ERROR = "delivery canceled by admin"
 _DUE_SLACK = timedelta(milliseconds=5)
 # Bulk operations remembered, so that one signalled twice is applied once.
 _SEEN_OPS = 256
+# Most recipients a first attempt carries as a local activity (revision 1). A local activity runs inside the
+# workflow task: no activity task round trip, no second and third workflow task on the happy path. Larger
+# groups, retries and big submissions keep the regular activity, whose heartbeats suit long sessions.
+_LOCAL_BATCH = 50
 # Most recipients one attempt carries in a big submission: an attempt's input and result travel through
 # history, and an SMTP transaction takes at most this many RCPT TO anyway (mox's limit).
 MAX_BATCH = 1000
@@ -163,6 +167,10 @@ class Delivery:
         self._seen_ops: deque[int] = deque(maxlen=_SEEN_OPS)
         self._slots = _Slots(max(inp.max_in_flight, 1))
         self._domain_slots: dict[str, _Slots] = {}
+        if inp.revision >= 1 and not inp.prior_attempts:
+            # The starter gave the workflow these attributes (searchattrs.at_start): nothing to upsert
+            # until they change.
+            self._published = self._attribute_values()
 
     @workflow.run
     async def run(self, inp: DeliveryInput) -> DeliveryStatus:
@@ -242,8 +250,11 @@ class Delivery:
                         AttemptMsg(id=m.id, attempt=m.attempts, next_attempt=m.next_attempt, final=final)
                     )
                 frees = self._lease_frees
-                self._publish_soon()
-                outcomes = await self._attempt(domain, batch)
+                local = self._local_attempt(batch)
+                if not local:
+                    # A local attempt ends within this workflow task: "delivering" would never be seen.
+                    self._publish_soon()
+                outcomes = await self._attempt(domain, batch, local)
                 if outcomes and all(o.outcome == Outcome.BUSY for o in outcomes):
                     # A wake-up that came while the attempt was out was meant for it: try again at once.
                     woken = self._lease_frees != frees
@@ -311,11 +322,18 @@ class Delivery:
             }
         )
 
-    def _publish(self) -> None:
-        """Upsert the search attributes operators filter on, when they changed (DESIGN §3)."""
-        # Released histories have no upserts: replaying them must not produce any.
-        if not workflow.patched("search-attributes"):
-            return
+    def _local_attempt(self, batch: list[AttemptMsg]) -> bool:
+        """Whether this attempt runs as a local activity: a small group's first attempt, revision 1 on."""
+        assert self._input is not None
+        return (
+            self._input.revision >= 1
+            and not self._bounded
+            and len(batch) <= _LOCAL_BATCH
+            and all(m.attempt == 1 for m in batch)
+        )
+
+    def _attribute_values(self) -> tuple[Any, ...]:
+        """The search attribute values the messages' state calls for, in _publish's order."""
         pending = [m for m in self._msgs.values() if m.done is None]
         waiting = [m.next_attempt for m in pending if not m.hold and not m.busy]
         if not pending:
@@ -335,6 +353,17 @@ class Delivery:
             min(waiting) if waiting else None,
             max((m.attempts for m in self._msgs.values()), default=0),
         )
+        return values
+
+    def _publish(self) -> None:
+        """Upsert the search attributes operators filter on, when they changed (DESIGN §3)."""
+        assert self._input is not None
+        # Released histories have no upserts: replaying them must not produce any. Revision 1 inputs
+        # postdate the marker and need no patch call (which would record one).
+        if self._input.revision < 1 and not workflow.patched("search-attributes"):
+            return
+        values = self._attribute_values()
+        state = values[0]
         if values == self._published:
             return
         self._published = values
@@ -436,7 +465,7 @@ class Delivery:
         except TimeoutError:
             pass
 
-    async def _attempt(self, domain: str, batch: list[AttemptMsg]) -> list[RecipientOutcome]:
+    async def _attempt(self, domain: str, batch: list[AttemptMsg], local: bool) -> list[RecipientOutcome]:
         assert self._input is not None
         others = any(
             m.lease_wait and m.wait_global and m.domain != domain and m.done is None
@@ -444,18 +473,35 @@ class Delivery:
         )
         req = AttemptRequest(base_id=self._input.base_id, domain=domain, msgs=batch, others_waiting=others)
         n = batch[0].attempt
+        summary = f"attempt {n} to {domain} ({len(batch)} rcpt{'s' if len(batch) != 1 else ''})"
+        timeout = timedelta(seconds=self._input.attempt_timeout_s)
         try:
-            result = await workflow.execute_activity(
-                ACTIVITY_DELIVER,
-                req,
-                result_type=AttemptResult,
-                start_to_close_timeout=timedelta(seconds=self._input.attempt_timeout_s),
-                # An attempt lost with its worker is retried after a minute, not after the whole
-                # attempt timeout; the activity heartbeats while it runs.
-                heartbeat_timeout=_DELIVER_HEARTBEAT,
-                retry_policy=_DELIVER_RETRY,
-                summary=f"attempt {n} to {domain} ({len(batch)} rcpt{'s' if len(batch) != 1 else ''})",
-            )
+            if local:
+                # An attempt lost with its worker is retried when the workflow task times out (seconds),
+                # by the worker that takes the task over. A session longer than the workflow task timeout
+                # is kept alive by the SDK's workflow task heartbeats. The id is stable across replays
+                # and unique among the groups: it names the attempt's lease holder.
+                result = await workflow.execute_local_activity(
+                    ACTIVITY_DELIVER,
+                    req,
+                    result_type=AttemptResult,
+                    start_to_close_timeout=timeout,
+                    retry_policy=_DELIVER_RETRY,
+                    activity_id=f"first/{domain}/{batch[0].id}",
+                    summary=summary,
+                )
+            else:
+                result = await workflow.execute_activity(
+                    ACTIVITY_DELIVER,
+                    req,
+                    result_type=AttemptResult,
+                    start_to_close_timeout=timeout,
+                    # An attempt lost with its worker is retried after a minute, not after the whole
+                    # attempt timeout; the activity heartbeats while it runs.
+                    heartbeat_timeout=_DELIVER_HEARTBEAT,
+                    retry_policy=_DELIVER_RETRY,
+                    summary=summary,
+                )
             return result.outcomes
         except Exception as err:  # noqa: BLE001 - any activity failure is a failed attempt, never a stuck one
             workflow.logger.warning("delivery attempt %d to %s could not run: %s", n, domain, err)

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair
+
+from domain.contracts import DeliveryInput
 
 STATE = SearchAttributeKey.for_keyword("TempostState")
 ACCOUNT = SearchAttributeKey.for_keyword("TempostAccount")
@@ -44,6 +48,25 @@ def domains_value(domains: Iterable[str]) -> list[str]:
             break
         out.append(domain)
     return out
+
+
+def at_start(inp: DeliveryInput, now: datetime) -> list[SearchAttributePair[Any]]:
+    """The attributes a Delivery workflow starts with (all but the account).
+
+    From revision 1 on, a fresh submission starts with every attribute as its workflow would first publish
+    it, so the workflow upserts only when something changes; released revisions published on their own.
+    """
+    ids = [i for g in inp.groups for i in g.msg_ids]
+    held = [inp.hold or i in inp.held_ids for i in ids]
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(STATE, "held" if all(held) else "queued"),
+        SearchAttributePair(RCPT_DOMAINS, domains_value(g.domain for g in inp.groups)),
+    ]
+    if inp.revision >= 1 and not inp.prior_attempts:
+        pairs += [SearchAttributePair(HELD, any(held)), SearchAttributePair(ATTEMPTS, 0)]
+        if not all(held):
+            pairs.append(SearchAttributePair(NEXT_ATTEMPT, inp.release_at or now))
+    return pairs
 
 
 # The temporal CLI's names for the types, for `temporal server start-dev --search-attribute NAME=TYPE`.

@@ -133,11 +133,13 @@ async def test_history_of_a_delivered_message_is_lean(stack: Stack) -> None:
     await stack.finished(msg_id)
     events = [e async for e in stack.handle(msg_id).fetch_history_events()]
     print(f"history events for a delivered single-recipient message: {len(events)}")
-    # Start, two workflow tasks (3 events each), one activity (3), the search-attributes patch marker, two
-    # upserts (delivering, finished), completion.
-    assert len(events) <= 15
+    # Start, one workflow task (3 events) that ran the first attempt as a local activity (its marker), the
+    # upsert of "finished" and the completion: 7 (issue 15 asks for at most 8). Released workflows made 15.
+    assert len(events) <= 8
     kinds = [e.event_type for e in events]
-    assert kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
+    assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 1
+    assert kinds.count(EventType.EVENT_TYPE_MARKER_RECORDED) == 1
+    assert kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 0
     # The body never travels through history.
     for e in events:
         assert b"hello" not in e.SerializeToString()
