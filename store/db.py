@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import select
 
 import psycopg
 from psycopg import AsyncConnection
@@ -32,8 +33,8 @@ CONNECTION_WAIT = 10.0
 async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> Pool:
     """Open a pool whose connections return rows as dicts.
 
-    Every connection is checked with a round trip as it leaves the pool: one that died with its server
-    (a PostgreSQL restart, a failover) is replaced there, instead of failing the request that got it.
+    Every connection is checked as it leaves the pool: one that died with its server (a PostgreSQL
+    restart, a failover) is replaced there, instead of failing the request that got it.
     """
     pool = AsyncConnectionPool(
         url,
@@ -41,13 +42,28 @@ async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> Pool:
         min_size=min_size,
         max_size=max_size,
         kwargs={"row_factory": dict_row},
-        check=AsyncConnectionPool.check_connection,
+        check=_check_idle_connection,
         reconnect_timeout=RECONNECT_GIVE_UP,
         timeout=CONNECTION_WAIT,
         open=False,
     )
     await pool.open(wait=True, timeout=30)
     return pool
+
+
+async def _check_idle_connection(conn: Conn) -> None:
+    """Raise if a connection leaving the pool is unusable, with a round trip only when in doubt.
+
+    An idle connection has nothing to read. A server that went away (restart, failover, a killed backend)
+    left an end-of-file or an error message on the socket, so a readable socket, or a connection psycopg
+    already knows is broken, gets the full check. A round trip for every connection taken from the pool
+    was a tenth of PostgreSQL's work per delivered message.
+    """
+    if not conn.closed and conn.pgconn.status == psycopg.pq.ConnStatus.OK:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        if not readable:
+            return
+    await AsyncConnectionPool.check_connection(conn)
 
 
 def conninfo(database: DatabaseConfig) -> str:
