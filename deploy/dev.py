@@ -8,6 +8,7 @@ queued mail and the timers where they were.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import secrets
 import sys
@@ -16,7 +17,15 @@ from pathlib import Path
 from deploy.dkimcli import generate_key, write_key
 from deploy.embedded import EmbeddedPostgres, TemporalDevServer, free_port
 from deploy.serve import install_stop_signals, serve_all
-from domain.config import Config, load_config
+from domain.config import (
+    DIRECT,
+    LOCALSERVE,
+    Config,
+    FailTransport,
+    SMTPTransport,
+    SocksTransport,
+    load_config,
+)
 from workflows.searchattrs import CLI_TYPES
 
 DEV_ACCOUNT = "dev"
@@ -153,6 +162,60 @@ def run_dev(data_dir: Path, api_port: int | None) -> None:
         print("stopped", flush=True)
 
 
+def _on_this_machine(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _transport_words(config: Config, name: str) -> tuple[str, bool]:
+    """What a transport does with mail, in the banner's words, and whether the mail leaves this machine."""
+    if name == LOCALSERVE:
+        return "simulated (localserve)", False
+    if name == DIRECT:
+        return "direct to each recipient domain's MX hosts", True
+    t = config.transports[name]
+    if isinstance(t, SMTPTransport):
+        local = _on_this_machine(t.host)
+        where = " on this machine" if local else ""
+        return f'relayed to {t.host}:{t.effective_port}{where} ({t.type}, transport "{name}")', not local
+    if isinstance(t, SocksTransport):
+        return f'direct, through the SOCKS5 proxy {t.address} (transport "{name}")', True
+    assert isinstance(t, FailTransport)
+    return f'failed at once with {t.smtp_code}, nothing sent (transport "{name}")', False
+
+
+def delivery_summary(config: Config) -> str:
+    """The banner's line on delivery: the loaded configuration's default transport, the other transports
+    its routes can pick, and whether any mail leaves this machine."""
+    default = config.queue.default_transport
+    routes = [*config.routes, *(r for rs in config.domain_routes.values() for r in rs)]
+    routes += [r for acc in config.accounts for r in acc.routes]
+    routed = list(dict.fromkeys(r.transport for r in routes if r.transport != default))
+    words, leaves = _transport_words(config, default)
+    line = f"Delivery: {words}."
+    if routed:
+        described = [_transport_words(config, name) for name in routed]
+        line += " Routes send some mail: " + "; ".join(w for w, _ in described) + "."
+        leaves = leaves or any(out for _, out in described)
+    return line + (" Mail leaves this machine." if leaves else " No mail leaves this machine.")
+
+
+def banner(config: Config, password: str, token: str) -> str:
+    """What `tempost dev` prints once it serves: where everything is and how it logs in."""
+    return f"""
+Tempost is running.
+  API:          http://{config.api.listen}/  (webapi: /webapi/v0/, admin: /admin/v0/, ready: /readyz)
+  Temporal UI:  http://127.0.0.1:{_port(config.temporal.address) + UI_PORT_OFFSET}/
+  Dev account:  {DEV_ADDRESS}  password: {password}
+  Admin token:  {token}
+{delivery_summary(config)} Ctrl-C stops everything.
+"""
+
+
 async def _serve(config: Config, password: str, token: str) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -160,17 +223,7 @@ async def _serve(config: Config, password: str, token: str) -> None:
 
     async def announce() -> None:
         await started.wait()
-        print(
-            f"""
-Tempost is running.
-  API:          http://{config.api.listen}/  (webapi: /webapi/v0/, admin: /admin/v0/, ready: /readyz)
-  Temporal UI:  http://127.0.0.1:{_port(config.temporal.address) + UI_PORT_OFFSET}/
-  Dev account:  {DEV_ADDRESS}  password: {password}
-  Admin token:  {token}
-Delivery is simulated (localserve): nothing leaves this machine. Ctrl-C stops everything.
-""",
-            flush=True,
-        )
+        print(banner(config, password, token), flush=True)
 
     announcer = asyncio.create_task(announce())
     try:

@@ -39,7 +39,7 @@ class NameAddress(_Strict):
 
 
 class File(_Strict):
-    """A file to attach or inline, its contents in standard base64."""
+    """A file to attach, inline or add as an alternative body, its contents in standard base64."""
 
     Name: str = ""
     ContentType: str = ""
@@ -63,6 +63,8 @@ class SendRequest(_Strict):
     HTML: str = ""
     Extra: dict[str, str] = {}
     Headers: list[list[str]] = []
+    # Further alternative bodies beside Text and HTML, e.g. a text/calendar invitation (later mox versions).
+    AlternativeFiles: list[File] = []
     InlineFiles: list[File] = []
     AttachedFiles: list[File] = []
     RequireTLS: bool | None = None
@@ -126,7 +128,7 @@ def _fold_keys(value: Any, model: type[BaseModel]) -> Any:
             continue  # null is the zero value
         if name in ("From", "To", "CC", "BCC", "ReplyTo") and isinstance(v, list):
             v = [_fold_keys(x, NameAddress) for x in v]
-        elif name in ("InlineFiles", "AttachedFiles") and isinstance(v, list):
+        elif name in ("AlternativeFiles", "InlineFiles", "AttachedFiles") and isinstance(v, list):
             v = [_fold_keys(x, File) for x in v]
         out[name] = v
     return out
@@ -338,6 +340,8 @@ def _sniff(data: bytes) -> str:
 def _file_part(name: str, ctype: str, cid: str, data: bytes, disposition: str) -> _Part:
     _check_text("file name", name)
     _check_text("content-id", cid)
+    # A line break here would end the header and start another of the caller's choosing.
+    _check_text("content-type", ctype)
     headers = [("Content-Type", ctype or _sniff(data))]
     if name:
         # RFC 2231 §4 for names that are not plain ASCII.
@@ -352,8 +356,9 @@ def _file_part(name: str, ctype: str, cid: str, data: bytes, disposition: str) -
     if cid:
         headers.append(("Content-ID", cid))
     headers.append(("Content-Transfer-Encoding", "base64"))
+    # RFC 2045 §6.8: lines of at most 76 characters, each ending in CRLF; an empty file has no line.
     b64 = base64.b64encode(data)
-    body = b"\r\n".join(b64[i : i + 76] for i in range(0, len(b64), 76)) + b"\r\n"
+    body = b"".join(b64[i : i + 76] + b"\r\n" for i in range(0, len(b64), 76))
     return _Part(headers, body)
 
 
@@ -365,10 +370,17 @@ def _decode_file(f: File) -> bytes:
 
 
 def _multipart(subtype: str, parts: list[_Part], boundary: str) -> _Part:
+    """A multipart entity whose parts keep their content whole, as mox's (Go's multipart writer) do.
+
+    RFC 2046 §5.1.1: the CRLF before a delimiter line belongs to the delimiter, not to the part before it.
+    Every part's body ends in CRLF (text, base64 lines, a nested multipart's close), so each delimiter
+    after the first, and the close, brings a CRLF of its own.
+    """
     body = b""
-    for p in parts:
+    for i, p in enumerate(parts):
+        body += b"\r\n" if i else b""
         body += f"--{boundary}\r\n".encode() + _render_headers(p.headers) + b"\r\n" + p.body
-    body += f"--{boundary}--\r\n".encode()
+    body += f"\r\n--{boundary}--\r\n".encode()
     return _Part([("Content-Type", f'multipart/{subtype}; boundary="{boundary}"')], body)
 
 
@@ -432,6 +444,11 @@ def compose_send(
         _check_text(f"header {name}", value)
     future_release, future_release_request = check_future_release(req.FutureRelease, now)
     check_extra(req.Extra)
+    # mox marks alternative bodies inline: they are shown, not saved.
+    alternative_files = [
+        _file_part(f.Name, f.ContentType, f.ContentID, _decode_file(f), "inline")
+        for f in req.AlternativeFiles
+    ]
     inline = [
         _file_part(f.Name, f.ContentType, f.ContentID, _decode_file(f), "inline") for f in req.InlineFiles
     ] + [_file_part(u.name, u.content_type, u.content_id, u.data, "inline") for u in inline_uploads]
@@ -464,8 +481,9 @@ def compose_send(
     if not any(name.lower() in ("user-agent", "x-mailer") for name, _ in req.Headers):
         hdr += f"User-Agent: {USER_AGENT}\r\n"
 
-    # 9. Body structure: mixed ⊃ related ⊃ alternative ⊃ text, html.
+    # 9. Body structure: mixed ⊃ related ⊃ alternative ⊃ text, html, alternative files.
     bodies = [_text_part(t, sub, smtputf8) for t, sub in ((req.Text, "plain"), (req.HTML, "html")) if t]
+    bodies += alternative_files
     entity = bodies[0] if len(bodies) == 1 else _multipart("alternative", bodies, _boundary(random_token))
     if inline:
         entity = _multipart("related", [entity, *inline], _boundary(random_token))

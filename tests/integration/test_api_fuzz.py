@@ -72,7 +72,8 @@ FIELDS = [
     "Filter", "Set", "Add", "Transport", "RequireTLS", "Account", "SenderDomain", "RecipientDomain",
     "EmailAddress", "Manual", "Reason", "IDs", "Max", "Hold", "Submitted", "NextAttempt", "LastActivity",
     "From", "To", "CC", "BCC", "Text", "HTML", "Subject", "Extra", "Headers", "QueueMsgID", "MailFrom",
-    "RcptTo", "FutureRelease", "AttachedFiles", "InlineFiles", "Address", "Name", "Data", "Event",
+    "RcptTo", "FutureRelease", "AttachedFiles", "InlineFiles", "AlternativeFiles", "ContentType", "Address",
+    "Name", "Data", "Event",
 ]  # fmt: skip
 json_values = st.recursive(
     st.one_of(

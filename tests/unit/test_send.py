@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -215,6 +216,25 @@ def test_keys_are_case_insensitive_and_null_is_zero() -> None:
             "user",
         ),
         ({"To": [{"Address": "b@x.example"}], "Text": "x", "AttachedFiles": [{"Data": "%%%"}]}, "user"),
+        ({"To": [{"Address": "b@x.example"}], "Text": "x", "AlternativeFiles": [{"Data": "%%%"}]}, "user"),
+        (
+            {
+                "To": [{"Address": "b@x.example"}],
+                "Text": "x",
+                "AlternativeFiles": [{"ContentType": "text/calendar\r\nBcc: x@y.example", "Data": ""}],
+            },
+            "user",
+        ),
+        (
+            {
+                "To": [{"Address": "b@x.example"}],
+                "Text": "x",
+                "AttachedFiles": [{"ContentType": "text/plain\nX-Injected: 1", "Data": ""}],
+            },
+            "user",
+        ),
+        # Alternative bodies beside no body at all are still no body.
+        ({"To": [{"Address": "b@x.example"}], "AlternativeFiles": [{"Data": "eA=="}]}, "missingBody"),
     ],
 )
 def test_refusals_have_their_codes(obj: dict[str, Any], code: str) -> None:
@@ -240,4 +260,179 @@ def test_message_too_large() -> None:
 def test_undecodable_requests_are_protocol_errors(raw: str) -> None:
     with pytest.raises(WebAPIError) as err:
         decode_send_request(raw)
+    assert err.value.code == "protocol"
+
+
+# --- Part ends (RFC 2046 §5.1.1), as mox composes them ------------------------------------------------
+
+CALENDAR = (
+    b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:1@example.org\r\n"
+    b"SUMMARY:Planning\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+
+
+def _boundaries(data: bytes) -> list[bytes]:
+    return re.findall(rb'boundary="([^"]+)"', data)
+
+
+def _delimiters_own_their_crlf(data: bytes) -> None:
+    """Every delimiter line (RFC 2046 §5.1.1) follows a line break that is its own, after the part's:
+    the part before it (or the headers' blank line, for the first) ends in CRLF, then comes the
+    delimiter's CRLF. A delimiter that took the part's last CRLF would be preceded by one CRLF only."""
+    for b in _boundaries(data):
+        at = [i for i in range(len(data)) if data.startswith(b"--" + b, i)]
+        assert at, b
+        for i in at:
+            assert data[i - 4 : i] == b"\r\n\r\n", (b, data[i - 40 : i + 40])
+        # The close delimiter ends the entity with its own line break.
+        assert data.count(b"--" + b + b"--\r\n") == 1
+
+
+def test_text_and_html_parts_keep_their_last_line_break() -> None:
+    text, html = "Hello,\n\nsee you.\n", "<p>Hello</p>\n"
+    m = compose({"To": [{"Address": "b@x.example"}], "Text": text, "HTML": html})
+    plain, rich = parsed(m).get_payload()  # type: ignore[misc]
+    assert plain.get_content().replace("\r\n", "\n") == text
+    assert rich.get_content().replace("\r\n", "\n") == html
+    # Byte for byte as mox (Go's multipart writer): the part's CRLF, then the delimiter's.
+    (b,) = _boundaries(m.data)
+    assert m.data.endswith(
+        b"Hello,\r\n\r\nsee you.\r\n\r\n--" + b + b"\r\n"
+        b"Content-Type: text/html; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+        b"<p>Hello</p>\r\n\r\n--" + b + b"--\r\n"
+    )
+    _delimiters_own_their_crlf(m.data)
+
+
+def test_text_without_final_newline_gets_one_that_survives_the_boundary() -> None:
+    m = compose({"To": [{"Address": "b@x.example"}], "Text": "no newline", "HTML": "<b>x</b>"})
+    plain, rich = parsed(m).get_payload()  # type: ignore[misc]
+    assert plain.get_content() == "no newline\r\n" and rich.get_content() == "<b>x</b>\r\n"
+    _delimiters_own_their_crlf(m.data)
+
+
+def test_quoted_printable_and_8bit_parts_keep_their_last_line_break() -> None:
+    text, html = "x" * 1200 + "\nend\n", "<p>Grüße ☺</p>\n"
+    m = compose({"To": [{"Address": "b@x.example"}], "Text": text, "HTML": html})
+    plain, rich = parsed(m).get_payload()  # type: ignore[misc]
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert plain.get_content().replace("\r\n", "\n") == text
+    assert rich["Content-Transfer-Encoding"] == "8bit" and rich.get_content().replace("\r\n", "\n") == html
+    _delimiters_own_their_crlf(m.data)
+
+
+@pytest.mark.parametrize("field", ["Text", "HTML"])
+def test_single_part_message_ends_in_exactly_one_crlf(field: str) -> None:
+    m = compose({"To": [{"Address": "b@x.example"}], field: "line one\nline two"})
+    assert m.data.endswith(b"\r\n\r\nline one\r\nline two\r\n") and not m.data.endswith(b"\r\n\r\n")
+    assert parsed(m).get_content() == "line one\r\nline two\r\n"
+    assert not _boundaries(m.data)
+
+
+def test_files_end_in_crlf_lines_of_76_and_decode_to_their_bytes() -> None:
+    blob = bytes(range(256)) * 3  # 768 bytes: 1024 base64 characters, the last line short
+    m = compose(
+        {
+            "To": [{"Address": "b@x.example"}],
+            "Text": "see attached\n",
+            "HTML": "<img src=cid:pic>\n",
+            "InlineFiles": [{"ContentType": "image/png", "ContentID": "<pic>", "Data": _b64(b"\x89PNG..")}],
+            "AttachedFiles": [
+                {"Name": "blob.bin", "ContentType": "application/octet-stream", "Data": _b64(blob)},
+                {"Name": "empty.txt", "ContentType": "text/plain", "Data": ""},
+            ],
+        }
+    )
+    _delimiters_own_their_crlf(m.data)
+    related, attached, empty = parsed(m).get_payload()  # type: ignore[misc]
+    alternative, pic = related.get_payload()
+    plain, rich = alternative.get_payload()
+    assert plain.get_content() == "see attached\r\n" and rich.get_content() == "<img src=cid:pic>\r\n"
+    assert pic.get_content() == b"\x89PNG.." and attached.get_content() == blob
+    assert empty.get_payload(decode=True) == b""
+    # The attachment's body: whole lines of 76 (RFC 2045 §6.8), the last one short, each with its CRLF, and
+    # the delimiter's CRLF after that.
+    body = m.data.split(b'filename="blob.bin"\r\nContent-Transfer-Encoding: base64\r\n\r\n', 1)[1]
+    body = body.split(b"\r\n\r\n--", 1)[0] + b"\r\n"
+    lines = body.split(b"\r\n")[:-1]
+    assert [len(x) for x in lines] == [76] * 13 + [1024 - 76 * 13]
+    assert base64.b64decode(b"".join(lines)) == blob
+    # An empty file has no lines at all: its headers' blank line, then the delimiter's line break.
+    assert b'filename="empty.txt"\r\nContent-Transfer-Encoding: base64\r\n\r\n\r\n--' in m.data
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- AlternativeFiles --------------------------------------------------------------------------------
+
+
+def test_alternative_files_join_text_and_html_in_the_alternative_part() -> None:
+    m = compose(
+        {
+            "To": [{"Address": "b@x.example"}],
+            "Text": "You are invited.\n",
+            "HTML": "<p>You are invited.</p>\n",
+            "AlternativeFiles": [
+                {"Name": "invite.ics", "ContentType": "text/calendar; method=REQUEST", "Data": _b64(CALENDAR)}
+            ],
+            "InlineFiles": [{"ContentType": "image/png", "ContentID": "<logo>", "Data": _b64(b"\x89PNG")}],
+            "AttachedFiles": [{"Name": "agenda.pdf", "Data": _b64(b"%PDF-1.4 agenda")}],
+        }
+    )
+    msg = parsed(m)
+    assert msg.get_content_type() == "multipart/mixed"
+    related, agenda = msg.get_payload()  # type: ignore[misc]
+    alternative, logo = related.get_payload()
+    assert alternative.get_content_type() == "multipart/alternative"
+    plain, rich, calendar = alternative.get_payload()
+    assert [plain.get_content_type(), rich.get_content_type()] == ["text/plain", "text/html"]
+    assert calendar.get_content_type() == "text/calendar" and calendar.get_param("method") == "REQUEST"
+    assert calendar.get_filename() == "invite.ics" and calendar.get_content_disposition() == "inline"
+    assert calendar.get_payload(decode=True) == CALENDAR
+    assert logo["Content-ID"] == "<logo>" and agenda.get_filename() == "agenda.pdf"
+    _delimiters_own_their_crlf(m.data)
+
+
+def test_text_and_one_alternative_file_make_a_multipart_alternative() -> None:
+    m = compose(
+        {
+            "To": [{"Address": "b@x.example"}],
+            "Text": "You are invited.",
+            "AlternativeFiles": [{"ContentType": "text/calendar; method=REQUEST", "Data": _b64(CALENDAR)}],
+        }
+    )
+    msg = parsed(m)
+    assert msg.get_content_type() == "multipart/alternative"
+    plain, calendar = msg.get_payload()  # type: ignore[misc]
+    assert plain.get_content() == "You are invited.\r\n"
+    assert calendar.get_payload(decode=True) == CALENDAR
+    _delimiters_own_their_crlf(m.data)
+
+
+def test_alternative_files_as_mox_clients_send_them() -> None:
+    """mox's Go client sends every field: null when it has no alternative files, keys in any case."""
+    none = decode_send_request('{"To": [{"Address": "b@x.example"}], "Text": "x", "AlternativeFiles": null}')
+    assert none.AlternativeFiles == []
+    assert (
+        parsed(
+            compose({"To": [{"Address": "b@x.example"}], "Text": "x", "AlternativeFiles": None})
+        ).get_content_type()
+        == "text/plain"
+    )
+    req = decode_send_request(
+        json.dumps(
+            {
+                "To": [{"Address": "b@x.example"}],
+                "Text": "x",
+                "alternativefiles": [
+                    {"name": "i.ics", "contenttype": "text/calendar", "data": _b64(CALENDAR)}
+                ],
+            }
+        )
+    )
+    assert req.AlternativeFiles[0].Name == "i.ics" and req.AlternativeFiles[0].ContentType == "text/calendar"
+    with pytest.raises(WebAPIError) as err:
+        decode_send_request('{"Text": "x", "AlternativeFiles": [{"Data": "", "Content": ""}]}')
     assert err.value.code == "protocol"
