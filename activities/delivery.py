@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,6 +53,14 @@ from store.db import Pool
 
 # A third of the Delivery workflow's heartbeat timeout: two beats may be late before Temporal gives up.
 HEARTBEAT_EVERY = timedelta(seconds=20)
+# A first attempt (a local activity) refused the domain's lease waits this long in the worker for a lease
+# another attempt of this worker frees, before answering BUSY and waiting for a wake-up signal. A hand-over
+# inside the process skips the signal, workflow task and activity start per message that mail to one busy
+# domain otherwise costs. Well under the workflow task timeout (10 s), which the wait holds open.
+LOCAL_LEASE_WAIT = 3.0
+# At most this many first attempts per domain wait in the worker; more would hold local activity slots that
+# other domains' first attempts need. Enough to keep the domain's next delivery ready.
+LOCAL_WAITERS = 8
 
 
 def _now() -> datetime:
@@ -90,6 +100,8 @@ class DeliveryActivities:
         self._recorder = OutcomeRecorder(pool, config, self._webhooks, start_submission, dkim or Keyring())
         self._pool = pool
         self._config = config
+        # Per domain, the first attempts of this worker waiting for its lease, oldest first.
+        self._lease_turns: dict[str, deque[tuple[str, asyncio.Future[None]]]] = {}
         resolver = Resolver(config.direct.resolvers)
         mtasts = MTASTSLookup(
             resolver, pool, https_port=config.direct.mtasts_port, ca_file=config.direct.ca_file
@@ -146,20 +158,9 @@ class DeliveryActivities:
         # Stable across retries of this attempt, so a retry after a crash takes over its own lease.
         workflow_id = info.workflow_id or ""
         holder = f"{workflow_id}/{info.activity_id}"
-        q_cfg = self._config.queue
-        per_minute = q_cfg.attempts_per_minute(req.domain)
-        grant = await leases.acquire(
-            self._pool,
-            req.domain,
-            holder,
-            workflow_id,
-            _now(),
-            cap=q_cfg.max_concurrent_deliveries,
-            ttl=q_cfg.attempt_timeout + timedelta(seconds=60),
-            per_domain=q_cfg.concurrency(req.domain),
-            min_interval=timedelta(minutes=1) / per_minute if per_minute > 0 else timedelta(0),
-            keep_global_wait=req.others_waiting,
-        )
+        grant = await self._acquire(req, holder, workflow_id)
+        if grant.granted is False and info.is_local and grant.retry_at is None and not grant.global_cap:
+            grant = await self._wait_in_worker(req, holder, workflow_id)
         if not grant.granted:
             return AttemptResult(
                 outcomes=[
@@ -177,12 +178,72 @@ class DeliveryActivities:
                 return await self._deliver_leased(req)
         finally:
             woken = await leases.release(self._pool, req.domain, holder, _now())
+            waiting_here = self._pass_turn(req.domain)
             if self._wake is not None:
                 for workflow_id, freed in woken.items():
+                    if workflow_id in waiting_here and freed == [req.domain]:
+                        # Its attempt waits in this worker and tries again by itself (_wait_in_worker).
+                        continue
                     try:
                         await self._wake(workflow_id, freed)
                     except Exception:  # noqa: BLE001 - a waiter not woken retries on its own timer
                         activity.logger.warning("waking %s", workflow_id, exc_info=True)
+
+    async def _acquire(self, req: AttemptRequest, holder: str, workflow_id: str) -> leases.Grant:
+        q_cfg = self._config.queue
+        per_minute = q_cfg.attempts_per_minute(req.domain)
+        return await leases.acquire(
+            self._pool,
+            req.domain,
+            holder,
+            workflow_id,
+            _now(),
+            cap=q_cfg.max_concurrent_deliveries,
+            ttl=q_cfg.attempt_timeout + timedelta(seconds=60),
+            per_domain=q_cfg.concurrency(req.domain),
+            min_interval=timedelta(minutes=1) / per_minute if per_minute > 0 else timedelta(0),
+            keep_global_wait=req.others_waiting,
+        )
+
+    async def _wait_in_worker(self, req: AttemptRequest, holder: str, workflow_id: str) -> leases.Grant:
+        """Wait (bounded) for an attempt of this worker to free the domain's lease, then ask again.
+
+        Every way out asks PostgreSQL last: a refusal there keeps the caller a registered waiter, so the
+        release that skipped signalling it (it was waiting here) is never a lost wake-up.
+        """
+        turns = self._lease_turns.setdefault(req.domain, deque())
+        if len(turns) >= LOCAL_WAITERS:
+            return leases.Grant(False)
+        deadline = asyncio.get_running_loop().time() + LOCAL_LEASE_WAIT
+        while True:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (workflow_id, turn)
+            turns.append(entry)
+            try:
+                left = deadline - asyncio.get_running_loop().time()
+                await asyncio.wait_for(asyncio.shield(turn), max(left, 0))
+            except TimeoutError:
+                pass
+            finally:
+                if entry in turns:
+                    turns.remove(entry)
+            grant = await self._acquire(req, holder, workflow_id)
+            if grant.granted or not turn.done() or grant.retry_at is not None or grant.global_cap:
+                return grant
+            if asyncio.get_running_loop().time() >= deadline:
+                return grant
+
+    def _pass_turn(self, domain: str) -> set[str]:
+        """Wake the oldest attempt of this worker waiting for the domain's lease; returns the workflows whose
+        attempts wait here (no signal needed for them)."""
+        turns = self._lease_turns.get(domain)
+        if not turns:
+            return set()
+        waiting = {w for w, _ in turns}
+        _, first = turns.popleft()
+        if not first.done():
+            first.set_result(None)
+        return waiting
 
     async def _deliver_leased(self, req: AttemptRequest) -> AttemptResult:
         """The attempt under the lease: what is left to send goes out, then its outcome is recorded."""
