@@ -356,7 +356,12 @@ async def test_a_refused_api_key_stops_the_process_at_start_with_one_line(
         env[API_KEY_ENV] = "not-the-key"
     config = _process_config(tmp_path, database, cloud, files, "" if configured == "none" else str(key_file))
     proc = await _tempost(command, config, env)
-    output, _ = await asyncio.wait_for(proc.communicate(), 120)
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:  # still retrying: the old behaviour
+            proc.kill()
+            await proc.wait()
     text = output.decode()
     assert proc.returncode == 1, text
     last = text.strip().splitlines()[-1]
