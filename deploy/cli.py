@@ -46,7 +46,8 @@ def _end_process(run: Callable[[], None]) -> None:
     try:
         run()
     except (SecretFileError, TemporalCredentialsError) as err:
-        # A configuration mistake, not a bug: one line naming the setting and the file.
+        # A configuration mistake, not a bug: one line naming the setting and the file, or the credentials
+        # Temporal refused.
         print(f"tempost: {err}", file=sys.stderr)
         code = 1
     except Exception:  # noqa: BLE001 - reported like an uncaught exception, then the same orderly exit

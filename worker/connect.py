@@ -3,7 +3,8 @@
 One function turns the `[temporal]` settings into `Client.connect` keyword arguments, so the worker, the
 API, `tempost serve`/`dev` and the CLI tools that talk to Temporal connect alike. Files are read here, at
 connect time, and never kept in the configuration object; a file that cannot be read stops the start
-with its setting and path named (domain.config.SecretFileError).
+with its setting and path named (domain.config.SecretFileError), and so does a server that refuses the
+API key or client certificate (TemporalCredentialsError, naming where the key came from, never the key).
 """
 
 from __future__ import annotations

@@ -155,8 +155,12 @@ async def test_a_worker_and_the_api_deliver_with_the_api_key(
     sink: SMTPSink,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
     source: str,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
+    # The proxy's header decoder stands for the server's side, which must see the key.
+    caplog.set_level(logging.INFO, logger="hpack")
     stack = await stack_factory(worker=False)
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     if source == "file":
@@ -169,6 +173,7 @@ async def test_a_worker_and_the_api_deliver_with_the_api_key(
     await _deliver(config, sink, "with an API key")
     # Every request both processes made carried the key to the frontend's check, and none lacked it.
     assert cloud.requests.authorized >= 10 and cloud.requests.refused == 0
+    assert API_KEY not in caplog.text
 
 
 async def test_without_the_client_certificate_the_error_says_so(
