@@ -12,7 +12,10 @@ the CPU time each part used per delivered message (Tempost's processes, the Temp
 read from /proc): the numbers docs/operations.md sizes deployments by.
 
 The bench's sender domain signs with an Ed25519 and an RSA-2048 key, as a production setup would
-(`--no-dkim` to compare); the signing cost per submission is timed on its own first.
+(`--no-dkim` to compare); the signing cost per submission is timed on its own first, beside dkimpy's own
+signer for reference. `--compare-dkim R` measures what signing costs in throughput, in one stack: R rounds
+of the single-recipient run from the signing sender and from an unsigned one (example.net), alternating
+which goes first, then the ratio.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import dkim
 import httpx
+from cryptography.hazmat.primitives import serialization
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -40,6 +45,7 @@ from deploy.dkimcli import generate_key  # noqa: E402
 from deploy.embedded import EmbeddedPostgres, TemporalDevServer, free_port  # noqa: E402
 from deploy.serve import serve_all  # noqa: E402
 from domain.config import Config  # noqa: E402
+from domain.dkim import RSA  # noqa: E402
 from domain.dkim import sign as dkim_sign  # noqa: E402
 from domain.passwords import hash_password  # noqa: E402
 from domain.send import AccountIdentity, compose_send, decode_send_request  # noqa: E402
@@ -47,6 +53,8 @@ from store.dkimkeys import load_keyring  # noqa: E402
 from tests.support.smtpsink import SMTPSink  # noqa: E402
 
 SENDER = "bench@example.org"
+# The same account's address in a domain without DKIM: the unsigned side of --compare-dkim.
+UNSIGNED_SENDER = "bench@example.net"
 PASSWORD = "bench-password"
 
 
@@ -60,8 +68,9 @@ def _dkim_domains(key_dir: Path) -> dict[str, Any]:
     return {"example.org": {"dkim": {"selectors": selectors, "sign": ["ed", "rsa"]}}}
 
 
-def _signing_cost(domains: dict[str, Any], rounds: int = 200) -> None:
-    """Print the CPU time of signing the bench's single-recipient message, per selector and together."""
+def _signing_cost(domains: dict[str, Any], rounds: int = 200) -> float:
+    """Print the CPU time of signing the bench's single-recipient message, per selector and together, and
+    return the latter (ms)."""
     config = Config.model_validate({"domains": domains})
     ring = load_keyring(config)
     msg = compose_send(
@@ -79,12 +88,28 @@ def _signing_cost(domains: dict[str, Any], rounds: int = 200) -> None:
     )
     signers = ring.signers("example.org")
     print(f"DKIM signing cost per submission ({len(msg.data)} byte message, {rounds} rounds, CPU time):")
+    cost = 0.0
     for label, sels in [*((s.key.algorithm, [s]) for s in signers), ("both, as sent", signers)]:
         dkim_sign(msg.data, sels)
         start = time.process_time()
         for _ in range(rounds):
             dkim_sign(msg.data, sels)
-        print(f"  {label:32} {(time.process_time() - start) / rounds * 1000:7.2f} ms")
+        cost = (time.process_time() - start) / rounds * 1000
+        print(f"  {label:32} {cost:7.2f} ms")
+    # For reference: dkimpy's public sign() parses the PEM key per call and does RSA in Python (Tempost
+    # signed that way before; see domain/dkim.py).
+    [rsa_key] = [s.key for s in signers if s.key.algorithm == RSA]
+    pkcs1 = rsa_key.signer.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    start = time.process_time()
+    for _ in range(rounds // 4):
+        dkim.sign(msg.data, b"rsa", b"example.org", pkcs1, canonicalize=(b"relaxed", b"relaxed"))
+    former = (time.process_time() - start) / (rounds // 4) * 1000
+    print(f"  {'rsa-sha256 by dkimpy.sign()':32} {former:7.2f} ms")
+    return cost
 
 
 def _settings(
@@ -102,7 +127,7 @@ def _settings(
         "accounts": [
             {
                 "name": "bench",
-                "addresses": [SENDER],
+                "addresses": [SENDER, UNSIGNED_SENDER],
                 "password_hash": hash_password(PASSWORD, iterations=1000),
             }
         ],
@@ -242,15 +267,17 @@ class CPUMeter:
     def start(self) -> None:
         self.before = self._now()
 
-    def report(self, delivered: int, seconds: float) -> None:
+    def report(self, delivered: int, seconds: float) -> dict[str, float]:
+        """Print, and return, the CPU milliseconds each part used per delivered message."""
         after = self._now()
         print(f"CPU per delivered message ({delivered} messages, {seconds:.1f}s):")
+        out = {}
         for name, total in after.items():
             used = total - self.before.get(name, 0.0)
-            print(
-                f"  {name:34} {used * 1000 / max(delivered, 1):6.1f} ms/msg  "
-                f"({used / max(seconds, 1e-9) * 100:5.1f}% of one core)"
-            )
+            out[name] = used * 1000 / max(delivered, 1)
+            share = used / max(seconds, 1e-9) * 100
+            print(f"  {name:34} {out[name]:6.1f} ms/msg  ({share:5.1f}% of one core)")
+        return out
 
 
 async def _wait_delivered(sink: SMTPSink, expected: int, timeout: float) -> None:
@@ -269,8 +296,10 @@ async def _single(
     rate: float,
     temporal: Client | None,
     meter: CPUMeter | None = None,
-) -> None:
-    """N single-recipient messages over `domains` recipient domains, `concurrency` Send calls in flight.
+    sender: str = SENDER,
+) -> tuple[float, dict[str, float]]:
+    """N single-recipient messages over `domains` recipient domains, `concurrency` Send calls in flight;
+    returns the delivered messages per second and the CPU per message of each part (with a meter).
 
     With `rate`, Send calls start at that many per second (a moderate, steady load) instead of back to back.
     With a Temporal client, also prints where a message's time goes, from its workflow's history.
@@ -288,7 +317,7 @@ async def _single(
             req = {"To": [{"Address": rcpt}], "Subject": tag, "Text": "benchmark"}
             submitted[tag] = time.monotonic()
             http = https[i % len(https)]
-            r = await http.post("/webapi/v0/Send", data={"request": json.dumps(req)}, auth=(SENDER, PASSWORD))
+            r = await http.post("/webapi/v0/Send", data={"request": json.dumps(req)}, auth=(sender, PASSWORD))
             r.raise_for_status()
             workflow_ids[tag] = f"msg-{r.json()['Submissions'][0]['QueueMsgID']}"
 
@@ -316,10 +345,47 @@ async def _single(
         f"(submit {n / (t_submitted - t0):.1f} msg/s); latency p50 {_pct(lat, 50) * 1000:.0f} ms, "
         f"p99 {_pct(lat, 99) * 1000:.0f} ms"
     )
-    if meter is not None:
-        meter.report(done, t1 - t0)
+    cpu = meter.report(done, t1 - t0) if meter is not None else {}
     if temporal is not None:
         await _breakdown(temporal, workflow_ids, submitted, accepted)
+    return done / (t1 - t0), cpu
+
+
+async def _compare_dkim(rounds: int, signing_ms: float, run: Any) -> None:
+    """Alternate signed and unsigned single-recipient runs in one stack and print what signing costs.
+
+    `run(sender)` is one measured run. The order flips every round, so a drifting machine (warming caches,
+    a growing database, other load) weighs on both sides alike.
+    """
+    rates: dict[str, list[float]] = {"signed": [], "unsigned": []}
+    cpus: dict[str, list[float]] = {"signed": [], "unsigned": []}
+    for i in range(rounds):
+        for side in ("signed", "unsigned") if i % 2 == 0 else ("unsigned", "signed"):
+            print(f"-- round {i + 1}, {side}:")
+            rate, cpu = await run(SENDER if side == "signed" else UNSIGNED_SENDER)
+            rates[side].append(rate)
+            cpus[side].append(sum(cpu.values()))
+    signed, unsigned = statistics.fmean(rates["signed"]), statistics.fmean(rates["unsigned"])
+    print(f"DKIM signing vs unsigned, {rounds} alternating rounds each:")
+    for side in ("signed", "unsigned"):
+        runs = ", ".join(f"{r:.1f}" for r in rates[side])
+        print(
+            f"  {side:9} {statistics.fmean(rates[side]):6.1f} msg/s (runs: {runs}); "
+            f"whole stack {statistics.fmean(cpus[side]):5.1f} ms CPU per delivered message"
+        )
+    print(f"  signed/unsigned throughput: {signed / unsigned:.3f} ({(signed / unsigned - 1) * 100:+.1f}%)")
+    # One stalled run (the machine is shared) moves a mean a lot: the ratio within each round, and the
+    # inverse ratio of CPU per message (what bounds throughput when the stack saturates the cores), move less.
+    pairs = [s / u for s, u in zip(rates["signed"], rates["unsigned"], strict=True)]
+    stack = statistics.fmean(cpus["signed"])
+    print(
+        f"  per round: {', '.join(f'{p:.3f}' for p in pairs)} (median {statistics.median(pairs):.3f}); "
+        f"CPU per message unsigned/signed: {statistics.fmean(cpus['unsigned']) / stack:.3f}"
+    )
+    print(
+        f"  signing alone: {signing_ms:.2f} ms CPU per submission = {signing_ms / stack * 100:.1f}% "
+        f"of the stack's CPU per delivered message"
+    )
 
 
 async def _breakdown(
@@ -408,11 +474,18 @@ async def main() -> None:
     ap.add_argument("--apis", type=int, default=1, help="with --workers: M `tempost api` processes")
     ap.add_argument("--warmup", type=int, default=0, help="messages sent (and not measured) first")
     ap.add_argument("--no-dkim", action="store_true", help="send unsigned mail (to compare)")
+    ap.add_argument(
+        "--compare-dkim",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead of one single-recipient run: ROUNDS signed and ROUNDS unsigned ones, alternating",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tempost-bench-") as tmp:
         domains = _dkim_domains(Path(tmp))
-        _signing_cost(domains)
+        signing_ms = _signing_cost(domains)
         if args.no_dkim:
             domains = {}
         pg = temporal = None
@@ -461,17 +534,35 @@ async def main() -> None:
                     await _single(
                         https, sink, args.warmup, args.concurrency, args.domains, args.timeout, 0, None
                     )
-                await _single(
-                    https,
-                    sink,
-                    args.n,
-                    args.concurrency,
-                    args.domains,
-                    args.timeout,
-                    args.rate,
-                    temporal_client,
-                    meter,
-                )
+                if args.compare_dkim:
+
+                    def run(sender: str) -> Any:
+                        return _single(
+                            https,
+                            sink,
+                            args.n,
+                            args.concurrency,
+                            args.domains,
+                            args.timeout,
+                            args.rate,
+                            None,
+                            meter,
+                            sender,
+                        )
+
+                    await _compare_dkim(args.compare_dkim, signing_ms, run)
+                else:
+                    await _single(
+                        https,
+                        sink,
+                        args.n,
+                        args.concurrency,
+                        args.domains,
+                        args.timeout,
+                        args.rate,
+                        temporal_client,
+                        meter,
+                    )
                 if note:
                     print(note)
                 if args.fanout_rcpts:
