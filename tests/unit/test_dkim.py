@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -207,18 +206,6 @@ def test_rsa_signature_verifies_with_dkimpy_and_with_openssl_and_one_body_byte_b
     with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
         verify(field + MSG.replace(b"hello", b"hellO"), [sel])
     assert not verify(field + MSG.replace(b"Subject: hi", b"Subject: ho"), [sel])
-
-
-def test_signing_a_submission_with_ed25519_and_rsa_costs_well_under_two_ms_of_cpu() -> None:
-    # Signing is on every submission's path: with the RSA private-key operation in Python and the key
-    # parsed per call it cost about 6 ms of CPU here, an eighth of what delivering a message costs in all.
-    sels = [selector(name="e"), selector(RS, name="r")]
-    sign(MSG, sels)
-    rounds = 50
-    start = time.process_time()
-    for _ in range(rounds):
-        sign(MSG, sels)
-    assert (time.process_time() - start) / rounds < 0.002
 
 
 def _fields(message: bytes) -> list[tuple[str, str]]:
