@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from api.adminmodels import AdminErrorResponse
 from api.body import BodyTooLarge, read_form
+from api.openapi import schema_ref
 from api.state import AppState
 from domain import unsubscribe
 from domain.addresses import AddressError, parse_address
@@ -78,12 +79,19 @@ def _checked(request: Request, token: str) -> unsubscribe.Unsubscribe | Response
 
 
 _HTML = {"description": "A page for people.", "content": {"text/html": {"schema": {"type": "string"}}}}
+# Errors are JSON though the pages are HTML, so each names its content type.
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": AdminErrorResponse, "description": "badRequest: not a one-click body."},
-    404: {"model": AdminErrorResponse, "description": "notFound: unknown or invalid link."},
-    413: {"model": AdminErrorResponse, "description": "requestTooLarge."},
-    429: {"model": AdminErrorResponse, "description": "rateLimited."},
-    503: {"model": AdminErrorResponse, "description": "unavailable."},
+    status: {
+        "description": description,
+        "content": {"application/json": {"schema": schema_ref(AdminErrorResponse)}},
+    }
+    for status, description in (
+        (400, "badRequest: not a one-click body."),
+        (404, "notFound: unknown or invalid link."),
+        (413, "requestTooLarge."),
+        (429, "rateLimited."),
+        (503, "unavailable."),
+    )
 }
 
 
