@@ -105,15 +105,24 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+# The error code of a body field of the wrong type, where it is not badRequest.
+_FIELD_CODES = {
+    "Filter": "badFilter",
+    "SenderDomain": "badDomain",
+    "RecipientDomain": "badDomain",
+    "EmailAddress": "badAddress",
+}
+
+
 def checked(model: type[BaseModel], body: dict[str, Any]) -> None:
-    """Refuse a body whose fields do not fit `model`, the schema /openapi.json shows for it: 400 badFilter
-    for the Filter, badRequest otherwise."""
+    """Refuse a body whose fields do not fit `model`, the schema /openapi.json shows for it: 400 with the
+    field's code (badFilter for the Filter, badDomain, badAddress), badRequest otherwise."""
     try:
         model.model_validate(body)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
-        code = "badFilter" if first["loc"][:1] == ("Filter",) else "badRequest"
+        code = _FIELD_CODES.get(str(first["loc"][0]) if first["loc"] else "", "badRequest")
         raise AdminError(400, code, f"{where}: {first['msg']}") from None
 
 

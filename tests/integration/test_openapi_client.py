@@ -97,9 +97,10 @@ async def test_a_client_built_from_the_document_sends_and_lists_the_queue(
     # The documented example of Send, as the document's encoding carries it.
     _, _, send = client.operations["Send"]
     example = send["requestBody"]["content"]["application/json"]["example"]
-    sent = await client.call(
-        "Send", body={**example, "Subject": "built from the document"}, encoding=encoding
-    )
+    # Released in an hour, so it is still queued for the listing.
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    request = {**example, "Subject": "built from the document", "FutureRelease": later}
+    sent = await client.call("Send", body=request, encoding=encoding)
     (submission,) = sent["Submissions"]
 
     listed = await client.call("list_queue", query={"account": "alice"})
