@@ -176,13 +176,11 @@ class DeliveryActivities:
         released = False
 
         async def release() -> None:
-            # The lease covers the SMTP session only: the bookkeeping after it needs none, and the
-            # domain's next delivery (often waiting in this worker) starts meanwhile.
             nonlocal released
             if released:
                 return
-            released = True
             woken = await leases.release(self._pool, req.domain, holder, _now())
+            released = True
             waiting_here = self._pass_turn(req.domain)
             if self._wake is not None:
                 for waiter, freed in woken.items():
@@ -194,9 +192,18 @@ class DeliveryActivities:
                     except Exception:  # noqa: BLE001 - a waiter not woken retries on its own timer
                         activity.logger.warning("waking %s", waiter, exc_info=True)
 
+        async def release_early() -> None:
+            # The lease covers the SMTP session only: the bookkeeping after it needs none, and the
+            # domain's next delivery (often waiting in this worker) starts meanwhile. A failure here must
+            # not lose the attempt's outcome: the release is tried again once the outcome is recorded.
+            try:
+                await release()
+            except Exception:  # noqa: BLE001
+                activity.logger.warning("releasing the lease of %s early", req.domain, exc_info=True)
+
         try:
             async with heartbeating(HEARTBEAT_EVERY):
-                return await self._deliver_leased(req, release)
+                return await self._deliver_leased(req, release_early)
         finally:
             await release()
 

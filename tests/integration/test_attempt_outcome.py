@@ -136,11 +136,12 @@ async def test_connection_lost_while_recording_the_outcome_settles_each_message_
     await assert_each_message_ended_once(stack, receiver, ok, later, gone)
 
 
-async def test_connection_lost_after_the_outcome_commit_sends_nothing_again(
+async def test_connection_lost_at_the_lease_release_sends_nothing_again(
     stack_factory: Any, receiver: WebhookServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stack = await mixed_attempt(stack_factory, receiver, monkeypatch)
-    # Releasing the domain's lease is the activity's last write, after the outcome is committed.
+    # The domain's lease is given back when the SMTP session ends, before the outcome is recorded; losing
+    # the connection there must not lose or repeat the outcome (the release is tried again after it).
     await kill_connection_on(
         stack,
         """CREATE TRIGGER fault BEFORE UPDATE ON delivery_leases FOR EACH ROW
