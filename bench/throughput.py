@@ -485,6 +485,7 @@ async def main() -> None:
         else:
             server = asyncio.create_task(serve_all(Config.model_validate(settings), stop, started))
             api_ports = [api_port]
+        parts: dict[str, list[int | None]]
         try:
             if processes is not None:
                 await processes.start()
