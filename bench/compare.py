@@ -245,6 +245,8 @@ def _figures(job: Job, result: dict[str, Any]) -> dict[str, float]:
             figures["cpu_total"] = sum(ms for part, ms in cpu.items() if part != client)
     elif job.name == "one-domain" and single:
         figures["msg_per_s"] = single["msg_per_s"]
+        if "connections" in single:
+            figures["connections"] = single["connections"]
     elif job.name == "fan-out" and fanout:
         figures["seconds"] = fanout["seconds"]
     elif job.name == "steady" and single:
@@ -509,10 +511,13 @@ def main() -> None:
                     cpu_parts.append(part)
     table, records = _table(_rows(args, cpu_parts, client_part), medians, sides, jobs)
 
+    postfix_connections = medians.get(POSTFIX, {}).get("one-domain", {}).get("connections")
     notes = [
         f"One domain: Tempost keeps one delivery at a time per domain (mox's rule); Postfix uses up to "
-        f"{POSTFIX_DESTINATION_CONCURRENCY} connections per destination (its defaults, left alone). mox's "
-        f"{MOX_ONE_DOMAIN_MSG_PER_S:g} msg/s is issue 15's measurement on this machine, not this run's.",
+        f"{POSTFIX_DESTINATION_CONCURRENCY} connections per destination (its defaults, left alone)"
+        + (f" and used {postfix_connections:.0f} here" if postfix_connections is not None else "")
+        + f". mox's {MOX_ONE_DOMAIN_MSG_PER_S:g} msg/s is issue 15's measurement on this machine, "
+        "not this run's.",
         "CPU: user + system time from /proc of Tempost's processes, the Temporal dev server and PostgreSQL "
         "(with its backends) during the spread job, per delivered message"
         + ("; the bench's client and SMTP sink run in the Tempost process" if args.in_process else "")
