@@ -515,13 +515,18 @@ def main() -> None:
     notes = [
         f"One domain: Tempost keeps one delivery at a time per domain (mox's rule); Postfix uses up to "
         f"{POSTFIX_DESTINATION_CONCURRENCY} connections per destination (its defaults, left alone)"
-        + (f" and used {postfix_connections:.0f} here" if postfix_connections is not None else "")
+        + (f" and opened {postfix_connections:.0f} over the run" if postfix_connections is not None else "")
         + f". mox's {MOX_ONE_DOMAIN_MSG_PER_S:g} msg/s is issue 15's measurement on this machine, "
         "not this run's.",
         "CPU: user + system time from /proc of Tempost's processes, the Temporal dev server and PostgreSQL "
         "(with its backends) during the spread job, per delivered message"
         + ("; the bench's client and SMTP sink run in the Tempost process" if args.in_process else "")
-        + ". History events: median over up to 50 of the spread job's messages.",
+        + ". History events: median over up to 50 of the spread job's messages."
+        + (
+            " Each figure is its own median (the parts need not add up to the total)."
+            if args.repeat > 1
+            else ""
+        ),
         f"Load average at the end: {_loadavg()}.",
     ]
     print("\n".join(header))
