@@ -173,21 +173,32 @@ class DeliveryActivities:
                     for m in req.msgs
                 ]
             )
-        try:
-            async with heartbeating(HEARTBEAT_EVERY):
-                return await self._deliver_leased(req)
-        finally:
+        released = False
+
+        async def release() -> None:
+            # The lease covers the SMTP session only: the bookkeeping after it needs none, and the
+            # domain's next delivery (often waiting in this worker) starts meanwhile.
+            nonlocal released
+            if released:
+                return
+            released = True
             woken = await leases.release(self._pool, req.domain, holder, _now())
             waiting_here = self._pass_turn(req.domain)
             if self._wake is not None:
-                for workflow_id, freed in woken.items():
-                    if workflow_id in waiting_here and freed == [req.domain]:
+                for waiter, freed in woken.items():
+                    if waiter in waiting_here and freed == [req.domain]:
                         # Its attempt waits in this worker and tries again by itself (_wait_in_worker).
                         continue
                     try:
-                        await self._wake(workflow_id, freed)
+                        await self._wake(waiter, freed)
                     except Exception:  # noqa: BLE001 - a waiter not woken retries on its own timer
-                        activity.logger.warning("waking %s", workflow_id, exc_info=True)
+                        activity.logger.warning("waking %s", waiter, exc_info=True)
+
+        try:
+            async with heartbeating(HEARTBEAT_EVERY):
+                return await self._deliver_leased(req, release)
+        finally:
+            await release()
 
     async def _acquire(self, req: AttemptRequest, holder: str, workflow_id: str) -> leases.Grant:
         q_cfg = self._config.queue
@@ -245,8 +256,11 @@ class DeliveryActivities:
             first.set_result(None)
         return waiting
 
-    async def _deliver_leased(self, req: AttemptRequest) -> AttemptResult:
-        """The attempt under the lease: what is left to send goes out, then its outcome is recorded."""
+    async def _deliver_leased(
+        self, req: AttemptRequest, release: Callable[[], Awaitable[None]]
+    ) -> AttemptResult:
+        """The attempt under the lease: what is left to send goes out, the lease is given back, then the
+        outcome is recorded."""
         started = _now()
         msgs = {m.id: m for m in req.msgs}
         schedule = {m.id: (m.attempt, m.next_attempt) for m in req.msgs}
@@ -264,6 +278,7 @@ class DeliveryActivities:
         sent = _Sent()
         if pending and begun.body is not None:
             sent = await self._send(pending, begun.body, max(m.attempt for m in req.msgs))
+        await release()
         plan = plan_attempt(msgs, journaled=journaled, suppressed=suppressed, replies=sent.replies)
         await self._recorder.record_attempt(
             rows,

@@ -9,11 +9,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import adminmodels as m
 from api import views
 from api.body import BodyTooLarge, read_body
+from api.openapi import query
 from api.state import AppState
 from domain.apiinput import ADMIN_JSON_LIMIT, InputError, load_json
 from domain.contracts import AdminOp, MsgStatus, delivery_workflow_id
@@ -35,9 +38,12 @@ from store import queue as q
 from workflows.delivery import Delivery
 
 log = logging.getLogger("tempost.admin")
+_RFC822: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The message.", "content": {"message/rfc822": {"schema": {"type": "string"}}}}
+}
 _RPC_TIMEOUT = timedelta(seconds=10)
 
-router = APIRouter(prefix="/admin/v0")
+router = APIRouter(prefix="/admin/v0", tags=["admin"])
 
 # A record id in a path: a positive PostgreSQL bigint; anything else is a 400, not a database error.
 RecordID = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -99,6 +105,27 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+# The error code of a body field of the wrong type, where it is not badRequest.
+_FIELD_CODES = {
+    "Filter": "badFilter",
+    "SenderDomain": "badDomain",
+    "RecipientDomain": "badDomain",
+    "EmailAddress": "badAddress",
+}
+
+
+def checked(model: type[BaseModel], body: dict[str, Any]) -> None:
+    """Refuse a body whose fields do not fit `model`, the schema /openapi.json shows for it: 400 with the
+    field's code (badFilter for the Filter, badDomain, badAddress), badRequest otherwise."""
+    try:
+        model.model_validate(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        code = _FIELD_CODES.get(str(first["loc"][0]) if first["loc"] else "", "badRequest")
+        raise AdminError(400, code, f"{where}: {first['msg']}") from None
+
+
 def _bool(name: str, v: str | None) -> bool | None:
     try:
         return parse_bool(name, v)
@@ -140,7 +167,13 @@ def _sort_position(p: Mapping[str, str]) -> tuple[bool, int, str]:
         raise AdminError(400, "badFilter", str(err)) from None
 
 
-@router.get("/queue")
+@router.get(
+    "/queue",
+    response_model=m.Messages,
+    openapi_extra={
+        "parameters": [*m.QUEUE_FILTER_PARAMS, query("sort", "nextattempt or queued."), *m.SORT_PARAMS]
+    },
+)
 async def list_queue(request: Request) -> dict[str, Any]:
     """Queued messages matching the filter, sorted, with keyset paging."""
     st = _state(request)
@@ -154,7 +187,19 @@ async def list_queue(request: Request) -> dict[str, Any]:
     return {"Messages": [views.queued_msg(r) for r in rows]}
 
 
-@router.get("/retired")
+@router.get(
+    "/retired",
+    response_model=m.RetiredMessages,
+    openapi_extra={
+        "parameters": [
+            *m.QUEUE_FILTER_PARAMS,
+            query("lastactivity", "`<` or `>` a duration or now."),
+            query("success", "true or false."),
+            query("sort", "lastactivity or queued."),
+            *m.SORT_PARAMS,
+        ]
+    },
+)
 async def list_retired(request: Request) -> dict[str, Any]:
     """Retired messages (kept per the account's keep period), filtered and keyset paged (spec 01 §6.5)."""
     st = _state(request)
@@ -169,7 +214,7 @@ async def list_retired(request: Request) -> dict[str, Any]:
     return {"Messages": [views.retired_msg(r) for r in rows]}
 
 
-@router.get("/retired/{msg_id}")
+@router.get("/retired/{msg_id}", response_model=m.MsgRetired)
 async def get_retired(msg_id: RecordID, request: Request) -> dict[str, Any]:
     """One retired message with its Results."""
     row = await q.get_retired(_state(request).pool, msg_id)
@@ -178,7 +223,7 @@ async def get_retired(msg_id: RecordID, request: Request) -> dict[str, Any]:
     return views.retired_msg(row)
 
 
-@router.get("/dsns")
+@router.get("/dsns", response_model=m.DSNs, openapi_extra={"parameters": [query("account", "Account.")]})
 async def list_dsns(request: Request) -> dict[str, Any]:
     """DSNs composed about outgoing messages, newest first (`account` filters)."""
     st = _state(request)
@@ -200,7 +245,7 @@ async def list_dsns(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/dsns/{dsn_id}/raw")
+@router.get("/dsns/{dsn_id}/raw", response_class=Response, responses=_RFC822)
 async def raw_dsn(dsn_id: RecordID, request: Request) -> Response:
     """The DSN message as composed."""
     data = await dsns.raw_dsn(_state(request).pool, dsn_id)
@@ -209,7 +254,11 @@ async def raw_dsn(dsn_id: RecordID, request: Request) -> Response:
     return Response(data, media_type="message/rfc822")
 
 
-@router.get("/tlsresults")
+@router.get(
+    "/tlsresults",
+    response_model=m.TLSResults,
+    openapi_extra={"parameters": [query("day", "UTC day, yyyymmdd."), query("domain", "Policy domain.")]},
+)
 async def tls_results(request: Request) -> dict[str, Any]:
     """TLS results recorded by direct delivery, for TLS reports (spec 02 §6); filter by day, domain."""
     st = _state(request)
@@ -230,7 +279,7 @@ async def tls_results(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/queue/count")
+@router.get("/queue/count", response_model=m.Count, openapi_extra={"parameters": m.QUEUE_FILTER_PARAMS})
 async def count_queue(request: Request) -> dict[str, Any]:
     """Number of queued messages matching the filter."""
     st = _state(request)
@@ -266,7 +315,7 @@ async def message_view(st: AppState, msg_id: int) -> dict[str, Any] | None:
     return out
 
 
-@router.get("/queue/{msg_id}")
+@router.get("/queue/{msg_id}", response_model=m.Msg | m.MsgRetired, response_model_exclude_unset=True)
 async def get_msg(msg_id: RecordID, request: Request) -> dict[str, Any]:
     """One queued message with its Results and NextAttempt, and its live state from the workflow."""
     out = await message_view(_state(request), msg_id)
@@ -275,8 +324,8 @@ async def get_msg(msg_id: RecordID, request: Request) -> dict[str, Any]:
     return out
 
 
-@router.get("/queue/{msg_id}/raw")
-async def raw(msg_id: RecordID, request: Request) -> Response:
+@router.get("/queue/{msg_id}/raw", response_class=Response, responses=_RFC822)
+async def raw_message(msg_id: RecordID, request: Request) -> Response:
     """The message exactly as it will be sent."""
     st = _state(request)
     data = await q.raw_message(st.pool, msg_id)
@@ -294,13 +343,52 @@ _OPS = {
 }
 
 
-@router.post("/queue/{msg_id}/{op}")
-async def one(msg_id: RecordID, op: str, request: Request) -> dict[str, Any]:
+_ONE_DOES = {
+    "hold": "Hold one message: no attempts until released.",
+    "release": "Release one held message.",
+    "fail": "Fail one message: failure DSN and `failed` webhook, then retired.",
+    "drop": "Drop one message: no DSN, `canceled` webhook, then retired.",
+    "kick": "Make one message's next attempt now.",
+}
+# The answer: the message as it is after the operation, queued, retired, or gone.
+_ONE_RESULT = m.Msg | m.MsgRetiredAfterOp | m.MsgGoneAfterOp
+
+
+def _one_route(op: str) -> None:
+    async def endpoint(msg_id: RecordID, request: Request) -> dict[str, Any]:
+        return await _one(request, msg_id, op)
+
+    router.add_api_route(
+        f"/queue/{{msg_id}}/{op}",
+        endpoint,
+        methods=["POST"],
+        name=f"message_{op}",
+        summary=_ONE_DOES[op],
+        description="A validated update of the message's workflow, answered once the workflow took it.",
+        response_model=_ONE_RESULT,
+        response_model_exclude_unset=True,
+        responses={
+            409: {"model": m.AdminErrorResponse, "description": "Not allowed in the message's state."}
+        },
+    )
+
+
+for _op in _OPS:
+    _one_route(_op)
+
+
+# Hidden: not an operation, only the API's 404 for an operation name that does not exist.
+@router.post("/queue/{msg_id}/{op}", include_in_schema=False)
+async def unknown_one(msg_id: RecordID, op: str, request: Request) -> dict[str, Any]:
+    """An unknown single-message operation."""
+    _state(request)
+    raise AdminError(404, "notFound", f"unknown operation {op!r}")
+
+
+async def _one(request: Request, msg_id: int, op: str) -> dict[str, Any]:
     """Hold, release, fail, drop or kick one message: a validated update of its workflow."""
     st = _state(request)
-    update = _OPS.get(op)
-    if update is None:
-        raise AdminError(404, "notFound", f"unknown operation {op!r}")
+    update = _OPS[op]
     row = await q.get_msg(st.pool, msg_id)
     if row is None:
         raise AdminError(404, "notFound", f"message {msg_id} not queued")

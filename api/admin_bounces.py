@@ -13,8 +13,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from api import adminmodels as m
 from api.admin import AdminError, _state
 from api.body import BodyTooLarge, read_body
+from api.openapi import query
 from domain.addresses import AddressError, parse_address
 from domain.apiinput import request_body_limit
 from domain.contracts import BounceResult
@@ -22,7 +24,7 @@ from domain.webhooks import enhanced_code
 from store import bounces
 from workflows.client import start_bounce
 
-router = APIRouter(prefix="/admin/v0")
+router = APIRouter(prefix="/admin/v0", tags=["admin"])
 
 # How long the call waits for the worker's verdict before answering 202 with the bounce id.
 _WAIT = timedelta(seconds=15)
@@ -44,7 +46,27 @@ def result_json(r: BounceResult) -> dict[str, Any]:
     }
 
 
-@router.post("/bounces")
+@router.post(
+    "/bounces",
+    response_model=m.BounceOutcome,
+    responses={202: {"model": m.BounceStored, "description": "Stored; the worker is still matching it."}},
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "rcpt",
+                "in": "query",
+                "required": True,
+                "description": "The FromID address the bounce was sent to.",
+                "schema": {"type": "string", "examples": ["alice+fromid@example.org"]},
+            },
+            query("mailfrom", "The bounce's MAIL FROM, if known."),
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"message/rfc822": {"schema": {"type": "string"}}},
+        },
+    },
+)
 async def post_bounce(request: Request) -> Any:
     """Take a raw message (the body) sent to `rcpt` (the FromID address), from `mailfrom` if known."""
     st = _state(request)

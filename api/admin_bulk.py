@@ -16,14 +16,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from api.admin import AdminError, _state, json_body, parse_queue_filter, parse_reschedule
+from api import adminmodels as m
+from api.admin import AdminError, _state, checked, json_body, parse_queue_filter, parse_reschedule
+from api.openapi import json_body as body_schema
 from api.state import AppState
 from domain.contracts import BulkOp
 from store import queue as q
 from store import signals
 from workflows.client import signal_bulk
 
-router = APIRouter(prefix="/admin/v0")
+router = APIRouter(prefix="/admin/v0", tags=["admin"])
 
 
 async def signal_all(
@@ -57,6 +59,7 @@ async def signal_all(
 async def _op(request: Request, op: str) -> dict[str, Any]:
     st = _state(request)
     body = await json_body(request)
+    checked(_BODIES[op], body)
     f = parse_queue_filter(body.get("Filter"))
     now = datetime.now(UTC)
     rows = await q.matching(st.pool, f, now)
@@ -88,13 +91,51 @@ async def _op(request: Request, op: str) -> dict[str, Any]:
     return {"Affected": await signal_all(st, ids, BulkOp(op=op))}
 
 
-_OPS = ("hold", "release", "kick", "nextattempt", "transport", "requiretls", "fail", "drop")
+# What each operation does and the body it takes.
+_DOES = {
+    "hold": "Hold every queued message matching the filter.",
+    "release": "Release every held message matching the filter.",
+    "kick": "Make the next attempt of every matching message now.",
+    "nextattempt": "Set (`Set`: a time) or shift (`Add`: a duration) the next attempt of matches.",
+    "transport": 'Deliver matches through a named transport ("": by routing).',
+    "requiretls": "Set RequireTLS of matches: true, false or null.",
+    "fail": "Fail matches: failure DSN and `failed` webhook, then retired.",
+    "drop": "Drop matches: no DSN, `canceled` webhook, then retired.",
+}
+_BODIES: dict[str, type[m.QueueSelection]] = {
+    "hold": m.QueueSelection,
+    "release": m.QueueSelection,
+    "kick": m.QueueSelection,
+    "nextattempt": m.NextAttemptChange,
+    "transport": m.TransportChange,
+    "requiretls": m.RequireTLSChange,
+    "fail": m.QueueSelection,
+    "drop": m.QueueSelection,
+}
 
 
-@router.post("/queue/{op}")
-async def bulk(op: str, request: Request) -> dict[str, Any]:
-    """Apply `op` to every queued message matching `{"Filter": {...}}`: hold, release, kick,
-    nextattempt (`Set` or `Add`), transport (`Transport`), requiretls (`RequireTLS`), fail or drop."""
-    if op not in _OPS:
-        raise AdminError(404, "notFound", f"unknown operation {op!r}")
-    return await _op(request, op)
+def _bulk_route(op: str) -> None:
+    async def endpoint(request: Request) -> dict[str, Any]:
+        return await _op(request, op)
+
+    router.add_api_route(
+        f"/queue/{op}",
+        endpoint,
+        methods=["POST"],
+        name=f"queue_{op}",
+        summary=_DOES[op],
+        response_model=m.Affected,
+        openapi_extra=body_schema(_BODIES[op]),
+    )
+
+
+for _name in _DOES:
+    _bulk_route(_name)
+
+
+# Hidden: not an operation, only the API's 404 for an operation name that does not exist.
+@router.post("/queue/{op}", include_in_schema=False)
+async def unknown_bulk(op: str, request: Request) -> dict[str, Any]:
+    """An unknown bulk operation."""
+    _state(request)
+    raise AdminError(404, "notFound", f"unknown operation {op!r}")

@@ -6,12 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from api import adminmodels as m
 from api.admin import _state
 
-router = APIRouter(prefix="/admin/v0")
+router = APIRouter(prefix="/admin/v0", tags=["admin"])
 
 
-@router.get("/dkim")
+@router.get("/dkim", response_model=list[m.DKIMRecord])
 async def dkim_records(request: Request) -> list[dict[str, Any]]:
     """One object per configured selector: where to publish its key, the TXT value as one string, and
     whether it signs now (a selector being rotated in or out is listed too)."""

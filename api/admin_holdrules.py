@@ -7,15 +7,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.admin import AdminError, RecordID, _state, json_body
+from api import adminmodels as m
+from api.admin import AdminError, RecordID, _state, checked, json_body
 from api.admin_bulk import signal_all
+from api.openapi import json_body as body_schema
 from domain.addresses import AddressError, parse_domain
 from domain.contracts import BulkOp
 from domain.filters import FilterError, parse_str
 from domain.holdrules import HoldRule
 from store import holdrules
 
-router = APIRouter(prefix="/admin/v0")
+router = APIRouter(prefix="/admin/v0", tags=["admin"])
 
 
 def rule_json(r: HoldRule) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def _domain(body: dict[str, Any], *names: str) -> tuple[str, str] | None:
     return None
 
 
-@router.get("/holdrules")
+@router.get("/holdrules", response_model=m.HoldRules)
 async def list_holdrules(request: Request) -> dict[str, Any]:
     """Every hold rule, in id order."""
     st = _state(request)
@@ -50,12 +52,13 @@ async def list_holdrules(request: Request) -> dict[str, Any]:
     return {"HoldRules": [rule_json(r) for r in rules]}
 
 
-@router.post("/holdrules")
+@router.post("/holdrules", response_model=m.HoldRuleAdded, openapi_extra=body_schema(m.NewHoldRule))
 async def add_holdrule(request: Request) -> dict[str, Any]:
     """Add `{"Account", "SenderDomain", "RecipientDomain"}` (all empty: hold everything); the queued
     messages it matches are held at once, and `Affected` says how many."""
     st = _state(request)
     body = await json_body(request)
+    checked(m.NewHoldRule, body)
     sender = _domain(body, "SenderDomain", "SenderDomainStr")
     recipient = _domain(body, "RecipientDomain", "RecipientDomainStr")
     try:
@@ -68,7 +71,7 @@ async def add_holdrule(request: Request) -> dict[str, Any]:
     return {"HoldRule": rule_json(rule), "Affected": affected}
 
 
-@router.delete("/holdrules/{rule_id}")
+@router.delete("/holdrules/{rule_id}", status_code=204, response_class=Response)
 async def remove_holdrule(rule_id: RecordID, request: Request) -> Response:
     """Remove a rule; messages it held stay held until released."""
     if not await holdrules.remove(_state(request).pool, rule_id):

@@ -12,12 +12,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from api.admin import AdminError, RecordID, _bool, _state, json_body, parse_reschedule
+from api import adminmodels as m
+from api.admin import AdminError, RecordID, _bool, _state, checked, json_body, parse_reschedule
+from api.openapi import json_body as body_schema
 from domain.filters import FilterError, parse_ids, parse_int, parse_str, parse_time, parse_time_condition
 from store import hooks
 from workflows.client import signal_webhook
 
-router = APIRouter(prefix="/admin/v0")
+router = APIRouter(prefix="/admin/v0", tags=["admin"])
 
 _SORTS = {"nextattempt": "next_attempt", "submitted": "submitted", "lastactivity": "last_activity"}
 
@@ -107,25 +109,27 @@ async def _list(request: Request, retired: bool) -> dict[str, Any]:
     return {"Hooks": [hook_json(r, retired) for r in rows]}
 
 
-@router.get("/hooks")
+@router.get("/hooks", response_model=m.Hooks, openapi_extra={"parameters": m.HOOK_FILTER_PARAMS})
 async def list_hooks(request: Request) -> dict[str, Any]:
     """Pending webhooks, by next attempt (newest first unless asc=true), with keyset paging."""
     return await _list(request, retired=False)
 
 
-@router.get("/hooks/count")
+@router.get("/hooks/count", response_model=m.Count)
 async def count_hooks(request: Request) -> dict[str, Any]:
     """Number of pending webhooks."""
     return {"Count": await hooks.count(_state(request).pool)}
 
 
-@router.get("/hooks/retired")
+@router.get(
+    "/hooks/retired", response_model=m.RetiredHooks, openapi_extra={"parameters": m.HOOK_FILTER_PARAMS}
+)
 async def list_retired_hooks(request: Request) -> dict[str, Any]:
     """Delivered, failed, superseded and canceled webhooks kept by their account's keep period."""
     return await _list(request, retired=True)
 
 
-@router.get("/hooks/{hook_id}")
+@router.get("/hooks/{hook_id}", response_model=m.Hook | m.HookRetired)
 async def get_hook(hook_id: RecordID, request: Request) -> dict[str, Any]:
     """One hook, pending or retired."""
     st = _state(request)
@@ -141,6 +145,7 @@ async def get_hook(hook_id: RecordID, request: Request) -> dict[str, Any]:
 async def _reschedule(request: Request, at: datetime | None, add: timedelta | None) -> dict[str, Any]:
     st = _state(request)
     body = await json_body(request)
+    checked(m.HookNextAttemptChange, body)
     now = datetime.now(UTC)
     f = _filter(body.get("Filter"), now)
     if at is None and add is None:
@@ -151,23 +156,26 @@ async def _reschedule(request: Request, at: datetime | None, add: timedelta | No
     return {"Affected": len(rows)}
 
 
-@router.post("/hooks/kick")
+@router.post("/hooks/kick", response_model=m.Affected, openapi_extra=body_schema(m.HookSelection))
 async def kick_hooks(request: Request) -> dict[str, Any]:
     """Make matching hooks due now."""
     return await _reschedule(request, datetime.now(UTC), None)
 
 
-@router.post("/hooks/nextattempt")
+@router.post(
+    "/hooks/nextattempt", response_model=m.Affected, openapi_extra=body_schema(m.HookNextAttemptChange)
+)
 async def schedule_hooks(request: Request) -> dict[str, Any]:
     """Set (`Set`: time) or shift (`Add`: duration, may be negative) the next attempt of matching hooks."""
     return await _reschedule(request, None, None)
 
 
-@router.post("/hooks/cancel")
+@router.post("/hooks/cancel", response_model=m.Affected, openapi_extra=body_schema(m.HookSelection))
 async def cancel_hooks(request: Request) -> dict[str, Any]:
     """Remove matching hooks from the queue; kept as retired with "canceled by admin" where retained."""
     st = _state(request)
     body = await json_body(request)
+    checked(m.HookSelection, body)
     now = datetime.now(UTC)
     f = _filter(body.get("Filter"), now)
     ids = await hooks.cancel(st.pool, f, now, st.config.retired_webhook_keep)

@@ -7,14 +7,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.admin import AdminError, _state, json_body
+from api import adminmodels as m
+from api.admin import AdminError, _state, checked, json_body
+from api.openapi import json_body as body_schema
+from api.openapi import query
 from api.webapi import suppression_json
 from domain.addresses import AddressError, parse_address
 from domain.filters import FilterError, parse_str
 from domain.suppression import base_address, original_address
 from store import suppressions
 
-router = APIRouter(prefix="/admin/v0")
+router = APIRouter(prefix="/admin/v0", tags=["admin"])
 
 
 def _base(address: Any) -> tuple[str, str]:
@@ -41,7 +44,16 @@ def _account(value: Any) -> str:
     return account
 
 
-@router.get("/suppressions")
+@router.get(
+    "/suppressions",
+    response_model=m.SuppressionsPage | m.Present,
+    openapi_extra={
+        "parameters": [
+            query("account", "The account whose list to show (all accounts' when empty)."),
+            query("address", "Answer only whether this address is on the account's list (needs account)."),
+        ]
+    },
+)
 async def list_suppressions(request: Request) -> dict[str, Any]:
     """One account's entries (`account`), or every account's; `address` asks whether one is listed."""
     st = _state(request)
@@ -57,11 +69,17 @@ async def list_suppressions(request: Request) -> dict[str, Any]:
     return {"Suppressions": [suppression_json(r) for r in rows]}
 
 
-@router.post("/suppressions")
+@router.post(
+    "/suppressions",
+    response_model=m.Suppression,
+    openapi_extra=body_schema(m.NewSuppression),
+    responses={409: {"model": m.AdminErrorResponse, "description": "duplicate: the base address is listed."}},
+)
 async def add_suppression(request: Request) -> dict[str, Any]:
     """Add `{"Account", "EmailAddress", "Manual", "Reason"}`; 409 when the base address is listed."""
     st = _state(request)
     body = await json_body(request)
+    checked(m.NewSuppression, body)
     account = _account(body.get("Account"))
     base, original = _base(body.get("EmailAddress", ""))
     manual = body.get("Manual", True)
@@ -75,7 +93,18 @@ async def add_suppression(request: Request) -> dict[str, Any]:
     return suppression_json(row)
 
 
-@router.delete("/suppressions")
+@router.delete(
+    "/suppressions",
+    status_code=204,
+    response_class=Response,
+    responses={404: {"model": m.AdminErrorResponse, "description": "notFound: the address is not listed."}},
+    openapi_extra={
+        "parameters": [
+            {"name": "account", "in": "query", "required": True, "schema": {"type": "string"}},
+            {"name": "address", "in": "query", "required": True, "schema": {"type": "string"}},
+        ]
+    },
+)
 async def remove_suppression(request: Request) -> Response:
     """Remove the entry of `account` for `address` (any variant of the base address); 404 when absent."""
     st = _state(request)

@@ -9,6 +9,7 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,10 +25,12 @@ from api import (
     admin_holdrules,
     admin_hooks,
     admin_suppressions,
+    openapi,
     unsubscribe,
     webapi,
 )
 from api import metrics as queue_metrics
+from api.adminmodels import Ready
 from api.auth import Authenticator
 from api.state import AppState, NotConnected
 from domain.apiinput import query_string_problem
@@ -64,9 +67,20 @@ class _StrictQueryString:
         await self._app(scope, receive, send)
 
 
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def create_app(config: Config, client: Client | None = None, pool: Pool | None = None) -> FastAPI:
     """An API app; a missing client or pool is handed over later, once reachable (`AppState`)."""
-    app = FastAPI(title="Tempost", version="0.1.0")
+    app = FastAPI(
+        title="Tempost",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        # Operation ids are the handlers' names (webapi: the method names), unique across the app.
+        generate_unique_id_function=_operation_id,
+    )
     state = AppState(
         config,
         Authenticator(config),
@@ -124,11 +138,25 @@ def create_app(config: Config, client: Client | None = None, pool: Pool | None =
 
     app.add_middleware(_StrictQueryString)
 
-    @app.get("/healthz")
+    openapi.install(app)
+
+    @app.get(
+        "/healthz",
+        tags=["process"],
+        response_class=PlainTextResponse,
+        responses={
+            200: {"description": "The process is alive.", "content": {"text/plain": {"example": "ok"}}}
+        },
+    )
     async def healthz() -> Response:
         return PlainTextResponse("ok")
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        tags=["process"],
+        response_model=Ready,
+        responses={503: {"model": Ready, "description": "Not ready: Problems names what is missing."}},
+    )
     async def readyz() -> Response:
         """200 once Send would be accepted: PostgreSQL answers and Temporal's frontend is serving."""
         problems = []
@@ -153,7 +181,17 @@ def create_app(config: Config, client: Client | None = None, pool: Pool | None =
             return JSONResponse({"Ready": False, "Problems": problems}, status_code=503)
         return JSONResponse({"Ready": True})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        tags=["process"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text format.",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics() -> Response:
         if state.connected_pool is not None:
             try:

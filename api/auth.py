@@ -90,9 +90,7 @@ class Authenticator:
             token = Path(config.api.admin_token_file).read_text().strip()
         self._admin_digest = hashlib.sha256(token.encode()).digest() if token else b""
 
-    async def basic(
-        self, authorization: str | None, admit: Callable[[], bool] | None = None
-    ) -> Login | None:
+    async def basic(self, authorization: str | None, admit: Callable[[], bool] | None = None) -> Login | None:
         """The login for an `Authorization: Basic ...` header, or None when it does not authenticate.
 
         `admit` is asked before a password check starts, not for credentials verified a moment ago or

@@ -6,11 +6,14 @@ from __future__ import annotations
 import html
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from api.adminmodels import AdminErrorResponse
 from api.body import BodyTooLarge, read_form
+from api.openapi import schema_ref
 from api.state import AppState
 from domain import unsubscribe
 from domain.addresses import AddressError, parse_address
@@ -24,7 +27,7 @@ from workflows.client import signal_webhook, start_webhook
 
 log = logging.getLogger("tempost.unsubscribe")
 
-router = APIRouter()
+router = APIRouter(tags=["unsubscribe"])
 
 # The one-click body is 26 bytes; a browser's form post a little more. Anything far larger is not one.
 _BODY_LIMIT = 4096
@@ -75,7 +78,24 @@ def _checked(request: Request, token: str) -> unsubscribe.Unsubscribe | Response
     return sub
 
 
-@router.get("/unsubscribe/{token}")
+_HTML = {"description": "A page for people.", "content": {"text/html": {"schema": {"type": "string"}}}}
+# Errors are JSON though the pages are HTML, so each names its content type.
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": description,
+        "content": {"application/json": {"schema": schema_ref(AdminErrorResponse)}},
+    }
+    for status, description in (
+        (400, "badRequest: not a one-click body."),
+        (404, "notFound: unknown or invalid link."),
+        (413, "requestTooLarge."),
+        (429, "rateLimited."),
+        (503, "unavailable."),
+    )
+}
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse, responses={200: _HTML, **_ERRORS})
 async def unsubscribe_page(request: Request, token: str) -> Response:
     """A page asking for confirmation; link scanners follow GETs, so this changes nothing (RFC 8058 §3.2)."""
     sub = _checked(request, token)
@@ -89,7 +109,26 @@ async def unsubscribe_page(request: Request, token: str) -> Response:
     )
 
 
-@router.post("/unsubscribe/{token}")
+@router.post(
+    "/unsubscribe/{token}",
+    response_class=HTMLResponse,
+    responses={200: _HTML, **_ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                ctype: {
+                    "schema": {
+                        "type": "object",
+                        "required": [unsubscribe.POST_FIELD],
+                        "properties": {unsubscribe.POST_FIELD: {"const": unsubscribe.POST_VALUE}},
+                    }
+                }
+                for ctype in _FORM_TYPES
+            },
+        }
+    },
+)
 async def unsubscribe_post(request: Request, token: str) -> Response:
     """Put the token's recipient on its account's suppression list; repeating it changes nothing more."""
     st: AppState = request.app.state.tempost

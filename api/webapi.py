@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
+from api import openapi
 from api.admin import message_view
 from api.auth import AuthBusy, AuthLimited, Login
 from api.body import BodyTooLarge, read_body, read_form
@@ -38,12 +39,24 @@ from domain.send import (
     SendRequest,
     UploadedFile,
     compose_send,
-    decode_object,
     decode_send_request,
     received_header,
 )
-from domain.sendraw import check_send_raw, decode_send_raw_request
+from domain.sendraw import SendRawRequest, check_send_raw, decode_send_raw_request
 from domain.suppression import base_address, original_address
+from domain.webapimodels import (
+    EmptyResult,
+    MessageStatusRequest,
+    MessageStatusResult,
+    SendResult,
+    SuppressionAddRequest,
+    SuppressionAddressRequest,
+    SuppressionListRequest,
+    SuppressionListResult,
+    SuppressionPresentResult,
+    WebAPIErrorResponse,
+    decode_model,
+)
 from store import holdrules, idempotency, suppressions
 from store import queue as q
 from workflows.client import delivery_input, delivery_summary, start_delivery
@@ -52,7 +65,7 @@ log = logging.getLogger("tempost.webapi")
 # Workflow starts in flight at once for a Send split into a submission per recipient.
 _CONCURRENT_STARTS = 16
 
-router = APIRouter()
+router = APIRouter(tags=["webapi"])
 
 METHODS = [
     "Send",
@@ -79,14 +92,16 @@ def _unauthorized() -> Response:
     )
 
 
-@router.get("/webapi")
-@router.get("/webapi/")
+# The HTML pages under /webapi are for people trying the API in a browser, not API operations: they are
+# left out of /openapi.json.
+@router.get("/webapi", include_in_schema=False)
+@router.get("/webapi/", include_in_schema=False)
 async def webapi_root() -> Response:
     """Point browsers at the versioned index."""
     return RedirectResponse("/webapi/v0/", status_code=303)
 
 
-@router.api_route("/webapi/v0/", methods=["GET", "POST", "HEAD"])
+@router.api_route("/webapi/v0/", methods=["GET", "POST", "HEAD"], include_in_schema=False)
 async def webapi_index() -> Response:
     """A plain index of the methods."""
     items = "".join(f'<li><a href="{m}">{m}</a></li>' for m in METHODS)
@@ -176,7 +191,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-@router.get("/webapi/v0/{method}")
+@router.get("/webapi/v0/{method}", include_in_schema=False)
 async def method_page(method: str) -> Response:
     """A page with an example request and a form to try the method; needs no authentication."""
     if method not in METHODS:
@@ -192,12 +207,98 @@ async def method_page(method: str) -> Response:
     return Response(page, media_type="text/html")
 
 
-@router.post("/webapi/v0/{method}")
+_FILES = {
+    "inlinefile": "Inline files (multipart only); Content-ID from the part's header.",
+    "attachedfile": "Attached files (multipart only).",
+}
+# Each method: what it does, its request object, the file parts it takes, its answer.
+_OPERATIONS: dict[str, tuple[str, type[Any], dict[str, str], type[Any]]] = {
+    "Send": ("Compose and queue a message.", SendRequest, _FILES, SendResult),
+    "SendRaw": (
+        "Queue a ready-made RFC 5322 message (Tempost extension).",
+        SendRawRequest,
+        {"message": "The RFC 5322 message, as is (required)."},
+        SendResult,
+    ),
+    "MessageStatus": (
+        "State, attempts and results of one of the account's messages (Tempost extension).",
+        MessageStatusRequest,
+        {},
+        MessageStatusResult,
+    ),
+    "SuppressionList": ("The account's suppression list.", SuppressionListRequest, {}, SuppressionListResult),
+    "SuppressionAdd": ("Add an address to the suppression list.", SuppressionAddRequest, {}, EmptyResult),
+    "SuppressionRemove": (
+        "Remove an address from the suppression list; `error` when absent.",
+        SuppressionAddressRequest,
+        {},
+        EmptyResult,
+    ),
+    "SuppressionPresent": (
+        "Whether an address is on the suppression list.",
+        SuppressionAddressRequest,
+        {},
+        SuppressionPresentResult,
+    ),
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": WebAPIErrorResponse, "description": "The request failed; `Code` says why."},
+    401: openapi.TEXT_401,
+    429: openapi.TEXT_429,
+    503: {
+        "model": WebAPIErrorResponse,
+        "description": "serverBusy (retry after Retry-After) or unavailable.",
+    },
+}
+
+
+def _method_route(method: str) -> None:
+    summary, request_model, files, result = _OPERATIONS[method]
+    errors = dict(_ERRORS)
+    if method in _QUEUEING:
+        errors[409] = {"model": WebAPIErrorResponse, "description": "idempotencyKeyReused."}
+    extra = openapi.webapi_body(request_model, files, _EXAMPLES.get(method))
+    if method in _QUEUEING:
+        extra["parameters"] = [
+            {
+                "name": idem.HEADER,
+                "in": "header",
+                "required": False,
+                "description": "A repeat within 24 h is answered as the first call was.",
+                "schema": {"type": "string", "maxLength": 200},
+            }
+        ]
+
+    async def endpoint(request: Request) -> Response:
+        return await call(method, request)
+
+    router.add_api_route(
+        f"/webapi/v0/{method}",
+        endpoint,
+        methods=["POST"],
+        name=method,
+        operation_id=method,
+        summary=summary,
+        response_model=result,
+        responses=errors,
+        openapi_extra=extra,
+    )
+
+
+for _method in METHODS:
+    _method_route(_method)
+
+
+# Hidden: only the 404 of a method that does not exist (mox's plain-text answer).
+@router.post("/webapi/v0/{method}", include_in_schema=False)
+async def unknown_method(method: str) -> Response:
+    """A method the webapi does not have."""
+    return PlainTextResponse("404 - not found", status_code=404)
+
+
 async def call(method: str, request: Request) -> Response:
     """Authenticate and run one webapi method."""
     st: AppState = request.app.state.tempost
-    if method not in METHODS:
-        return PlainTextResponse("404 - not found", status_code=404)
     authorization = request.headers.get("authorization")
     if not authorization:
         # Missing credentials are a client asking how to log in, not an attack: not counted.
@@ -269,30 +370,25 @@ def suppression_json(r: dict[str, Any]) -> dict[str, Any]:
 async def _suppression(st: AppState, login: Login, method: str, raw: str) -> dict[str, Any]:
     """The Suppression* methods (spec 03 §5.5), always on the caller's own account."""
     account = login.account.name
-    fields = {"SuppressionList": set(), "SuppressionAdd": {"EmailAddress", "Manual", "Reason"}}.get(
-        method, {"EmailAddress"}
-    )
-    req = decode_object(raw, fields)
     if method == "SuppressionList":
+        decode_model(raw, SuppressionListRequest)
         return {
             "Suppressions": [suppression_json(r) for r in await suppressions.list_account(st.pool, account)]
         }
-    email = req.get("EmailAddress", "")
-    if not isinstance(email, str):
-        raise WebAPIError("protocol", "parsing request: EmailAddress must be a string")
+    req: SuppressionAddRequest | SuppressionAddressRequest
+    if method == "SuppressionAdd":
+        req = decode_model(raw, SuppressionAddRequest)
+    else:
+        req = decode_model(raw, SuppressionAddressRequest)
     try:
-        addr = parse_address(email)
+        addr = parse_address(req.EmailAddress)
     except AddressError as err:
         raise WebAPIError("badAddress", f"parsing address: {err}") from None
     base = base_address(addr)
     if method == "SuppressionPresent":
         return {"Present": await suppressions.present(st.pool, account, base)}
-    if method == "SuppressionAdd":
-        manual, reason = req.get("Manual", False), req.get("Reason", "")
-        if not isinstance(manual, bool):
-            raise WebAPIError("protocol", "parsing request: Manual must be true or false")
-        if not isinstance(reason, str):
-            raise WebAPIError("protocol", "parsing request: Reason must be a string")
+    if isinstance(req, SuppressionAddRequest):
+        manual, reason = req.Manual, req.Reason
         if "\0" in reason:
             raise WebAPIError("user", "Reason contains a NUL byte")
         try:
@@ -623,9 +719,7 @@ _RETIRED_STATES = {
 
 async def _message_status(st: AppState, login: Login, raw: str) -> dict[str, Any]:
     """MessageStatus (spec 04 §1): state, attempts and results of one of the caller's own messages."""
-    msg_id = decode_object(raw, {"QueueMsgID"}).get("QueueMsgID", 0)
-    if not isinstance(msg_id, int) or isinstance(msg_id, bool):
-        raise WebAPIError("protocol", "parsing request: QueueMsgID must be a number")
+    msg_id = decode_model(raw, MessageStatusRequest).QueueMsgID
     # Ids are positive bigints: anything else names no message.
     view = await message_view(st, msg_id) if 0 < msg_id <= MAX_ID else None
     # Another account's message is answered exactly like an unknown one, so ids reveal nothing.

@@ -12,7 +12,10 @@ the CPU time each part used per delivered message (Tempost's processes, the Temp
 read from /proc): the numbers docs/operations.md sizes deployments by.
 
 The bench's sender domain signs with an Ed25519 and an RSA-2048 key, as a production setup would
-(`--no-dkim` to compare); the signing cost per submission is timed on its own first.
+(`--no-dkim` to compare); the signing cost per submission is timed on its own first, beside dkimpy's own
+signer for reference. `--compare-dkim R` measures what signing costs in throughput, in one stack: R rounds
+of the single-recipient run from the signing sender and from an unsigned one (example.net), alternating
+which goes first, then the ratio.
 
 `--json FILE` also writes the figures as JSON (bench/compare.py reads them).
 """
@@ -32,7 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import dkim
 import httpx
+from cryptography.hazmat.primitives import serialization
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -42,6 +47,7 @@ from deploy.dkimcli import generate_key  # noqa: E402
 from deploy.embedded import EmbeddedPostgres, TemporalDevServer, free_port  # noqa: E402
 from deploy.serve import serve_all  # noqa: E402
 from domain.config import Config  # noqa: E402
+from domain.dkim import RSA  # noqa: E402
 from domain.dkim import sign as dkim_sign  # noqa: E402
 from domain.passwords import hash_password  # noqa: E402
 from domain.send import AccountIdentity, compose_send, decode_send_request  # noqa: E402
@@ -49,6 +55,8 @@ from store.dkimkeys import load_keyring  # noqa: E402
 from tests.support.smtpsink import SMTPSink  # noqa: E402
 
 SENDER = "bench@example.org"
+# The same account's address in a domain without DKIM: the unsigned side of --compare-dkim.
+UNSIGNED_SENDER = "bench@example.net"
 PASSWORD = "bench-password"
 
 
@@ -90,6 +98,20 @@ def _signing_cost(domains: dict[str, Any], rounds: int = 200) -> dict[str, float
             dkim_sign(msg.data, sels)
         costs[label] = (time.process_time() - start) / rounds * 1000
         print(f"  {label:32} {costs[label]:7.2f} ms")
+    # For reference: dkimpy's public sign() parses the PEM key per call and does RSA in Python (Tempost
+    # signed that way before; see domain/dkim.py).
+    [rsa_key] = [s.key for s in signers if s.key.algorithm == RSA]
+    pkcs1 = rsa_key.signer.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    start = time.process_time()
+    for _ in range(rounds // 4):
+        dkim.sign(msg.data, b"rsa", b"example.org", pkcs1, canonicalize=(b"relaxed", b"relaxed"))
+    label = "rsa-sha256 by dkimpy.sign()"
+    costs[label] = (time.process_time() - start) / (rounds // 4) * 1000
+    print(f"  {label:32} {costs[label]:7.2f} ms")
     return costs
 
 
@@ -108,7 +130,7 @@ def _settings(
         "accounts": [
             {
                 "name": "bench",
-                "addresses": [SENDER],
+                "addresses": [SENDER, UNSIGNED_SENDER],
                 "password_hash": hash_password(PASSWORD, iterations=1000),
             }
         ],
@@ -233,7 +255,7 @@ def _cpu_seconds(pid: int | None, with_children: bool = False) -> float:
 
 
 class CPUMeter:
-    """CPU seconds each part of the stack used between start() and report()."""
+    """CPU seconds each part of the stack used between start() and stop()."""
 
     def __init__(self, parts: dict[str, list[int | None]], postgres: int | None) -> None:
         self.parts = parts
@@ -249,18 +271,16 @@ class CPUMeter:
         self.before = self._now()
 
     def report(self, delivered: int, seconds: float) -> dict[str, float]:
-        """Print each part's CPU time per delivered message since start(); returns it in ms by part."""
+        """Print, and return, the CPU milliseconds each part used per delivered message."""
         after = self._now()
         print(f"CPU per delivered message ({delivered} messages, {seconds:.1f}s):")
-        per_message = {}
+        out = {}
         for name, total in after.items():
             used = total - self.before.get(name, 0.0)
-            per_message[name] = used * 1000 / max(delivered, 1)
-            print(
-                f"  {name:34} {per_message[name]:6.1f} ms/msg  "
-                f"({used / max(seconds, 1e-9) * 100:5.1f}% of one core)"
-            )
-        return per_message
+            out[name] = used * 1000 / max(delivered, 1)
+            share = used / max(seconds, 1e-9) * 100
+            print(f"  {name:34} {out[name]:6.1f} ms/msg  ({share:5.1f}% of one core)")
+        return out
 
 
 async def _wait_delivered(sink: SMTPSink, expected: int, timeout: float) -> None:
@@ -279,12 +299,13 @@ async def _single(
     rate: float,
     temporal: Client | None,
     meter: CPUMeter | None = None,
+    sender: str = SENDER,
 ) -> dict[str, Any]:
-    """N single-recipient messages over `domains` recipient domains, `concurrency` Send calls in flight.
+    """N single-recipient messages over `domains` recipient domains, `concurrency` Send calls in flight;
+    returns the figures printed (msg_per_s; cpu_ms_per_msg, each part's CPU per message, with a meter).
 
     With `rate`, Send calls start at that many per second (a moderate, steady load) instead of back to back.
-    With a Temporal client, also prints where a message's time goes, from its workflow's history. Returns
-    the figures printed.
+    With a Temporal client, also prints where a message's time goes, from its workflow's history.
     """
     submitted: dict[str, float] = {}
     workflow_ids: dict[str, str] = {}
@@ -299,7 +320,7 @@ async def _single(
             req = {"To": [{"Address": rcpt}], "Subject": tag, "Text": "benchmark"}
             submitted[tag] = time.monotonic()
             http = https[i % len(https)]
-            r = await http.post("/webapi/v0/Send", data={"request": json.dumps(req)}, auth=(SENDER, PASSWORD))
+            r = await http.post("/webapi/v0/Send", data={"request": json.dumps(req)}, auth=(sender, PASSWORD))
             r.raise_for_status()
             workflow_ids[tag] = f"msg-{r.json()['Submissions'][0]['QueueMsgID']}"
 
@@ -343,6 +364,43 @@ async def _single(
     if temporal is not None:
         result |= await _breakdown(temporal, workflow_ids, submitted, accepted)
     return result
+
+
+async def _compare_dkim(rounds: int, signing_ms: float, run: Any) -> None:
+    """Alternate signed and unsigned single-recipient runs in one stack and print what signing costs.
+
+    `run(sender)` is one measured run. The order flips every round, so a drifting machine (warming caches,
+    a growing database, other load) weighs on both sides alike.
+    """
+    rates: dict[str, list[float]] = {"signed": [], "unsigned": []}
+    cpus: dict[str, list[float]] = {"signed": [], "unsigned": []}
+    for i in range(rounds):
+        for side in ("signed", "unsigned") if i % 2 == 0 else ("unsigned", "signed"):
+            print(f"-- round {i + 1}, {side}:")
+            result = await run(SENDER if side == "signed" else UNSIGNED_SENDER)
+            rates[side].append(result["msg_per_s"])
+            cpus[side].append(sum(result.get("cpu_ms_per_msg", {}).values()))
+    signed, unsigned = statistics.fmean(rates["signed"]), statistics.fmean(rates["unsigned"])
+    print(f"DKIM signing vs unsigned, {rounds} alternating rounds each:")
+    for side in ("signed", "unsigned"):
+        runs = ", ".join(f"{r:.1f}" for r in rates[side])
+        print(
+            f"  {side:9} {statistics.fmean(rates[side]):6.1f} msg/s (runs: {runs}); "
+            f"whole stack {statistics.fmean(cpus[side]):5.1f} ms CPU per delivered message"
+        )
+    print(f"  signed/unsigned throughput: {signed / unsigned:.3f} ({(signed / unsigned - 1) * 100:+.1f}%)")
+    # One stalled run (the machine is shared) moves a mean a lot: the ratio within each round, and the
+    # inverse ratio of CPU per message (what bounds throughput when the stack saturates the cores), move less.
+    pairs = [s / u for s, u in zip(rates["signed"], rates["unsigned"], strict=True)]
+    stack = statistics.fmean(cpus["signed"])
+    print(
+        f"  per round: {', '.join(f'{p:.3f}' for p in pairs)} (median {statistics.median(pairs):.3f}); "
+        f"CPU per message unsigned/signed: {statistics.fmean(cpus['unsigned']) / stack:.3f}"
+    )
+    print(
+        f"  signing alone: {signing_ms:.2f} ms CPU per submission = {signing_ms / stack * 100:.1f}% "
+        f"of the stack's CPU per delivered message"
+    )
 
 
 async def _breakdown(
@@ -456,6 +514,13 @@ async def main() -> None:
     ap.add_argument("--apis", type=int, default=1, help="with --workers: M `tempost api` processes")
     ap.add_argument("--warmup", type=int, default=0, help="messages sent (and not measured) first")
     ap.add_argument("--no-dkim", action="store_true", help="send unsigned mail (to compare)")
+    ap.add_argument(
+        "--compare-dkim",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead of one single-recipient run: ROUNDS signed and ROUNDS unsigned ones, alternating",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = ap.parse_args()
     results: dict[str, Any] = {"workers": args.workers, "apis": args.apis if args.workers else 0}
@@ -463,6 +528,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tempost-bench-") as tmp:
         domains = _dkim_domains(Path(tmp))
         results["dkim_sign_ms"] = _signing_cost(domains)
+        signing_ms = results["dkim_sign_ms"]["both, as sent"]
         if args.no_dkim:
             domains = {}
         pg = temporal = None
@@ -514,17 +580,35 @@ async def main() -> None:
                     await _single(
                         https, sink, args.warmup, args.concurrency, args.domains, args.timeout, 0, None
                     )
-                results["single"] = await _single(
-                    https,
-                    sink,
-                    args.n,
-                    args.concurrency,
-                    args.domains,
-                    args.timeout,
-                    args.rate,
-                    temporal_client,
-                    meter,
-                )
+                if args.compare_dkim:
+
+                    def run(sender: str) -> Any:
+                        return _single(
+                            https,
+                            sink,
+                            args.n,
+                            args.concurrency,
+                            args.domains,
+                            args.timeout,
+                            args.rate,
+                            None,
+                            meter,
+                            sender,
+                        )
+
+                    await _compare_dkim(args.compare_dkim, signing_ms, run)
+                else:
+                    results["single"] = await _single(
+                        https,
+                        sink,
+                        args.n,
+                        args.concurrency,
+                        args.domains,
+                        args.timeout,
+                        args.rate,
+                        temporal_client,
+                        meter,
+                    )
                 if note:
                     print(note)
                 if args.fanout_rcpts:

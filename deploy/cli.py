@@ -39,11 +39,15 @@ def _end_process(run: Callable[[], None]) -> None:
     into Python then and abort the process with SIGABRT (sdk-python#300): a supervisor would record a
     crash for a clean stop. So the logs are flushed and the process ends without finalizing.
     """
+    # Here, not at the top: the Temporal SDK's import costs every short command a tenth of a second.
+    from worker.connect import TemporalCredentialsError
+
     code = 0
     try:
         run()
-    except SecretFileError as err:
-        # A configuration mistake, not a bug: one line naming the setting and the file.
+    except (SecretFileError, TemporalCredentialsError) as err:
+        # A configuration mistake, not a bug: one line naming the setting and the file, or the credentials
+        # Temporal refused.
         print(f"tempost: {err}", file=sys.stderr)
         code = 1
     except Exception:  # noqa: BLE001 - reported like an uncaught exception, then the same orderly exit

@@ -1,18 +1,25 @@
 """DKIM signing of the mail Tempost queues (RFC 6376; Ed25519 per RFC 8463) and the DNS records of its keys.
 
-Pure: keys come in as objects loaded once at process start (store/dkimkeys.py reads the files), and the
-signing itself is dkimpy's. `sign` returns only the DKIM-Signature header fields; the caller stores them in
-the submission's prefix, in front of the message, which is never rewritten.
+Pure: keys come in as objects loaded once at process start (store/dkimkeys.py reads the files).
+dkimpy parses the header section, canonicalizes, selects the signed fields and folds; the signature itself
+is made by `cryptography` (OpenSSL) with the key parsed at start. `sign` returns only the DKIM-Signature
+header fields; the caller stores them in the submission's prefix, in front of the message, which is never
+rewritten.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import dkim
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from domain.config import Config
 
@@ -24,9 +31,10 @@ KEY_TYPES = {ED25519: "ed25519", RSA: "rsa"}
 MIN_RSA_BITS = 2048
 # One character-string of a TXT record holds at most 255 bytes (RFC 1035 §3.3.14).
 TXT_STRING_MAX = 255
-# dkimpy refuses some fields RFC 6376 allows (Bcc, Keywords); the configuration already refuses the ones
-# that cannot survive transit, so only those stay refused.
+# The configuration already refuses signing the fields that cannot survive transit; a Selector built any
+# other way is held to the same rule.
 _NEVER_SIGNED = {b"return-path", b"received", b"dkim-signature"}
+_FIELD_NAME = b"DKIM-Signature"
 
 
 class SigningError(Exception):
@@ -35,12 +43,12 @@ class SigningError(Exception):
 
 @dataclass(frozen=True)
 class PrivateKey:
-    """A loaded private key: the form dkimpy signs with (kept out of repr, so it is never logged) and the
+    """A loaded private key: the parsed key that signs (kept out of repr, so it is never logged) and the
     public half that goes into DNS."""
 
     algorithm: str
-    # RSA: PKCS#1 PEM; Ed25519: the 32-byte seed in base64 (what dkimpy and PyNaCl take).
-    signing_form: bytes = field(repr=False)
+    # Parsed once, when the key file is read: signing then costs only the private-key operation.
+    signer: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey = field(repr=False)
     # RSA: DER SubjectPublicKeyInfo; Ed25519: the raw 32-byte public key (RFC 8463 §4.2).
     public: bytes
     bits: int
@@ -160,21 +168,8 @@ def _tags(value: str) -> dict[str, str]:
     return out
 
 
-class _DKIM(dkim.DKIM):  # type: ignore[misc]
-    """dkimpy's signer, with the x= tag it cannot write."""
-
-    lifetime = 0
-
-    def gen_header(self, fields, include_headers, canon_policy, header_name, pk, standardize=False):  # type: ignore[no-untyped-def]  # noqa: E501
-        if self.lifetime:
-            signed_at = int(dict(fields)[b"t"])
-            at = [name for name, _ in fields].index(b"h")
-            fields.insert(at, (b"x", str(signed_at + self.lifetime).encode()))
-        return super().gen_header(fields, include_headers, canon_policy, header_name, pk, standardize)
-
-
 def sign(message: bytes, selectors: Sequence[Selector]) -> bytes:
-    """The DKIM-Signature header fields, one per selector in order, for a CRLF message.
+    """The DKIM-Signature header fields, one per selector in order, for a CRLF message (RFC 6376 §5).
 
     Each listed header field is signed as often as it occurs, plus once more with seal_headers, so a copy
     added later (or a field that was absent, added) breaks the signature (RFC 6376 §5.4.2, §8.15).
@@ -182,48 +177,80 @@ def sign(message: bytes, selectors: Sequence[Selector]) -> bytes:
     if not selectors:
         return b""
     try:
-        signer = _DKIM(message, logger=_QUIET)
+        headers, body = dkim.rfc822_parse(message)
     except dkim.DKIMException as err:
         raise SigningError(f"message: {err}") from None
-    signer.should_not_sign = set(_NEVER_SIGNED)
-    signer.frozen_sign = set()
+    except IndexError:
+        # dkimpy's parser, on a header section whose first line is a continuation line.
+        raise SigningError("message: the header section starts with a folded line") from None
     present: dict[bytes, int] = {}
-    for name, _ in signer.headers:
+    for name, _ in headers:
         present[name.lower()] = present.get(name.lower(), 0) + 1
+    # Selectors side by side usually share canonicalization: the body is canonicalized and hashed, and the
+    # header section canonicalized, once per canonicalization rather than once per selector.
+    body_hashes: dict[bytes, bytes] = {}
+    canonical_headers: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    signed_at = int(time.time())
     out = []
     for sel in selectors:
+        where = f"selector {sel.name} of {sel.domain}"
         include: list[bytes] = []
         for h in sel.headers:
             name = h.lower().encode()
             include += [name] * (present.get(name, 0) + (1 if sel.seal_headers else 0))
-        header_canon, _, body_canon = sel.canonicalization.partition("/")
-        signer.lifetime = int(sel.expiration.total_seconds())
+        if b"from" not in include:
+            raise SigningError(f"{where}: From must be signed (RFC 6376 §5.4)")
+        if refused := _NEVER_SIGNED.intersection(include):
+            raise SigningError(f"{where}: {b', '.join(sorted(refused)).decode()} must not be signed")
         try:
-            out.append(
-                signer.sign(
-                    sel.name.encode(),
-                    sel.domain.encode(),
-                    sel.key.signing_form,
-                    signature_algorithm=sel.key.algorithm.encode(),
-                    canonicalize=(header_canon.encode(), body_canon.encode()),
-                    include_headers=include,
-                )
-            )
-        except (dkim.DKIMException, ValueError) as err:
-            raise SigningError(f"selector {sel.name} of {sel.domain}: {err}") from None
+            policy = dkim.CanonicalizationPolicy.from_c_value(sel.canonicalization.encode())
+        except dkim.InvalidCanonicalizationPolicyError as err:
+            raise SigningError(f"{where}: canonicalization {err}") from None
+        c = policy.to_c_value()
+        if c not in canonical_headers:
+            canonical_headers[c] = policy.canonicalize_headers(headers)
+        body_c = c.partition(b"/")[2]
+        if body_c not in body_hashes:
+            body_hashes[body_c] = hashlib.sha256(policy.canonicalize_body(body)).digest()
+        tags = [
+            (b"v", b"1"),
+            (b"a", sel.key.algorithm.encode()),
+            (b"c", c),
+            (b"d", sel.domain.encode()),
+            (b"i", b"@" + sel.domain.encode()),
+            (b"q", b"dns/txt"),
+            (b"s", sel.name.encode()),
+            (b"t", str(signed_at).encode()),
+        ]
+        if lifetime := int(sel.expiration.total_seconds()):
+            tags.append((b"x", str(signed_at + lifetime).encode()))
+        tags += [
+            (b"h", b" : ".join(include)),
+            (b"bh", base64.b64encode(body_hashes[body_c])),
+            # A placeholder as long as a signature folds b= onto lines of its own, so filling it in does not
+            # refold (and so change) the tags hashed before it.
+            (b"b", b"0" * 60),
+        ]
+        # RFC 6376 §3.7: the signature covers the selected fields, then this field with b= empty and without
+        # its trailing CRLF; dkimpy's hash_headers does the selection and that last step.
+        unsigned = dkim.RE_BTAG.sub(rb"\1", _folded(tags, b""))
+        digest = hashlib.sha256()
+        dkim.hash_headers(digest, policy, canonical_headers[c], include, (_FIELD_NAME, b" " + unsigned), None)
+        tags[-1] = (b"b", base64.b64encode(_signature(sel.key, digest.digest(), where)))
+        out.append(_FIELD_NAME + b": " + _folded(tags, b"\r\n"))
     return b"".join(out)
 
 
-class _Quiet:
-    """A logger that drops dkimpy's debug output (it may log header contents)."""
-
-    def debug(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    info = warning = error = debug
-
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the logging.Logger method dkimpy calls
-        return False
+def _folded(tags: list[tuple[bytes, bytes]], end: bytes) -> bytes:
+    """The tag list as a field value, folded as dkimpy folds it (lines of at most 72 characters)."""
+    return bytes(dkim.fold(b"; ".join(b"=".join(t) for t in tags) + end, namelen=len(_FIELD_NAME)))
 
 
-_QUIET = _Quiet()
+def _signature(key: PrivateKey, digest: bytes, where: str) -> bytes:
+    """The signature of a SHA-256 header hash: RSASSA-PKCS1-v1_5 (RFC 6376 §3.3.1, RFC 8017 §8.2) or
+    Ed25519 over the hash itself (RFC 8463 §3)."""
+    if key.algorithm == RSA and isinstance(key.signer, rsa.RSAPrivateKey):
+        return key.signer.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+    if key.algorithm == ED25519 and isinstance(key.signer, ed25519.Ed25519PrivateKey):
+        return key.signer.sign(digest)
+    raise SigningError(f"{where}: the key is not an {key.algorithm} key")

@@ -103,7 +103,7 @@ async def record_on_retired(conn: Conn, msg_id: int, now: datetime, result: dict
 
 async def cleanup_processed(pool: Pool, before: datetime) -> int:
     """Delete bounces processed before the given time."""
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute("DELETE FROM bounces WHERE processed < %s", (before,))
         await conn.execute(_DROP_UNNEEDED_BODIES)
         await conn.execute(

@@ -41,7 +41,9 @@ async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> Pool:
         connection_class=Conn,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"row_factory": dict_row},
+        # Autocommit: a single statement is one round trip, not BEGIN, statement, COMMIT. Every use of
+        # more than one statement that must hold together says so with conn.transaction().
+        kwargs={"row_factory": dict_row, "autocommit": True},
         check=_check_idle_connection,
         reconnect_timeout=RECONNECT_GIVE_UP,
         timeout=CONNECTION_WAIT,

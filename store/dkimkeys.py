@@ -7,7 +7,6 @@ Key material is never logged: errors name the file and what is wrong, never the 
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -33,11 +32,8 @@ def parse_private_key(pem: bytes, algorithm: str, where: str = "key") -> Private
     if algorithm == ED25519:
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise KeyFileError(f"{where}: algorithm {algorithm} needs an Ed25519 key, not {_kind(key)}")
-        seed = key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
         public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return PrivateKey(ED25519, base64.b64encode(seed), public, 256)
+        return PrivateKey(ED25519, key, public, 256)
     if algorithm == RSA:
         if not isinstance(key, rsa.RSAPrivateKey):
             raise KeyFileError(f"{where}: algorithm {algorithm} needs an RSA key, not {_kind(key)}")
@@ -45,16 +41,10 @@ def parse_private_key(pem: bytes, algorithm: str, where: str = "key") -> Private
             raise KeyFileError(
                 f"{where}: RSA key of {key.key_size} bits, at least {MIN_RSA_BITS} needed (RFC 8301 §3.2)"
             )
-        # dkimpy reads PKCS#1 only.
-        pkcs1 = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
         public = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return PrivateKey(RSA, pkcs1, public, key.key_size)
+        return PrivateKey(RSA, key, public, key.key_size)
     raise KeyFileError(f"{where}: unknown algorithm {algorithm!r}")
 
 

@@ -389,7 +389,7 @@ async def project_versioned(pool: Pool, states: Sequence[tuple[int, bool, dateti
 async def project(pool: Pool, ids: Sequence[int], hold: bool | None, next_attempt: datetime | None) -> None:
     """Copy workflow-owned state (hold, next attempt) into the queryable rows, unordered (the projections
     of workflows started by earlier releases)."""
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
         if hold is not None:
             await conn.execute("UPDATE queue_msgs SET hold = %s WHERE id = ANY(%s)", (hold, list(ids)))
         if next_attempt is not None:

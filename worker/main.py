@@ -24,7 +24,7 @@ from store import db, hooks
 from store.db import Pool
 from store.dkimkeys import load_keyring
 from worker.bounce_listener import start_listener
-from worker.connect import TemporalConnectError, describe_connect_error, temporal_connect_options
+from worker.connect import connect_error, temporal_connect_options
 from worker.schedules import ensure_mtasts_refresh_schedule, ensure_retention_schedule
 from worker.sweeper import run_sweeper, start_submission
 from workflows.bounce import Bounce
@@ -69,7 +69,8 @@ async def connect_temporal(config: Config) -> Client:
     """A Temporal client with the data converter every Tempost process must share, over TLS and with the
     client certificate or API key the configuration names.
 
-    Raises TemporalConnectError (a RuntimeError: worth retrying) saying why the connection failed, and
+    Raises TemporalConnectError (a RuntimeError: worth retrying) saying why the connection failed,
+    TemporalCredentialsError when the server refused the API key or client certificate, and
     SecretFileError when a configured file cannot be read.
     """
     extra = temporal_connect_options(config.temporal)
@@ -79,7 +80,8 @@ async def connect_temporal(config: Config) -> Client:
         return await Client.connect(config.temporal.address, data_converter=pydantic_data_converter, **extra)
     except RuntimeError as err:
         tls = extra["tls"] is not False
-        raise TemporalConnectError(describe_connect_error(config.temporal, err, tls)) from err
+        # Not chained: the message holds the SDK's text already, with the API key cut out.
+        raise connect_error(config.temporal, err, tls, extra.get("api_key", "")) from None
 
 
 def build_worker(client: Client, pool: Pool, config: Config) -> Worker:

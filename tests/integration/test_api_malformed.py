@@ -14,8 +14,6 @@ NESTED = "[" * 100_000 + "]" * 100_000
 SEND = {"To": [{"Address": "bob@example.com"}], "Text": "x"}
 
 
-
-
 WEBAPI = [
     ("Send", NESTED, "protocol"),
     ("Send", json.dumps({**SEND, "Extra": {"k": "a\0b"}}), "user"),

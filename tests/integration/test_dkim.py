@@ -15,6 +15,7 @@ from typing import Any
 
 import dkim
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from deploy.dkimcli import generate_key
 from domain.dkim import PrivateKey, Selector, SigningError
@@ -191,7 +192,13 @@ def app_signed(keys: dict[str, Path], verifier: OpenDKIMVerifier) -> bytes:
         b"From: Alice <alice@example.org>\r\nTo: bob@example.com\r\nSubject: raw\r\n"
         b"Date: 1 Jan 2027 00:00:00 +0000\r\nMessage-Id: <raw@example.org>\r\n\r\nraw body\r\n"
     )
-    sig = dkim.sign(msg, b"app", b"example.org", app_key.signing_form, canonicalize=(b"relaxed", b"relaxed"))
+    # dkimpy's own signer reads PKCS#1 PEM only.
+    pkcs1 = app_key.signer.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    sig = dkim.sign(msg, b"app", b"example.org", pkcs1, canonicalize=(b"relaxed", b"relaxed"))
     return sig + msg
 
 
@@ -263,11 +270,12 @@ async def test_a_signing_failure_is_the_server_error_and_queues_nothing(signing_
     stack = signing_stack
     app = stack.http._transport.app  # type: ignore[attr-defined]
     ring = app.state.tempost.dkim
-    # A key that cannot sign (as a corrupted key file loaded at start would be).
+    # A key that cannot sign for its selector (an RSA key where Ed25519 is configured).
+    rsa_key = parse_private_key(generate_key("rsa-sha256"), "rsa-sha256")
     broken = Selector(
         "example.org",
         "ed",
-        PrivateKey("ed25519-sha256", b"not a key", b"", 256),
+        PrivateKey("ed25519-sha256", rsa_key.signer, b"", 256),
         ("From",),
         True,
         "relaxed/relaxed",

@@ -41,7 +41,8 @@ async def test_recorded_history_replays(path: Path) -> None:
 @pytest.mark.skipif(not RECORD, reason="set TEMPOST_RECORD_HISTORIES=1 to record histories of this release")
 async def test_record_histories(stack_factory) -> None:
     stack: Stack = await stack_factory(max_attempts=2)
-    release = datetime.now(UTC).strftime("%Y%m%d")
+    # A second recording on one day names itself, e.g. TEMPOST_RELEASE_NAME=20261204r1.
+    release = os.environ.get("TEMPOST_RELEASE_NAME") or datetime.now(UTC).strftime("%Y%m%d")
 
     async def save(name: str, msg_id: int, on: Stack = stack) -> None:
         await on.finished(msg_id)

@@ -1,9 +1,10 @@
-"""Tempost's processes reach a Temporal frontend that requires TLS and a client certificate, and say
-clearly why they cannot when a file is missing or the certificate is not trusted.
+"""Tempost's processes reach a Temporal frontend that requires TLS and a client certificate or an API key,
+and say clearly why they cannot when a file is missing, the certificate is not trusted or the key refused.
 
 The frontend is the session's dev server behind a TLS-terminating proxy (tests/support/tlsproxy.py, ALPN
-h2) that requires client certificates signed by the test CA: what a self-hosted cluster with mTLS, or
-Temporal Cloud's endpoint, looks like to a client.
+h2) that requires client certificates signed by the test CA, what a self-hosted cluster with mTLS looks
+like to a client; or, like Temporal Cloud's endpoint, that answers every gRPC request without
+`authorization: Bearer <key>` with UNAUTHENTICATED (tests/support/h2gate.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -30,10 +33,18 @@ from domain.config import Config, SecretFileError, TemporalConfig
 from tests.conftest import PASSWORD, SENDER
 from tests.support.smtpsink import SMTPSink
 from tests.support.tlsproxy import TLSProxy
-from worker.connect import API_KEY_ENV, TemporalConnectError, temporal_connect_options
+from worker.connect import (
+    API_KEY_ENV,
+    TemporalConnectError,
+    TemporalCredentialsError,
+    connect_error,
+    temporal_connect_options,
+)
 from worker.main import connect_temporal, run_worker
 
 ROOT = Path(__file__).resolve().parents[2]
+# The key the API-key proxy wants; long and unusual, so that finding it in any output means a leak.
+API_KEY = "tpk-7Hq2xVb9Lr4Kd0Wm.Zs8Nc1Fy6Gt3"
 
 
 class Files:
@@ -61,13 +72,16 @@ def files(ca: trustme.CA, tmp_path: Path) -> Files:
     return Files(ca, tmp_path)
 
 
-async def _proxy(env: WorkflowEnvironment, ca: trustme.CA, require_client_cert: bool) -> TLSProxy:
+async def _proxy(
+    env: WorkflowEnvironment, ca: trustme.CA, require_client_cert: bool, api_key: str = ""
+) -> TLSProxy:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("temporal.test", "127.0.0.1").configure_cert(context)
     if require_client_cert:
         ca.configure_trust(context)
         context.verify_mode = ssl.CERT_REQUIRED
-    return await TLSProxy(env.client.service_client.config.target_host, context).start()
+    upstream = env.client.service_client.config.target_host
+    return await TLSProxy(upstream, context, api_key=api_key).start()
 
 
 @pytest.fixture
@@ -79,9 +93,9 @@ async def mtls(temporal_env: WorkflowEnvironment, ca: trustme.CA) -> AsyncIterat
 
 
 @pytest.fixture
-async def tls_only(temporal_env: WorkflowEnvironment, ca: trustme.CA) -> AsyncIterator[TLSProxy]:
-    """The dev server behind TLS without client certificates (as Temporal Cloud with API keys)."""
-    proxy = await _proxy(temporal_env, ca, require_client_cert=False)
+async def cloud(temporal_env: WorkflowEnvironment, ca: trustme.CA) -> AsyncIterator[TLSProxy]:
+    """The dev server behind TLS that wants API_KEY on every request, as Temporal Cloud with API keys."""
+    proxy = await _proxy(temporal_env, ca, require_client_cert=False, api_key=API_KEY)
     yield proxy
     await proxy.stop()
 
@@ -91,18 +105,9 @@ def _config(base: Config, proxy: TLSProxy, **temporal: Any) -> Config:
     return base.model_copy(update={"temporal": base.temporal.model_copy(update=settings)})
 
 
-async def test_a_worker_and_the_api_deliver_over_mtls(
-    stack_factory: Any, mtls: TLSProxy, files: Files, sink: SMTPSink
-) -> None:
-    stack = await stack_factory(worker=False)
+async def _deliver(config: Config, sink: SMTPSink, subject: str) -> None:
+    """Run a worker and the API from `config`, send one message through the API and see it delivered."""
     api_port = free_port()
-    config = _config(
-        stack.config,
-        mtls,
-        tls_ca_file=str(files.ca),
-        tls_cert_file=str(files.cert),
-        tls_key_file=str(files.key),
-    )
     config = config.model_copy(
         update={"api": config.api.model_copy(update={"listen": f"127.0.0.1:{api_port}"})}
     )
@@ -112,19 +117,63 @@ async def test_a_worker_and_the_api_deliver_over_mtls(
     try:
         await asyncio.wait_for(api_ready.wait(), 60)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as http:
-            request = {"To": [{"Address": "bob@example.com"}], "Subject": "over mTLS", "Text": "hi"}
+            request = {"To": [{"Address": "bob@example.com"}], "Subject": subject, "Text": "hi"}
             r = await http.post(
                 "/webapi/v0/Send", data={"request": json.dumps(request)}, auth=(SENDER, PASSWORD)
             )
             assert r.status_code == 200, r.text
         async with asyncio.timeout(60):
             while "bob@example.com" not in sink.delivered_to():
+                assert not worker.done(), worker
                 await asyncio.sleep(0.05)
     finally:
         stop.set()
         await asyncio.gather(worker, api, return_exceptions=True)
+
+
+async def test_a_worker_and_the_api_deliver_over_mtls(
+    stack_factory: Any, mtls: TLSProxy, files: Files, sink: SMTPSink
+) -> None:
+    stack = await stack_factory(worker=False)
+    config = _config(
+        stack.config,
+        mtls,
+        tls_ca_file=str(files.ca),
+        tls_cert_file=str(files.cert),
+        tls_key_file=str(files.key),
+    )
+    await _deliver(config, sink, "over mTLS")
     # Both processes' connections went through the proxy's client-certificate check.
     assert mtls.handshakes >= 2
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+async def test_a_worker_and_the_api_deliver_with_the_api_key(
+    stack_factory: Any,
+    cloud: TLSProxy,
+    files: Files,
+    sink: SMTPSink,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    source: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # The proxy's header decoder stands for the server's side, which must see the key.
+    caplog.set_level(logging.INFO, logger="hpack")
+    stack = await stack_factory(worker=False)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    if source == "file":
+        key_file = tmp_path / "api-key"
+        key_file.write_text(f"{API_KEY}\n")  # as `echo KEY > file` writes it
+        config = _config(stack.config, cloud, tls_ca_file=str(files.ca), api_key_file=str(key_file))
+    else:
+        monkeypatch.setenv(API_KEY_ENV, API_KEY)
+        config = _config(stack.config, cloud, tls_ca_file=str(files.ca))
+    await _deliver(config, sink, "with an API key")
+    # Every request both processes made carried the key to the frontend's check, and none lacked it.
+    assert cloud.requests.authorized >= 10 and cloud.requests.refused == 0
+    assert API_KEY not in caplog.text
 
 
 async def test_without_the_client_certificate_the_error_says_so(
@@ -193,8 +242,9 @@ async def test_plain_connection_to_a_tls_frontend_suggests_tls(stack_factory: An
         await connect_temporal(config)
 
 
+@pytest.mark.parametrize("setting", ["tls_key_file", "api_key_file"])
 def test_a_worker_with_an_unreadable_key_file_exits_with_one_line(
-    database: str, tmp_path: Path, files: Files
+    database: str, tmp_path: Path, files: Files, setting: str
 ) -> None:
     missing = tmp_path / "missing-key.pem"
     config = tmp_path / "tempost.toml"
@@ -204,7 +254,8 @@ url = "{database}"
 [temporal]
 address = "127.0.0.1:{free_port()}"
 tls_cert_file = "{files.cert}"
-tls_key_file = "{missing}"
+tls_key_file = "{missing if setting == "tls_key_file" else files.key}"
+api_key_file = "{missing if setting == "api_key_file" else ""}"
 [worker]
 metrics_listen = ""
 """
@@ -212,31 +263,144 @@ metrics_listen = ""
     run = subprocess.run(
         [sys.executable, "-m", "deploy.cli", "worker", "-c", str(config)],
         cwd=ROOT,
+        env={**os.environ, API_KEY_ENV: ""},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 1, run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
-        f"tempost: temporal.tls_key_file {missing}: cannot read: No such file or directory"
+        f"tempost: temporal.{setting} {missing}: cannot read: No such file or directory"
     )
 
 
-async def test_the_api_key_reaches_the_client_and_the_environment_wins(
-    stack_factory: Any, tls_only: TLSProxy, files: Files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_the_environment_variable_wins_over_the_key_file(
+    stack_factory: Any, cloud: TLSProxy, files: Files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stack = await stack_factory(worker=False)
     key_file = tmp_path / "api-key"
-    key_file.write_text("key-from-file\n")
-    config = _config(stack.config, tls_only, tls_ca_file=str(files.ca), api_key_file=str(key_file))
-    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    key_file.write_text("an-old-key\n")
+    config = _config(stack.config, cloud, tls_ca_file=str(files.ca), api_key_file=str(key_file))
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
     client = await connect_temporal(config)
-    assert client.api_key == "key-from-file"
     assert client.service_client.config.rpc_metadata == {"temporal-namespace": config.temporal.namespace}
-    # The connection is real: the frontend answers through TLS.
     await client.count_workflows()
-    monkeypatch.setenv(API_KEY_ENV, "key-from-env")
-    assert (await connect_temporal(config)).api_key == "key-from-env"
+    assert cloud.requests.refused == 0
+    monkeypatch.delenv(API_KEY_ENV)
+    refused = f"refused the API key from temporal.api_key_file {key_file}"
+    with pytest.raises(TemporalCredentialsError, match=refused):
+        await connect_temporal(config)
+
+
+async def test_an_untrusted_server_certificate_is_named_before_the_api_key(
+    stack_factory: Any, cloud: TLSProxy, files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = await stack_factory(worker=False)
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    config = _config(stack.config, cloud, tls_ca_file=str(files.other_ca))
+    with pytest.raises(TemporalConnectError, match="certificate is not trusted .temporal.tls_ca_file") as err:
+        await connect_temporal(config)
+    assert API_KEY not in str(err.value)
+
+
+async def _tempost(command: str, config_file: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        command,
+        "-c",
+        str(config_file),
+        cwd=ROOT,
+        env={**os.environ, "TEMPOST_LOG_LEVEL": "debug", **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+def _process_config(tmp_path: Path, database: str, proxy: TLSProxy, files: Files, key_file: str) -> Path:
+    config = tmp_path / "tempost.toml"
+    config.write_text(
+        f"""[database]
+url = "{database}"
+[temporal]
+address = "{proxy.address}"
+tls_ca_file = "{files.ca}"
+tls_server_name = "temporal.test"
+api_key_file = "{key_file}"
+[api]
+listen = "127.0.0.1:{free_port()}"
+[worker]
+metrics_listen = ""
+"""
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    ("command", "configured", "expected"),
+    [
+        ("worker", "wrong file", "refused the API key from temporal.api_key_file {key_file}"),
+        ("api", "wrong env", f"refused the API key from {API_KEY_ENV}"),
+        ("worker", "none", f"requires credentials: an API key (temporal.api_key_file or {API_KEY_ENV})"),
+    ],
+)
+async def test_a_refused_api_key_stops_the_process_at_start_with_one_line(
+    database: str,
+    cloud: TLSProxy,
+    files: Files,
+    tmp_path: Path,
+    command: str,
+    configured: str,
+    expected: str,
+) -> None:
+    key_file = tmp_path / "api-key"
+    key_file.write_text(f"{API_KEY[:-1]}X\n")  # one character off
+    env = {API_KEY_ENV: ""}
+    if configured == "wrong env":
+        env[API_KEY_ENV] = "not-the-key"
+    config = _process_config(tmp_path, database, cloud, files, "" if configured == "none" else str(key_file))
+    proc = await _tempost(command, config, env)
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:  # still retrying: the old behaviour
+            proc.kill()
+            await proc.wait()
+    text = output.decode()
+    assert proc.returncode == 1, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(f"tempost: Temporal at {cloud.address} "), text
+    assert expected.format(key_file=key_file) in last, last
+    # Then the server's own words, not the SDK's whole status.
+    server_said = "(Unauthenticated: Request unauthorized: "
+    assert last.endswith((f"{server_said}invalid API key)", f"{server_said}missing API key)")), last
+    assert "Traceback" not in text and "waiting for Temporal" not in text
+    for secret in (API_KEY[:-1], env[API_KEY_ENV] or API_KEY[:-1]):
+        assert secret not in text
+    assert cloud.requests.refused >= 1 and cloud.requests.authorized == 0
+
+    if configured == "wrong file":
+        # The key rotated in its file: the restarted worker reads it and polls.
+        key_file.write_text(API_KEY)
+        proc = await _tempost(command, config, env)
+        seen = []
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(120):
+                while not any("worker polling task queue" in line for line in seen):
+                    line = await proc.stdout.readline()
+                    assert line, "".join(seen)
+                    seen.append(line.decode())
+            proc.send_signal(signal.SIGTERM)
+            rest, _ = await asyncio.wait_for(proc.communicate(), 120)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, "".join(seen) + rest.decode()
+        assert API_KEY not in "".join(seen) + rest.decode()
+        assert cloud.requests.authorized >= 1
 
 
 def test_connect_options() -> None:
@@ -267,3 +431,44 @@ def test_unreadable_or_wrong_files_name_their_setting(tmp_path: Path) -> None:
         temporal_connect_options(TemporalConfig(api_key_file=str(empty)), {})
     with pytest.raises(ValueError, match="both tls_cert_file and tls_key_file"):
         TemporalConfig(tls_cert_file="/x.pem")
+
+
+def test_a_key_with_spaces_or_line_breaks_inside_is_refused_without_showing_it(tmp_path: Path) -> None:
+    # The SDK sends no authorization header at all for such a key: the server would say "missing".
+    two_lines = tmp_path / "key"
+    two_lines.write_text("secret-part-one\n# rotated 2024-05\n")
+    with pytest.raises(SecretFileError, match=f"temporal.api_key_file {two_lines}: not an API key") as err:
+        temporal_connect_options(TemporalConfig(api_key_file=str(two_lines)), {})
+    assert "secret-part-one" not in str(err.value)
+    with pytest.raises(SecretFileError, match=f"{API_KEY_ENV}: not an API key") as err:
+        temporal_connect_options(TemporalConfig(), {API_KEY_ENV: "sécret"})
+    assert "sécret" not in str(err.value)
+
+
+def test_refused_credentials_are_named_and_the_key_is_cut_from_the_server_text(tmp_path: Path) -> None:
+    config = TemporalConfig(address="ns.acct.tmprl.cloud:7233", namespace="ns.acct", api_key_file="/k")
+
+    def sdk(code: str, message: str) -> RuntimeError:
+        return RuntimeError(
+            f"Failed client connect: `get_system_info` call error after connection: Status {{ code: {code},"
+            f' message: "{message}", metadata: MetadataMap {{ headers: {{}} }}, source: None }}'
+        )
+
+    echoed = connect_error(config, sdk("Unauthenticated", f"bad key {API_KEY}"), True, API_KEY, {})
+    assert isinstance(echoed, TemporalCredentialsError)
+    assert str(echoed).startswith(
+        "Temporal at ns.acct.tmprl.cloud:7233 refused the API key from temporal.api_key_file /k"
+        " (Unauthenticated: bad key [API key])"
+    )
+    assert API_KEY not in str(echoed) and "bad key [API key]" in str(echoed)
+    denied = connect_error(config, sdk("PermissionDenied", "no"), True, API_KEY, {API_KEY_ENV: API_KEY})
+    assert str(denied).startswith(
+        f"Temporal at ns.acct.tmprl.cloud:7233 does not let the API key from {API_KEY_ENV}"
+        " use namespace ns.acct (PermissionDenied: no)"
+    )
+    with_cert = TemporalConfig(tls_cert_file="/c.pem", tls_key_file="/k.pem")
+    refused_cert = connect_error(with_cert, sdk("Unauthenticated", "no"), True, "", {})
+    assert "refused the client certificate temporal.tls_cert_file /c.pem" in str(refused_cert)
+    # A server that is down is still worth waiting for.
+    down = connect_error(config, RuntimeError("tcp connect error: Connection refused"), True, API_KEY, {})
+    assert isinstance(down, TemporalConnectError) and str(down).startswith("nothing accepts connections")

@@ -5,7 +5,8 @@ Temporal (ALPN h2) the HTTP/2 stream reaches the dev server unchanged: a stand-i
 requires mTLS, or for Temporal Cloud's TLS endpoint. With `postgres=True` it speaks PostgreSQL's own TLS
 negotiation first (an SSLRequest answered "S", then the handshake; protocol §55.2.10) and closes any
 connection that does not ask for TLS: a stand-in for a server with ssl on and hostssl-only access, since the
-embedded PostgreSQL's binaries are built without SSL.
+embedded PostgreSQL's binaries are built without SSL. With `api_key` every gRPC request must also carry
+`authorization: Bearer <api_key>`, as on Temporal Cloud (tests/support/h2gate.py checks it).
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import asyncio
 import contextlib
 import ssl
 
+from tests.support.h2gate import APIKeyGate, GateCounts
+
 
 class TLSProxy:
     """Listens on 127.0.0.1 with TLS and forwards each connection to `upstream` ("host:port")."""
 
-    def __init__(self, upstream: str, server_context: ssl.SSLContext, *, postgres: bool = False) -> None:
+    def __init__(
+        self, upstream: str, server_context: ssl.SSLContext, *, postgres: bool = False, api_key: str = ""
+    ) -> None:
         self.upstream_host, _, port = upstream.rpartition(":")
         self.upstream_port = int(port)
         self.context = server_context
         self.postgres = postgres
+        self.api_key = api_key
+        # Requests that carried the API key, and those refused for want of it (with `api_key` only).
+        self.requests = GateCounts()
         if not postgres:
             self.context.set_alpn_protocols(["h2"])
         self.port = 0
@@ -86,7 +94,11 @@ class TLSProxy:
                 writer.close()
                 return
             try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                if self.api_key:
+                    gate = APIKeyGate(self.api_key, self.requests)
+                    await gate.run(reader, writer, up_reader, up_writer)
+                else:
+                    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             finally:
                 for w in (writer, up_writer):
                     w.close()

@@ -3,6 +3,7 @@ and the Received field of a submission."""
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Any
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import ValidationError
 
 from deploy.dev import dev_keys, write_dev_config
@@ -121,7 +122,10 @@ def test_keys_are_refused_when_too_small_of_another_algorithm_or_not_keys(tmp_pa
         load_keyring(c)
     assert "selector a of example.org" in str(err.value) and "selector b of example.org" in str(err.value)
     assert "PRIVATE" not in str(err.value)
-    assert ED.signing_form.decode() not in repr(ED)
+    seed = ED.signer.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    assert "signer" not in repr(ED) and base64.b64encode(seed).decode() not in repr(ED)
 
 
 def test_signers_are_the_from_domains_or_its_nearest_parents_signing_selectors() -> None:
@@ -174,6 +178,39 @@ def test_signatures_seal_headers_carry_x_and_verify() -> None:
     # A Subject added on top breaks the sealed signature only.
     added = out + b"Subject: urgent, pay now\r\n" + MSG
     assert not verify(added, sels, 0) and verify(added, sels, 1)
+
+
+def test_rsa_signature_verifies_with_dkimpy_and_with_openssl_and_one_body_byte_breaks_it() -> None:
+    sel = selector(RS, name="r")
+    field = sign(MSG, [sel])
+    signed = field + MSG
+    assert verify(signed, [sel])
+    # Independently of dkimpy's verifier: RFC 6376 §3.7's header hash, checked by OpenSSL against the public
+    # key as published. The hashed data is the signed fields (relaxed, in h= order, sealed ones absent) and
+    # this field with b= empty and no trailing CRLF.
+    t = tags(signed)
+    relaxed = [(n.lower(), " ".join(v.replace("\r\n", "").split())) for n, v in _fields(MSG)]
+    relaxed.reverse()
+    hashed = ""
+    for name in t["h"].split(":"):
+        found = next((f for f in relaxed if f[0] == name), None)
+        if found:
+            relaxed.remove(found)
+            hashed += f"{found[0]}:{found[1]}\r\n"
+    own = " ".join(field.decode().partition(":")[2].replace("\r\n", "").split())
+    hashed += "dkim-signature:" + re.sub(r"b=[A-Za-z0-9+/= ]+$", "b=", own)
+    public = serialization.load_der_public_key(RS.public)
+    assert isinstance(public, rsa.RSAPublicKey)
+    public.verify(base64.b64decode(t["b"]), hashed.encode(), padding.PKCS1v15(), hashes.SHA256())
+    # The body hash covers the body: one byte changed breaks the signature.
+    with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
+        verify(field + MSG.replace(b"hello", b"hellO"), [sel])
+    assert not verify(field + MSG.replace(b"Subject: hi", b"Subject: ho"), [sel])
+
+
+def _fields(message: bytes) -> list[tuple[str, str]]:
+    head = message.decode().split("\r\n\r\n", 1)[0]
+    return [(n, v) for n, _, v in (f.partition(":") for f in re.split(r"\r\n(?![ \t])", head))]
 
 
 def test_records_and_their_comparison_with_dns() -> None:
