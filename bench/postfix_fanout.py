@@ -17,6 +17,9 @@ it reports, it never fails a build.
     python bench/postfix_fanout.py                       # 1000 recipients over 20 domains
     python bench/postfix_fanout.py -n 600 --domains 300  # single-recipient messages
 
+`--json FILE` also writes the figures as JSON (bench/compare.py reads them; {"skipped": why} without root
+or postfix).
+
 Routing. Postfix's queue manager groups recipients by destination = transport + nexthop, not by recipient
 domain: with `fanN.example smtp:[127.0.0.1]:PORT` for every domain (--one-nexthop) all 1000 recipients form
 ONE destination (concurrency starting at 5, at most 20, connections reused: about 14). It still made 20
@@ -39,12 +42,14 @@ no chroot; log to a file via postlogd.
 from __future__ import annotations
 
 import argparse
+import json
 import smtplib
 import statistics
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -106,8 +111,11 @@ def _submit_pipelined(smtp: smtplib.SMTP, rcpts: list[str], data: bytes) -> int:
     return sum(1 for c in codes[1:-1] if c == 250)
 
 
-def _fanout(postfix: PostfixInstance, sink: SMTPSink, rcpts: int, domains: int, timeout: float) -> None:
-    """One message to `rcpts` recipients over `domains` domains; prints the time and the transactions."""
+def _fanout(
+    postfix: PostfixInstance, sink: SMTPSink, rcpts: int, domains: int, timeout: float
+) -> dict[str, Any]:
+    """One message to `rcpts` recipients over `domains` domains; prints the time and the transactions,
+    returns them."""
     to = [f"r{i}@fan{i % domains}.example" for i in range(rcpts)]
     before_rcpts, before_tx = len(sink.delivered_to()), len(sink.messages())
     with smtplib.SMTP(postfix.host, postfix.port, "bench.test") as smtp:
@@ -132,6 +140,14 @@ def _fanout(postfix: PostfixInstance, sink: SMTPSink, rcpts: int, domains: int, 
         if txs
         else "  no transactions reached the sink"
     )
+    return {
+        "recipients": rcpts,
+        "domains": domains,
+        "delivered": done,
+        "seconds": t1 - t0,
+        "transactions": len(txs),
+        "connections": len({t.session for t in txs}),
+    }
 
 
 def _send_singles(postfix: PostfixInstance, family: str, n: int, domains: int, concurrency: int) -> dict:
@@ -161,8 +177,9 @@ def _send_singles(postfix: PostfixInstance, family: str, n: int, domains: int, c
 
 def _single(
     postfix: PostfixInstance, sink: SMTPSink, n: int, domains: int, concurrency: int, timeout: float
-) -> None:
-    """N single-recipient messages over `domains` domains; prints msg/s and submit-to-sink latency."""
+) -> dict[str, Any]:
+    """N single-recipient messages over `domains` domains; prints msg/s and submit-to-sink latency,
+    returns them."""
     before = len(sink.messages())
     t0 = time.monotonic()
     submitted = _send_singles(postfix, "dest", n, domains, concurrency)
@@ -184,6 +201,17 @@ def _single(
         f"latency p50 {p50:.0f} ms, p99 {p99:.0f} ms; transactions {len(txs)} over "
         f"{len({t.session for t in txs})} connections"
     )
+    return {
+        "messages": n,
+        "domains": domains,
+        "delivered": len(txs),
+        "seconds": t1 - t0,
+        "msg_per_s": len(txs) / (t1 - t0),
+        "submit_msg_per_s": n / (t_submitted - t0),
+        "latency_p50_ms": p50,
+        "latency_p99_ms": p99,
+        "connections": len({t.session for t in txs}),
+    }
 
 
 def _warmup(postfix: PostfixInstance, sink: SMTPSink, n: int, timeout: float) -> None:
@@ -202,11 +230,20 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10, help="single-recipient messages before the fan-out")
     ap.add_argument("--one-nexthop", action="store_true", help="route every domain to one nexthop")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = ap.parse_args()
+    results: dict[str, Any] = {}
     if reason := skip_reason():
         print(f"postfix benchmark skipped: {reason}")
-        return
+        results["skipped"] = reason
+    else:
+        results = _run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """The job the arguments name, on a private Postfix and sink started and stopped here."""
     counts = {"dest": args.domains} if args.n else {"fan": args.domains, "warm": args.warmup}
     # Per-domain nexthops are addresses in 127/8 other than 127.0.0.1: the sink has to listen on all of them.
     sink = SMTPSink("127.0.0.1" if args.one_nexthop else "0.0.0.0").start()
@@ -214,10 +251,9 @@ def main() -> None:
     try:
         postfix = _start_postfix(sink, _routes(counts, sink, args.one_nexthop))
         if args.n:
-            _single(postfix, sink, args.n, args.domains, args.concurrency, args.timeout)
-        else:
-            _warmup(postfix, sink, args.warmup, args.timeout)
-            _fanout(postfix, sink, args.rcpts, args.domains, args.timeout)
+            return {"single": _single(postfix, sink, args.n, args.domains, args.concurrency, args.timeout)}
+        _warmup(postfix, sink, args.warmup, args.timeout)
+        return {"fanout": _fanout(postfix, sink, args.rcpts, args.domains, args.timeout)}
     finally:
         if postfix is not None:
             postfix.stop()
