@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.attempt_record import Fate, OutcomeRecorder
 from activities.direct import DirectTransport
@@ -32,6 +33,7 @@ from domain.contracts import (
     ACTIVITY_DELIVER,
     ACTIVITY_PROJECT,
     ACTIVITY_RETIRE,
+    WORKER_STOPPED,
     AttemptRequest,
     AttemptResult,
     Outcome,
@@ -154,6 +156,36 @@ class DeliveryActivities:
         The domain's delivery lease comes first (spec 01 §3: one delivery per recipient domain, a global cap,
         across every worker). Without it nothing is counted and the group comes back BUSY.
         """
+        if not activity.info().is_local:
+            return await self._deliver_attempt(req)
+        # Temporal cancels a regular activity when its worker stops, after the grace period, and retries it
+        # elsewhere; a local activity it lets run, holding the worker's shutdown for as long as the attempt
+        # takes. So a first attempt still running when the grace period is over is abandoned here, and the
+        # workflow fails its task on WORKER_STOPPED: the task, and with it the attempt, is taken over by
+        # another worker. The journal keeps that from sending twice what the next hop already accepted.
+        work = asyncio.ensure_future(self._deliver_attempt(req))
+        stop = asyncio.ensure_future(self._stopped_for(self._config.worker.shutdown_grace))
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        try:
+            await work
+        except BaseException:  # noqa: BLE001 - its outcome is the next worker's to find out
+            pass
+        raise ApplicationError(
+            "the worker stopped during the attempt", type=WORKER_STOPPED, non_retryable=True
+        )
+
+    @staticmethod
+    async def _stopped_for(grace: timedelta) -> None:
+        await activity.wait_for_worker_shutdown()
+        await asyncio.sleep(grace.total_seconds())
+
+    async def _deliver_attempt(self, req: AttemptRequest) -> AttemptResult:
         info = activity.info()
         # Stable across retries of this attempt, so a retry after a crash takes over its own lease.
         workflow_id = info.workflow_id or ""

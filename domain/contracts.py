@@ -64,6 +64,10 @@ class DeliveryInput(BaseModel):
     revision: int = 0
 
 
+# The error type of a local delivery attempt abandoned because its worker stopped: the workflow fails its
+# task on it (never the attempt), so another worker runs the task and the attempt again.
+WORKER_STOPPED = "WorkerStopped"
+
 # Revision 1: a fresh group's first attempt runs as a local activity in the workflow task that scheduled
 # it, and search attributes given at start are not upserted again until they change.
 DELIVERY_REVISION = 1

@@ -16,6 +16,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import searchattrs
 
@@ -25,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         ACTIVITY_DELIVER,
         ACTIVITY_PROJECT,
         ACTIVITY_RETIRE,
+        WORKER_STOPPED,
         WORKFLOW_DELIVERY,
         AdminOp,
         AttemptMsg,
@@ -115,6 +117,10 @@ class _Slots:
                 granted.set_result(None)
                 return
         self._free += 1
+
+
+class _WorkerStopped(RuntimeError):
+    """Fails the workflow task (not the workflow): a local attempt was abandoned by its stopping worker."""
 
 
 @workflow.defn(name=WORKFLOW_DELIVERY)
@@ -327,7 +333,6 @@ class Delivery:
         assert self._input is not None
         return (
             self._input.revision >= 1
-            and not self._bounded
             and len(batch) <= _LOCAL_BATCH
             and all(m.attempt == 1 for m in batch)
         )
@@ -503,18 +508,29 @@ class Delivery:
                     summary=summary,
                 )
             return result.outcomes
+        except ActivityError as err:
+            cause = err.cause
+            if local and isinstance(cause, ApplicationError) and cause.type == WORKER_STOPPED:
+                # Not an outcome: failing this workflow task hands it, attempt and all, to another worker.
+                raise _WorkerStopped(str(cause)) from None
+            return await self._could_not_run(batch, domain, n, err)
         except Exception as err:  # noqa: BLE001 - any activity failure is a failed attempt, never a stuck one
-            workflow.logger.warning("delivery attempt %d to %s could not run: %s", n, domain, err)
-            error = f"delivery attempt could not run: {err}"
-            final_ids = [m.id for m in batch if m.final]
-            if final_ids:
-                await self._retire(final_ids, RetireEvent.FAILED, error)
-            return [
-                RecipientOutcome(
-                    msg_id=m.id, outcome=Outcome.FAILED if m.final else Outcome.DEFERRED, error=error
-                )
-                for m in batch
-            ]
+            return await self._could_not_run(batch, domain, n, err)
+
+    async def _could_not_run(
+        self, batch: list[AttemptMsg], domain: str, n: int, err: Exception
+    ) -> list[RecipientOutcome]:
+        workflow.logger.warning("delivery attempt %d to %s could not run: %s", n, domain, err)
+        error = f"delivery attempt could not run: {err}"
+        final_ids = [m.id for m in batch if m.final]
+        if final_ids:
+            await self._retire(final_ids, RetireEvent.FAILED, error)
+        return [
+            RecipientOutcome(
+                msg_id=m.id, outcome=Outcome.FAILED if m.final else Outcome.DEFERRED, error=error
+            )
+            for m in batch
+        ]
 
     def _apply_outcome(self, out: RecipientOutcome) -> None:
         m = self._msgs[out.msg_id]
