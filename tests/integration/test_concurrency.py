@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import EventType
 
 from domain.contracts import MsgState
 from tests.conftest import Stack, process_config
+from tests.support.history import attempts_made
 from tests.support.smtpsink import SMTPSink
 
 DOMAINS = ("one.example", "two.example", "three.example")
@@ -190,7 +190,6 @@ async def test_a_fan_out_over_the_global_cap_makes_few_refused_attempts(
     status = await stack.finished(base_id, timeout=40)
     assert {m.state for m in status.msgs} == {MsgState.DELIVERED}
     assert sink.max_overlap_total <= 2
-    kinds = [e.event_type async for e in stack.handle(base_id).fetch_history_events()]
-    attempts = kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    attempts = attempts_made([e async for e in stack.handle(base_id).fetch_history_events()])
     print(f"{attempts} attempts for 12 domains")
     assert attempts <= 2 * len(domains) + 4
