@@ -12,6 +12,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.attempt_record import Fate, OutcomeRecorder
+from activities.conncache import ConnectionCache
 from activities.direct import DirectTransport
 from activities.dns import Resolver
 from activities.heartbeat import heartbeating
@@ -93,7 +94,10 @@ class DeliveryActivities:
         webhooks: WebhookQueue | None = None,
         wake: Callable[[str, list[str]], Awaitable[None]] | None = None,
         dkim: Keyring | None = None,
+        connections: ConnectionCache | None = None,
     ) -> None:
+        # Idle SMTP sessions every SMTP transport of this worker shares; the worker closes it at shutdown.
+        self.connections = connections or ConnectionCache.from_config(config.queue)
         self._webhooks = webhooks or WebhookQueue(pool, config, None)
         # Signals a workflow waiting for a delivery lease; given by the worker, which owns the client.
         self._wake = wake
@@ -111,12 +115,19 @@ class DeliveryActivities:
         self._transports: dict[str, Transport] = {
             LOCALSERVE: LocalserveTransport(),
             DIRECT: DirectTransport(
-                config.direct, config.hostname, resolver, mtasts, tls_store=self._store_tls
+                config.direct,
+                config.hostname,
+                resolver,
+                mtasts,
+                tls_store=self._store_tls,
+                connections=self.connections,
             ),
         }
         for name, t in config.transports.items():
             if isinstance(t, SMTPTransportConfig):
-                self._transports[name] = SMTPRelayTransport(t, config.hostname, name)
+                self._transports[name] = SMTPRelayTransport(
+                    t, config.hostname, name, connections=self.connections
+                )
             elif isinstance(t, FailTransport):
                 self._transports[name] = FailingTransport(t)
             elif isinstance(t, SocksTransport):
@@ -128,6 +139,7 @@ class DeliveryActivities:
                     name=name,
                     socks=t.address,
                     tls_store=self._store_tls,
+                    connections=self.connections,
                 )
             else:
                 self._transports[name] = DirectTransport(
@@ -139,6 +151,7 @@ class DeliveryActivities:
                     ipv6=not t.disable_ipv6,
                     name=name,
                     tls_store=self._store_tls,
+                    connections=self.connections,
                 )
 
     async def _store_tls(self, recipient_domain: str, results: list[TLSResult]) -> None:

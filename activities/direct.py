@@ -22,6 +22,7 @@ from cryptography import x509
 from python_socks import ProxyError
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
+from activities.conncache import ConnectionCache, SessionKey
 from activities.dns import DNSError, DNSNotFound, DNSTemporary, Resolver
 from activities.metrics import (
     CONNECTIONS,
@@ -33,6 +34,7 @@ from activities.metrics import (
     DESTINATIONS_AUTHENTIC,
     PLAINTEXT_FALLBACK,
     REQUIRETLS_UNSUPPORTED,
+    SESSIONS_OPENED,
     TLSREQUIREDNO_IGNORED,
     delivery_result,
 )
@@ -120,7 +122,9 @@ class DirectTransport:
         name: str = "",
         socks: str = "",
         tls_store: Callable[[str, list[TLSResult]], Awaitable[None]] | None = None,
+        connections: ConnectionCache | None = None,
     ) -> None:
+        self._connections = connections or ConnectionCache(idle_limit=0)
         self._tls_store = tls_store
         self._name = name
         # host:port of a SOCKS5 proxy every connection goes through (spec 02 §5.5).
@@ -409,15 +413,36 @@ class DirectTransport:
                     return f"dane verification failed: {res.reason}"
 
             sessions = [r for r in (track.rcpt if track else None, host_result) if r is not None]
-            client = await self._dial(host, ips, dualstack, env, mode, pkix, check, sessions)
+            # The whole TLS decision for this host: a cached session serves only the same one.
+            policy = (
+                mode,
+                "pkix" if pkix else "",
+                "dane" if dane is not None else "",
+                *sorted(str(r) for r in usable_dane),
+                " ".join(names) if usable_dane else "",
+                "tls-required-no" if env.require_tls is False else "",
+            )
+
+            def key(ip: str) -> SessionKey:
+                port = self._cfg.smtp_port
+                return SessionKey(self._name, host.name, ip, port, self._ehlo, policy, proxy=self._socks)
+
+            client, ip = await self._cached(host, ips, env, key)
+            if client is None:
+                client, ip = await self._dial(host, ips, dualstack, env, mode, pkix, check, sessions)
+            done = False
             try:
                 replies = await transact(client, env, on_accepted)
+                done = True
             except SessionError as e:
                 if e.secode == "7.30":
                     REQUIRETLS_UNSUPPORTED.labels("norequiretls").inc()
                 raise
             finally:
-                await client.close()
+                if done:
+                    await self._connections.give_back(key(ip), client)
+                else:
+                    await client.close()
             return replies
         except SessionError as e:
             # Whatever failed, TLS or not, happened on a host DANE applies to: once its TLSA records are
@@ -463,6 +488,24 @@ class DirectTransport:
             raise SessionError(f"dialing smtp server: looking up {host.name}: {err}") from None
         return res.ips, res.dualstack, res.authentic, res.expanded, res.authentic_expanded
 
+    async def _cached(
+        self, host: Host, ips: list[str], env: Envelope, key: Callable[[str], SessionKey]
+    ) -> tuple[SMTPConnection | None, str]:
+        """An idle session to one of the host's current addresses under the same policy, if the cache has
+        one that still answers RSET, and its address.
+
+        A reused session records no TLS result: TLS reports count negotiated sessions (RFC 8460 §4.3), and
+        this one was counted when it was set up.
+        """
+        if not self._connections.enabled:
+            return None, ""
+        for ip in order_ips(ips, env.dialed.get(host.name, [])):
+            client = await self._connections.take(key(ip))
+            if client is not None:
+                env.dialed.setdefault(host.name, []).append(ip)
+                return client, ip
+        return None, ""
+
     async def _dial(
         self,
         host: Host,
@@ -473,7 +516,8 @@ class DirectTransport:
         pkix: bool,
         check: Callable[[list[bytes]], str | None] | None,
         sessions: list[TLSResult],
-    ) -> SMTPConnection:
+    ) -> tuple[SMTPConnection, str]:
+        """A fresh session to the first of the host's addresses that answers, and that address."""
         deadline = time.monotonic() + _HOST_BUDGET
         ordered = order_ips(ips, env.dialed.get(host.name, []))
         errors: list[str] = []
@@ -522,6 +566,7 @@ class DirectTransport:
                     err.permanent = False
                 raise
             CONNECTIONS.labels("ok").inc()
+            SESSIONS_OPENED.inc()
             env.dialed.setdefault(host.name, []).append(ip)
             if client.ssl_object is not None:
                 for r in sessions:
@@ -556,7 +601,7 @@ class DirectTransport:
                             client.remote_helo,
                         )
                     )
-            return client
+            return client, ip
         raise SessionError(f"dialing smtp server {host.name}: " + "; ".join(errors))
 
 

@@ -7,6 +7,19 @@ from prometheus_client import Counter, Histogram
 from activities.smtpclient import RcptReply, SessionError
 
 CONNECTIONS = Counter("tempost_queue_connection_total", "Outgoing SMTP connections by result.", ["result"])
+SESSIONS_OPENED = Counter(
+    "tempost_queue_smtp_sessions_opened_total",
+    "SMTP sessions set up for a delivery (connected, greeted, EHLO and TLS done), whether kept or not.",
+)
+SESSIONS_REUSED = Counter(
+    "tempost_queue_smtp_sessions_reused_total",
+    "Deliveries that took an idle session from the worker's connection cache (it answered RSET with 250).",
+)
+SESSION_REUSE_FAILURES = Counter(
+    "tempost_queue_smtp_session_reuse_failures_total",
+    "Idle sessions from the connection cache that failed their RSET (closed while idle, timed out) and "
+    "were dropped for a fresh one.",
+)
 DELIVERY_DURATION = Histogram(
     "tempost_queue_delivery_duration_seconds",
     "Duration of one delivery try to one host (or relay), by attempt, transport, TLS mode and result.",

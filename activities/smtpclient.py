@@ -19,6 +19,7 @@ import base64
 import re
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -167,6 +168,15 @@ class SMTPConnection:
         self._fresh_tls = False
         # The name the connection was made for (an MX host, a relay); set by open_session.
         self.remote_name = ""
+        # For the connection cache's limits (activities/conncache.py): when the session was set up and how
+        # many times it has been taken from the cache for another transaction.
+        self.opened_at = time.monotonic()
+        self.reuses = 0
+        # The server said 421: it is closing the channel (RFC 5321 §3.8), whatever else it still answers.
+        self.server_closing = False
+        # A transaction failed as a whole (DATA refused, a later transaction's error): the server's view of
+        # the session is in doubt, so it carries no other message.
+        self.transaction_failed = False
 
     @property
     def local_ip(self) -> str:
@@ -189,6 +199,13 @@ class SMTPConnection:
         """The TLS state once TLS is active, else None."""
         obj = self._writer.get_extra_info("ssl_object")
         return obj if isinstance(obj, ssl.SSLObject) else None
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the session may carry another transaction: every reply read, nothing refused as a whole,
+        no 421, no error; the cache takes only such sessions."""
+        failed = self.botched or self.server_closing or self.transaction_failed
+        return not failed and not self._writer.is_closing()
 
     def supports(self, keyword: str) -> bool:
         """Whether the last EHLO announced the extension."""
@@ -241,6 +258,8 @@ class SMTPConnection:
             lines.append(m.group(3).decode("utf-8", "replace").strip())
             if m.group(2) != b"-":
                 break
+        if code == 421:
+            self.server_closing = True
         secode = ""
         if enhanced and self.supports("ENHANCEDSTATUSCODES"):
             # The text keeps the enhanced code: operators and DSNs show the reply as the server wrote it.
@@ -315,6 +334,18 @@ class SMTPConnection:
             raise SessionError(
                 f"tls handshake: {type(err).__name__}: {err}", tls=True, command="starttls"
             ) from None
+
+    async def reset(self, timeout: float) -> None:
+        """RSET within `timeout`, requiring 250 (RFC 5321 §4.1.1.5): how a session taken from the cache
+        shows it is still alive and in sync before it carries a transaction, as Postfix checks."""
+        saved, self._timeout = self._timeout, min(self._timeout, timeout)
+        try:
+            reply = await self.command("RSET", "rset")
+        finally:
+            self._timeout = saved
+        if reply.code != 250:
+            raise reply.error("rset")
+        self.needs_rset = False
 
     # Ending.
 
@@ -520,6 +551,7 @@ async def _send_data(
     reply = await conn.read_reply("data")
     conn.needs_rset = False
     if reply.code != 250:
+        conn.transaction_failed = True
         fail = reply.error("data").reply()
         out.replies.update(dict.fromkeys(accepted, fail))
         return
@@ -580,13 +612,16 @@ async def _pipelined(
         return out
     if not accepted:
         if data_reply.code == 354:
-            # The server took DATA without recipients; an empty message resynchronizes it.
+            # The server took DATA without recipients; an empty message resynchronizes it, but a server
+            # that errs like this gets no further transaction from the cache.
+            conn.transaction_failed = True
             await conn.write(b".\r\n", "data")
             await conn.read_reply("data")
             conn.needs_rset = False
         # Each recipient keeps its own refusal rather than a shared "no recipients accepted" (spec 02 §9).
         return out
     if data_reply.code != 354:
+        conn.transaction_failed = True
         out.replies.update(dict.fromkeys(accepted, data_reply.error("data").reply()))
         return out
     await _send_data(conn, wire, accepted, on_accepted, out)
@@ -625,6 +660,7 @@ async def _lockstep(
         return out
     reply = await conn.command("DATA", "data")
     if reply.code != 354:
+        conn.transaction_failed = True
         out.replies.update(dict.fromkeys(accepted, reply.error("data").reply()))
         return out
     await _send_data(conn, wire, accepted, on_accepted, out)
@@ -651,6 +687,7 @@ async def transact(conn: SMTPConnection, env: Envelope, on_accepted: OnAccepted)
             await _begin(conn)
             got = await run(conn, env, batch, mail, wire, on_accepted)
         except SessionError as err:
+            conn.transaction_failed = True
             if not replies and not rest:
                 raise
             # A broken connection fails everyone still waiting; otherwise only this transaction's recipients.

@@ -11,12 +11,14 @@ import ssl
 import time
 from typing import Protocol
 
-from activities.metrics import CONNECTIONS, DELIVERY_DURATION, delivery_result
+from activities.conncache import ConnectionCache, SessionKey
+from activities.metrics import CONNECTIONS, DELIVERY_DURATION, SESSIONS_OPENED, delivery_result
 from activities.smtpclient import (
     Envelope,
     OnAccepted,
     RcptReply,
     SessionError,
+    SMTPConnection,
     TLSMode,
     authenticate,
     open_session,
@@ -54,12 +56,20 @@ _RELAY_MODES: dict[str, TLSMode] = {
 
 
 class SMTPRelayTransport:
-    """Relays every message to one configured SMTP server."""
+    """Relays every message to one configured SMTP server, over a cached session when one is idle."""
 
-    def __init__(self, cfg: SMTPTransport, ehlo_hostname: str, name: str = "") -> None:
+    def __init__(
+        self,
+        cfg: SMTPTransport,
+        ehlo_hostname: str,
+        name: str = "",
+        *,
+        connections: ConnectionCache | None = None,
+    ) -> None:
         self._cfg = cfg
         self._ehlo = ehlo_hostname
         self._name = name
+        self._connections = connections or ConnectionCache(idle_limit=0)
 
     @functools.cache  # noqa: B019 - one per transport, which lives as long as the worker
     def _tls_context(self) -> ssl.SSLContext:
@@ -90,33 +100,51 @@ class SMTPRelayTransport:
 
     async def _deliver(self, env: Envelope, on_accepted: OnAccepted, mode: TLSMode) -> list[RcptReply]:
         cfg = self._cfg
+        # The relay is dialed by name; its TLS policy is the transport's, fixed by the configuration.
+        verify = "verify" if cfg.tls_verify else "noverify"
+        login = cfg.auth.username if cfg.auth is not None else ""
+        key = SessionKey(self._name, cfg.host, "", cfg.effective_port, self._ehlo, (mode, verify), login)
+        client = await self._connections.take(key)
+        fresh = client is None
+        if client is None:
+            try:
+                client = await self._open(mode)
+            except SessionError as err:
+                CONNECTIONS.labels("error").inc()
+                return [err.reply()] * len(env.recipients)
+            except (OSError, TimeoutError) as err:
+                CONNECTIONS.labels("timeout" if isinstance(err, TimeoutError) else "error").inc()
+                # Connection trouble is never permanent: the next attempt may find the relay back.
+                return [RcptReply(False, False, 0, "", f"{type(err).__name__}: {err}")] * len(env.recipients)
+            CONNECTIONS.labels("ok").inc()
+            SESSIONS_OPENED.inc()
+        done = False
         try:
-            client = await open_session(
-                cfg.host,
-                cfg.effective_port,
-                ehlo=self._ehlo,
-                mode=mode,
-                tls_context=self._tls_context(),
-                server_name=cfg.host,
-                connect_timeout=cfg.connect_timeout.total_seconds(),
-                command_timeout=cfg.command_timeout.total_seconds(),
-            )
-        except SessionError as err:
-            CONNECTIONS.labels("error").inc()
-            return [err.reply()] * len(env.recipients)
-        except (OSError, TimeoutError) as err:
-            CONNECTIONS.labels("timeout" if isinstance(err, TimeoutError) else "error").inc()
-            # Connection trouble is never permanent: the next attempt may find the relay back.
-            return [RcptReply(False, False, 0, "", f"{type(err).__name__}: {err}")] * len(env.recipients)
-        CONNECTIONS.labels("ok").inc()
-        try:
-            if cfg.auth is not None:
+            if fresh and cfg.auth is not None:
                 await authenticate(client, cfg.auth.username, cfg.auth.password(), cfg.auth.mechanisms)
-            return await transact(client, env, on_accepted)
+            replies = await transact(client, env, on_accepted)
+            done = True
+            return replies
         except SessionError as err:
             return [err.reply()] * len(env.recipients)
         finally:
-            await client.close()
+            if done:
+                await self._connections.give_back(key, client)
+            else:
+                await client.close()
+
+    async def _open(self, mode: TLSMode) -> SMTPConnection:
+        cfg = self._cfg
+        return await open_session(
+            cfg.host,
+            cfg.effective_port,
+            ehlo=self._ehlo,
+            mode=mode,
+            tls_context=self._tls_context(),
+            server_name=cfg.host,
+            connect_timeout=cfg.connect_timeout.total_seconds(),
+            command_timeout=cfg.command_timeout.total_seconds(),
+        )
 
 
 class FailingTransport:

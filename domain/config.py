@@ -175,6 +175,26 @@ class QueueConfig(_Strict):
     domain_concurrency: dict[str, Annotated[int, Field(ge=1)]] = {}
     # Optional rate limits: delivery attempts (SMTP transactions) per minute, by recipient domain.
     rate_limits: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # The SMTP connection cache of each worker process, as Postfix's: a session whose transaction ended
+    # in a good state waits this long (smtp_connection_cache_time_limit) for the next message to the
+    # same destination host, address, port and TLS policy, which reuses it after an RSET. "0s": off,
+    # every attempt opens and QUITs its own session.
+    connection_cache_time_limit: Duration = timedelta(seconds=2)
+    # A session is taken from the cache at most this many times (smtp_connection_reuse_count_limit, which
+    # is unlimited in Postfix; a bound spreads long runs over a server's other connections)...
+    connection_reuse_count_limit: int = Field(default=100, ge=1)
+    # ...and not after it has been open this long (smtp_connection_reuse_time_limit).
+    connection_reuse_time_limit: Duration = timedelta(seconds=300)
+    # Idle sessions kept per destination (host, address, port, TLS policy, EHLO name, login), and in all.
+    connection_cache_destination_limit: int = Field(default=4, ge=1)
+    connection_cache_limit: int = Field(default=100, ge=1)
+
+    @field_validator("connection_cache_time_limit", "connection_reuse_time_limit")
+    @classmethod
+    def _not_negative(cls, v: timedelta) -> timedelta:
+        if v < timedelta(0):
+            raise ValueError("must not be negative")
+        return v
 
     @field_validator("domain_concurrency", "rate_limits")
     @classmethod

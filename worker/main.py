@@ -15,6 +15,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.bounces import BounceActivities
+from activities.conncache import ConnectionCache
 from activities.delivery import DeliveryActivities
 from activities.mtastsrefresh import MTASTSRefresher
 from activities.retention import RetentionActivities
@@ -84,8 +85,11 @@ async def connect_temporal(config: Config) -> Client:
         raise connect_error(config.temporal, err, tls, extra.get("api_key", "")) from None
 
 
-def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
-    """A worker with Tempost's workflows and activities on the configured task queue."""
+def build_worker(
+    client: Client, pool: Pool, config: Config, connections: ConnectionCache | None = None
+) -> Worker:
+    """A worker with Tempost's workflows and activities on the configured task queue; its SMTP transports
+    keep idle sessions in `connections` (by default a cache of their own)."""
 
     async def start(base_id: int) -> None:
         await start_submission(client, pool, config, base_id)
@@ -101,7 +105,9 @@ def build_worker(client: Client, pool: Pool, config: Config) -> Worker:
         await client.get_workflow_handle(workflow_id).signal(Delivery.lease_free, freed)
 
     webhook_queue = WebhookQueue(pool, config, HookControl(start_hook, stop_hook))
-    acts = DeliveryActivities(pool, config, start, webhook_queue, wake, load_keyring(config))
+    acts = DeliveryActivities(
+        pool, config, start, webhook_queue, wake, load_keyring(config), connections=connections
+    )
     hook_acts = WebhookActivities(pool, config, webhook_queue)
     bounce_acts = BounceActivities(pool, config, webhook_queue)
     return Worker(
@@ -148,8 +154,9 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None, client: 
         log.info("registered search attributes %s", ", ".join(registration.added))
     database = config.database
     pool = await db.open_pool(db.conninfo(database), database.pool_min, database.pool_max)
+    connections = ConnectionCache.from_config(config.queue)
     try:
-        worker = build_worker(client, pool, config)
+        worker = build_worker(client, pool, config, connections)
         sweeper = asyncio.create_task(run_sweeper(client, pool, config))
         for ensure_schedule in (ensure_retention_schedule, ensure_mtasts_refresh_schedule):
             try:
@@ -178,6 +185,8 @@ async def run_worker(config: Config, stop: asyncio.Event | None = None, client: 
             sweeper.cancel()
             if listener is not None:
                 listener.close()
+            # After the attempts in flight: idle SMTP sessions get their QUIT rather than a dropped socket.
+            await connections.close()
         log.info("worker stopped")
     finally:
         # Last, because the attempts that were finishing wrote their outcomes through it.

@@ -296,3 +296,29 @@ async def test_tls_required_no_goes_on_after_an_mta_sts_dns_failure_and_reports_
         assert details == {("sts-policy-fetch-error", "dns-lookup"), ("starttls-not-supported", "")}
     finally:
         mx.stop()
+
+
+async def test_a_cached_unverified_session_never_serves_an_enforced_policy(
+    sts_stack, dns: DNSServer, policies: PolicyServer, port: int
+) -> None:
+    # One MX for two domains, its certificate from a CA nobody trusts: fine for opportunistic TLS to
+    # other.example (no policy), not for example.com's enforced policy.
+    _publish(dns, policies, ENFORCE)
+    dns.add("other.example", "MX", "10 mx1.example.com.")
+    mx = _mx(port, trustme.CA())
+    try:
+        stack = await sts_stack(max_attempts=1, connection_cache_time_limit="30s")
+
+        async def send(to: str) -> Any:
+            resp = await stack.send_ok({"To": [{"Address": to}], "Text": "hello"})
+            return (await stack.finished(resp["Submissions"][0]["QueueMsgID"])).msgs[0]
+
+        assert (await send("bob@other.example")).state == MsgState.DELIVERED
+        # The idle session was set up under another TLS policy: a fresh one fails verification.
+        assert (await send("bob@example.com")).state == MsgState.FAILED
+        assert (await send("carol@other.example")).state == MsgState.DELIVERED
+        assert [t.rcpt_tos for t in mx.messages()] == [["bob@other.example"], ["carol@other.example"]]
+        # other.example's second message reused the first's connection.
+        assert mx.connections == 2
+    finally:
+        mx.stop()

@@ -20,8 +20,13 @@ async def deliver(
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Send one message to rcpts through a relay to server; the end state and each recipient's row."""
     relay = {"type": "smtp", "host": "127.0.0.1", "port": server.port, "starttls": "none"}
+    # The scripted server answers by position in a session, which assumes a session per attempt (and per
+    # DSN): no connection cache here; test_conncache covers reuse.
     stack: Stack = await stack_factory(
-        transports={"raw": relay}, default_transport="raw", max_attempts=attempts
+        transports={"raw": relay},
+        default_transport="raw",
+        max_attempts=attempts,
+        connection_cache_time_limit="0s",
     )
     resp = await stack.send_ok({"To": [{"Address": a} for a in rcpts], "Text": "x"})
     ids = [s["QueueMsgID"] for s in resp["Submissions"]]

@@ -54,7 +54,10 @@ async def test_6_route_by_recipient_domain_to_submission_with_scram(
     )
     status, _ = await _send(stack, ["a@submit.example", "b@mail.submit.example"])
     assert [m.state for m in status.msgs] == [MsgState.DELIVERED, MsgState.DELIVERED]
-    assert submit.authenticated == [("SCRAM-SHA-256", "relayuser"), ("SCRAM-SHA-256", "relayuser")]
+    # Each connection logged in once: two, or one when the second domain's delivery reused the first's
+    # session from the connection cache (keyed by the login too).
+    assert submit.authenticated == [("SCRAM-SHA-256", "relayuser")] * submit.connections
+    assert submit.connections in (1, 2)
     # Not matching the route: the default transport (the plain sink).
     status, _ = await _send(stack, ["c@badsubmit.example"])
     assert sink.delivered_to() == ["c@badsubmit.example"]

@@ -74,6 +74,34 @@ class _SMTP(SMTP):
             arg = " ".join(w for w in words if w.upper() != "REQUIRETLS")
         await super().smtp_MAIL(arg)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called again over TLS after STARTTLS; only the TCP connection counts.
+        new = self._original_transport is None
+        super().connection_made(transport)
+        if new:
+            sink = self.event_handler.sink
+            with sink.lock:
+                sink.connections += 1
+                sink.open.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        sink = self.event_handler.sink
+        with sink.lock:
+            sink.open.discard(self)
+        super().connection_lost(error)
+
+    async def smtp_QUIT(self, arg: str) -> None:  # noqa: N802
+        sink = self.event_handler.sink
+        with sink.lock:
+            sink.quits += 1
+        await super().smtp_QUIT(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:  # noqa: N802
+        sink = self.event_handler.sink
+        with sink.lock:
+            sink.rsets += 1
+        await super().smtp_RSET(arg)
+
     async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802
         reply = self.event_handler.sink.behaviour.starttls_reply
         if reply:
@@ -277,6 +305,11 @@ class SMTPSink:
         self.max_overlap: dict[str, int] = {}
         self.max_overlap_total = 0
         self.lock = threading.Lock()
+        # TCP connections accepted, QUIT and RSET commands received, and the connections open now.
+        self.connections = 0
+        self.quits = 0
+        self.rsets = 0
+        self.open: set[SMTP] = set()
         extra: dict[str, object] = {"tls_context": tls_context} if tls_context is not None else {}
         if data_size_limit:
             extra["data_size_limit"] = data_size_limit
@@ -309,10 +342,22 @@ class SMTPSink:
 
     def start(self) -> SMTPSink:
         self._controller.start()
+        with self.lock:
+            # aiosmtpd connected once to see the server up; that connection is not a client's.
+            self.connections = 0
+            self.open.clear()
         return self
 
     def stop(self) -> None:
         self._controller.stop()
+
+    def drop_connections(self) -> None:
+        """Close every open connection without a word, as a server does to clients idle too long."""
+        with self.lock:
+            protocols = list(self.open)
+        for p in protocols:
+            if p.transport is not None:
+                self._controller.loop.call_soon_threadsafe(p.transport.close)
 
     def delivered_to(self) -> list[str]:
         """Every recipient that has a message (DSNs left out), in order of acceptance."""

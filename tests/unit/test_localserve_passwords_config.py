@@ -40,6 +40,18 @@ def test_example_config_is_valid() -> None:
     cfg = load_config(Path(__file__).parents[2] / "deploy" / "tempost.example.toml", environ={})
     assert cfg.queue.max_attempts == 8 and cfg.queue.backoff_base.total_seconds() == 450
     assert cfg.transports["relay"].starttls == "required"
+    assert cfg.queue.connection_cache_time_limit.total_seconds() == 2
+
+
+def test_connection_cache_settings_default_to_postfixs_limits() -> None:
+    q = Config.model_validate({}).queue
+    assert q.connection_cache_time_limit.total_seconds() == 2
+    assert q.connection_reuse_time_limit.total_seconds() == 300 and q.connection_reuse_count_limit == 100
+    off = Config.model_validate({"queue": {"connection_cache_time_limit": "0s"}}).queue
+    assert off.connection_cache_time_limit.total_seconds() == 0
+    for bad in ({"connection_cache_time_limit": "-1s"}, {"connection_reuse_count_limit": 0}):
+        with pytest.raises(ValidationError):
+            Config.model_validate({"queue": bad})
 
 
 def test_environment_overrides_connections(tmp_path: Path) -> None:
