@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.attempt_record import Fate, OutcomeRecorder
 from activities.conncache import ConnectionCache
@@ -174,8 +174,8 @@ class DeliveryActivities:
         # Temporal cancels a regular activity when its worker stops, after the grace period, and retries it
         # elsewhere; a local activity it lets run, holding the worker's shutdown for as long as the attempt
         # takes. So a first attempt still running when the grace period is over is abandoned here, and the
-        # workflow fails its task on WORKER_STOPPED: the task, and with it the attempt, is taken over by
-        # another worker. The journal keeps that from sending twice what the next hop already accepted.
+        # workflow hands the same attempt to the task queue on WORKER_STOPPED, for another worker. The
+        # journal keeps that from sending twice what the next hop already accepted.
         work = asyncio.ensure_future(self._deliver_attempt(req))
         stop = asyncio.ensure_future(self._stopped_for(self._config.worker.shutdown_grace))
         try:
@@ -189,8 +189,12 @@ class DeliveryActivities:
             await work
         except BaseException:  # noqa: BLE001 - its outcome is the next worker's to find out
             pass
+        # Benign: the SDK logs it without a traceback; it is a hand-over, not an error.
         raise ApplicationError(
-            "the worker stopped during the attempt", type=WORKER_STOPPED, non_retryable=True
+            "the worker stopped during the attempt",
+            type=WORKER_STOPPED,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
         )
 
     @staticmethod

@@ -64,8 +64,8 @@ class DeliveryInput(BaseModel):
     revision: int = 0
 
 
-# The error type of a local delivery attempt abandoned because its worker stopped: the workflow fails its
-# task on it (never the attempt), so another worker runs the task and the attempt again.
+# The error type of a local delivery attempt abandoned because its worker stopped: not an outcome, the
+# workflow sends the same attempt to the task queue as a regular activity.
 WORKER_STOPPED = "WorkerStopped"
 
 # Revision 1: a fresh group's first attempt runs as a local activity in the workflow task that scheduled

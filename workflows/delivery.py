@@ -119,10 +119,6 @@ class _Slots:
         self._free += 1
 
 
-class _WorkerStopped(RuntimeError):
-    """Fails the workflow task (not the workflow): a local attempt was abandoned by its stopping worker."""
-
-
 @workflow.defn(name=WORKFLOW_DELIVERY)
 class Delivery:
     """Delivers one submission's recipients with mox's retry schedule, steerable by admin updates."""
@@ -508,13 +504,11 @@ class Delivery:
                     summary=summary,
                 )
             return result.outcomes
-        except ActivityError as err:
-            cause = err.cause
-            if local and isinstance(cause, ApplicationError) and cause.type == WORKER_STOPPED:
-                # Not an outcome: failing this workflow task hands it, attempt and all, to another worker.
-                raise _WorkerStopped(str(cause)) from None
-            return await self._could_not_run(batch, domain, n, err)
         except Exception as err:  # noqa: BLE001 - any activity failure is a failed attempt, never a stuck one
+            if local and _worker_stopped(err):
+                # Not an outcome: the same attempt goes to the task queue as a regular activity, for
+                # whichever worker polls next (the journal keeps it from repeating an accepted DATA).
+                return await self._attempt(domain, batch, local=False)
             return await self._could_not_run(batch, domain, n, err)
 
     async def _could_not_run(
@@ -751,6 +745,15 @@ class Delivery:
             next_attempt=None if m.done else m.next_attempt,
             hold=m.hold,
         )
+
+
+def _worker_stopped(err: BaseException | None) -> bool:
+    """Whether a local attempt's failure is its worker stopping (WORKER_STOPPED anywhere in the causes)."""
+    while err is not None:
+        if isinstance(err, ApplicationError) and err.type == WORKER_STOPPED:
+            return True
+        err = err.cause if isinstance(err, ActivityError | ApplicationError) else err.__cause__
+    return False
 
 
 def _is_big(inp: DeliveryInput) -> bool:

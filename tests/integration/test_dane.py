@@ -234,7 +234,9 @@ async def test_tls_results_are_recorded_for_reports(
     dane_stack, dns: DNSServer, mx: SMTPSink, cert: trustme.LeafCert
 ) -> None:
     dns.add(TLSA_NAME, "TLSA", f"3 1 1 {_spki_sha256(cert)}")
-    stack = await dane_stack()
+    # Without the connection cache: the second message would reuse the first one's session, and RFC 8460
+    # §4.3 counts negotiated sessions, not messages.
+    stack = await dane_stack(connection_cache_time_limit="0s")
     await _send(stack)
     await _send(stack)
     results = {r["PolicyDomain"]: r for r in (await stack.admin("GET", "/tlsresults")).json()["Results"]}

@@ -42,7 +42,7 @@ async def test_queue_gauges_by_state_and_delivery_counters(stack: Stack) -> None
 
 
 async def test_temporal_sdk_metrics_on_their_own_port(stack_factory: Any) -> None:
-    stack = await stack_factory(worker=False)
+    stack = await stack_factory(worker=False, backoff_base="1s")
     port = free_port()
     cfg = stack.config.model_copy(
         update={
@@ -54,8 +54,11 @@ async def test_temporal_sdk_metrics_on_their_own_port(stack_factory: Any) -> Non
     )
     client = await connect_temporal(cfg)
     async with build_worker(client, stack.pool, cfg):
+        # The first attempt runs as a local activity, the retry after its temporary failure as a regular
+        # one: both kinds of activity metrics are exported.
+        stack.sink.behaviour.temp_failures = 1
         resp = await stack.send_ok({"To": [{"Address": "a@example.com"}], "Text": "x"})
-        await stack.finished(resp["Submissions"][0]["QueueMsgID"])
+        await stack.finished(resp["Submissions"][0]["QueueMsgID"], timeout=60)
         async with asyncio.timeout(60), httpx.AsyncClient() as http:
             while True:
                 text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
