@@ -100,10 +100,19 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> None:
+    import psycopg
+
     from store import db
 
     config = _config(args.config)
-    applied = asyncio.run(db.migrate(db.conninfo(config.database)))
+    url = db.conninfo(config.database)
+    try:
+        applied = asyncio.run(db.migrate(url))
+    except psycopg.OperationalError as err:
+        # libpq says what failed (refused, TLS, authentication) and never repeats the password; one line
+        # naming the database is all an operator needs, not a traceback.
+        reason = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise CLIError(f"PostgreSQL at {db.server_name(url)}: {reason}") from None
     print("applied: " + (", ".join(applied) if applied else "nothing, schema is current"))
 
 
