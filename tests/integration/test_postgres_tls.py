@@ -23,7 +23,7 @@ from api.app import create_app
 from deploy.embedded import EmbeddedPostgres, free_port
 from domain.config import DatabaseConfig, SecretFileError
 from store import db
-from tests.conftest import _ID_RANGES, ADMIN_TOKEN, Stack, make_config
+from tests.conftest import _ID_RANGES, Stack, make_config
 from tests.support.smtpsink import SMTPSink
 from worker.main import build_worker
 
@@ -159,7 +159,6 @@ async def test_verify_full_migrates_pools_and_delivers_over_tls(
     temporal_env: WorkflowEnvironment,
     sink: SMTPSink,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     database = _database(postgres, tmp_path, f"sslmode=verify-full&sslrootcert={_ca_file(ca, tmp_path)}")
     run = _migrate(database, tmp_path)
@@ -172,7 +171,6 @@ async def test_verify_full_migrates_pools_and_delivers_over_tls(
         for sequence in ("msg_id_seq", "hook_id_seq", "bounces_id_seq"):
             await conn.execute(f"ALTER SEQUENCE {sequence} RESTART WITH {start}")  # type: ignore[arg-type]
 
-    monkeypatch.setenv("TEMPOST_ADMIN_TOKEN", ADMIN_TOKEN)
     config = make_config(database.url, sink).model_copy(update={"database": database})
     pool = await db.open_pool(db.conninfo(config.database), 1, 4)
     worker = build_worker(temporal_env.client, pool, config)
