@@ -15,35 +15,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from api.app import create_app
-from deploy.embedded import free_port
 from domain.contracts import MsgState
 from tests.conftest import ADMIN_TOKEN, PASSWORD, SENDER, Stack
+from tests.support.served import serving
 
 
 @pytest.fixture
 async def served(stack_factory: Any) -> AsyncIterator[tuple[Stack, str]]:
     stack = await stack_factory()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(stack.config, stack.client, stack.pool),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    # Started, or failed to (its port taken meanwhile): not a wait without end.
-    async with asyncio.timeout(60):
-        while not server.started:
-            assert not task.done(), "the API did not start serving"
-            await asyncio.sleep(0.05)
-    yield stack, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serving(create_app(stack.config, stack.client, stack.pool)) as url:
+        yield stack, url
 
 
 async def tempost(url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

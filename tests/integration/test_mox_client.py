@@ -9,7 +9,6 @@ to the API served on a loopback port, and read the message the SMTP sink receive
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -22,11 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from api.app import create_app
-from deploy.embedded import free_port
 from tests.conftest import PASSWORD, SENDER, Stack
+from tests.support.served import serving
 from tests.support.smtpsink import Transaction
 
 TEXT = "Hello Bob,\n\nthe report is attached.\n"
@@ -45,23 +43,8 @@ CALENDAR = (
 async def served(stack_factory: Any) -> AsyncIterator[tuple[Stack, str]]:
     """The API on a loopback port, as mox's client reaches it, with a worker relaying to the sink."""
     stack = await stack_factory()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(stack.config, stack.client, stack.pool),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(60):
-        while not server.started:
-            assert not task.done(), "the API did not start serving"
-            await asyncio.sleep(0.05)
-    yield stack, f"http://127.0.0.1:{port}/webapi/v0/"
-    server.should_exit = True
-    await task
+    async with serving(create_app(stack.config, stack.client, stack.pool)) as url:
+        yield stack, f"{url}/webapi/v0/"
 
 
 def go_json(value: Any) -> str:

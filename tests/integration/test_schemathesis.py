@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -28,8 +27,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from deploy.embedded import free_port
 from tests.conftest import ADMIN_TOKEN, PASSWORD, SENDER, Stack
+from tests.support.served import serving
 
 # The bounce intake takes the raw message as the body; schemathesis sends generated text as is.
 schemathesis.serializer.alias("message/rfc822", "text/plain")
@@ -97,19 +96,8 @@ async def served(stack_factory: Any) -> Any:
     thread, so the loop keeps serving)."""
     stack: Stack = await stack_factory()
     app = stack.http._transport.app  # type: ignore[attr-defined]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(30):
-        while not server.started:
-            await asyncio.sleep(0.05)
-    yield stack, f"http://127.0.0.1:{port}", app.openapi()
-    server.should_exit = True
-    await asyncio.wait_for(task, 30)
+    async with serving(app, lifespan="off", access_log=False) as url:
+        yield stack, url, app.openapi()
 
 
 @pytest.mark.timeout(600)
